@@ -1,0 +1,211 @@
+"""The model capability table: what each model accepts, how sizes are checked, what images cost.
+
+The rows come from configuration (``[models.*]`` in config/settings.toml); nothing here names a model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot.errors import InvalidRequestError, ModelUnavailableError
+from bot.models import Usage
+
+_SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
+
+
+class SizeRule(BaseModel):
+    """Free-form sizes a model accepts besides its fixed list (e.g. gpt-image-2)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    multiple: int = 16
+    max_edge: int = 3840
+    min_pixels: int = 0
+    max_pixels: int = 8_294_400
+    max_ratio: float = 3.0
+
+    def problem(self, width: int, height: int) -> str | None:
+        """Why ``width x height`` breaks the rule, or None when it is fine."""
+        if width % self.multiple or height % self.multiple:
+            return f"both sides must be multiples of {self.multiple}"
+        if max(width, height) > self.max_edge:
+            return f"the longest side can be at most {self.max_edge}"
+        pixels = width * height
+        if pixels < self.min_pixels:
+            return f"it must have at least {self.min_pixels:,} pixels"
+        if pixels > self.max_pixels:
+            return f"it can have at most {self.max_pixels:,} pixels"
+        if max(width, height) / min(width, height) > self.max_ratio:
+            return f"the aspect ratio can be at most {self.max_ratio:g}:1"
+        return None
+
+
+class Pricing(BaseModel):
+    """USD per 1M tokens, and a per-image table {quality: [square, rectangular]} for estimates."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text_input: float | None = None
+    image_input: float | None = None
+    image_output: float | None = None
+    output_tokens: str | None = None  # name of an output-token formula for estimates ("gpt-image-2")
+    per_image: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+
+class ModelSpec(BaseModel):
+    """One row of the capability table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sizes: tuple[str, ...] = ("auto", "1024x1024")
+    size_rule: SizeRule | None = None
+    max_n: int = Field(1, ge=1, le=10)
+    qualities: tuple[str, ...] = ()
+    edits: bool = False
+    masks: bool = False
+    max_input_images: int = Field(0, ge=0)
+    variations_endpoint: bool = False
+    streaming: bool = False
+    response_format: bool = False
+    backgrounds: tuple[str, ...] = ()
+    output_formats: tuple[str, ...] = ()
+    max_prompt_chars: int = Field(1000, ge=1)
+    input_formats: tuple[str, ...] = ()
+    max_input_bytes: int = Field(0, ge=0)
+    square_png_input: bool = False
+    shutdown: dt.date | None = None
+    replacement: str | None = None
+    pricing: Pricing = Field(default_factory=Pricing)
+
+
+def resolve_inheritance(rows: Mapping[str, Any]) -> dict[str, Any]:
+    """Expand ``like = "other"`` rows into full rows (an empty ``size_rule = {}`` removes the rule)."""
+    resolved: dict[str, dict[str, Any]] = {}
+
+    def expand(name: str, seen: tuple[str, ...]) -> dict[str, Any]:
+        if name in resolved:
+            return resolved[name]
+        if name in seen:
+            raise ValueError(f"models: 'like' loop through {' -> '.join((*seen, name))}")
+        raw = rows.get(name)
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"models: '{seen[-1] if seen else name}' is like unknown model '{name}'")
+        row = dict(raw)
+        parent = row.pop("like", None)
+        base = dict(expand(str(parent), (*seen, name))) if parent else {}
+        base.update(row)
+        if base.get("size_rule") == {}:
+            base["size_rule"] = None
+        resolved[name] = base
+        return base
+
+    for model_name in rows:
+        expand(model_name, ())
+    return dict(resolved)
+
+
+def parse_size(size: str) -> tuple[int, int] | None:
+    """``"1536x1024"`` -> (1536, 1024); None for "auto" or anything else."""
+    match = _SIZE.match(size)
+    if not match:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def _gpt_image_2_output_tokens(width: int, height: int, quality: str) -> int:
+    # Community-derived formula that reproduces OpenAI's published per-image prices for gpt-image-2.
+    factor = {"low": 16, "medium": 48, "high": 96, "xhigh": 128, "max": 160}.get(quality, 96)
+    short, long = sorted((width, height))
+    short_axis = (2 * factor * short + long) // (2 * long)
+    return math.ceil(factor * short_axis * (2_000_000 + width * height) / 4_000_000)
+
+
+_OUTPUT_TOKEN_FORMULAS = {"gpt-image-2": _gpt_image_2_output_tokens}
+
+
+class Catalog:
+    """Looks models up (with aliases) and checks requests against their rows."""
+
+    def __init__(self, models: Mapping[str, ModelSpec], aliases: Mapping[str, str], default_model: str):
+        self._models = dict(models)
+        self._aliases = dict(aliases)
+        self.default_model = default_model
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._models)
+
+    def resolve(self, name: str | None, *, today: dt.date | None = None) -> tuple[str, ModelSpec]:
+        """Map a user's model name (or None for the default, or an alias) to a known, live model."""
+        requested = (name or "").strip() or self.default_model
+        real = self._aliases.get(requested, requested)
+        spec = self._models.get(real)
+        if spec is None:
+            known = ", ".join(sorted(self._models))
+            raise ModelUnavailableError(
+                f"I don't know the image model '{requested[:60]}'. Models I can use: {known}.",
+                detail=f"model {requested!r} is not in the capability table",
+            )
+        today = today or dt.date.today()
+        if spec.shutdown is not None and spec.shutdown <= today:
+            instead = f" Use {spec.replacement} instead" if spec.replacement else ""
+            raise ModelUnavailableError(
+                f"The image model '{real}' was retired on {spec.shutdown.isoformat()}.{instead}"
+                " (the operator can change IMAGEBOT_DEFAULT_MODEL).",
+                detail=f"model {real!r} shut down on {spec.shutdown}",
+            )
+        return real, spec
+
+    @staticmethod
+    def check_size(model: str, spec: ModelSpec, size: str | None) -> str | None:
+        """Return the size to send (normalised ``WxH``, "auto" or None) or raise with what is allowed."""
+        if size is None or not size.strip():
+            return None
+        cleaned = size.strip().lower().replace("×", "x").replace(" ", "")
+        if cleaned in spec.sizes:
+            return cleaned
+        dims = parse_size(cleaned)
+        allowed = ", ".join(spec.sizes)
+        if dims is None:
+            raise InvalidRequestError(f"'{size[:40]}' isn't a size. Use WIDTHxHEIGHT, e.g. {allowed}.")
+        if spec.size_rule is None:
+            raise InvalidRequestError(f"{model} can make these sizes: {allowed}.")
+        problem = spec.size_rule.problem(*dims)
+        if problem:
+            raise InvalidRequestError(f"{dims[0]}x{dims[1]} doesn't work for {model}: {problem}.")
+        return f"{dims[0]}x{dims[1]}"
+
+    @staticmethod
+    def estimate_cost(spec: ModelSpec, size: str | None, quality: str | None, n: int) -> float | None:
+        """A pre-flight estimate in USD (worst case for "auto"), or None when the row has no prices."""
+        dims = parse_size(size or "") or (1024, 1024)
+        quality = quality if quality and quality != "auto" else "high"
+        pricing = spec.pricing
+        formula = _OUTPUT_TOKEN_FORMULAS.get(pricing.output_tokens or "")
+        if formula and pricing.image_output is not None:
+            return n * formula(*dims, quality) * pricing.image_output / 1_000_000
+        if pricing.per_image:
+            prices = pricing.per_image.get(quality) or max(pricing.per_image.values(), key=lambda p: p[1])
+            return n * (prices[0] if dims[0] == dims[1] else prices[1])
+        return None
+
+    @staticmethod
+    def actual_cost(spec: ModelSpec, usage: Usage | None) -> float | None:
+        """USD from the provider's reported token usage, or None if usage or token prices are missing."""
+        pricing = spec.pricing
+        if usage is None or pricing.image_output is None:
+            return None
+        text_price = pricing.text_input or 0.0
+        image_in_price = pricing.image_input or 0.0
+        text_in = usage.text_input_tokens
+        image_in = usage.image_input_tokens
+        if not text_in and not image_in:
+            text_in = usage.input_tokens
+        cost = text_in * text_price + image_in * image_in_price + usage.output_tokens * pricing.image_output
+        return cost / 1_000_000

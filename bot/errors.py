@@ -1,0 +1,197 @@
+"""The ImageBotError tree: every failure a user can meet, each with a safe message and a reference id.
+
+Provider and platform exceptions are translated into this tree once, at the boundary where they are
+caught. ``str(error)`` is always the user-safe text; the raw detail lives in ``detail`` (already
+redacted) and goes to the log next to the same reference id.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import ClassVar
+
+from bot.redact import redact
+
+_REF_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O or 1/I: easy to read aloud
+
+
+def new_ref() -> str:
+    """A short reference id users can quote and operators can grep for."""
+    return "".join(secrets.choice(_REF_ALPHABET) for _ in range(6))
+
+
+class ImageBotError(Exception):
+    """Base of every error a user may see.
+
+    ``user_message`` is written for the person who asked for the image; it never holds a key, a
+    token, a raw provider message or a traceback. ``kind`` is a stable machine name for the class of
+    problem (adapters and tests switch on it); ``retryable`` says whether trying again later may help.
+    """
+
+    kind: ClassVar[str] = "unexpected"
+    retryable: ClassVar[bool] = False
+    default_message: ClassVar[str] = "Sorry, something went wrong on my side while making your image."
+
+    def __init__(self, user_message: str | None = None, *, detail: str = "", ref: str | None = None):
+        self.user_message = user_message or self.default_message
+        self.detail = redact(detail)
+        self.ref = ref or new_ref()
+        super().__init__(self.user_message)
+
+    def __str__(self) -> str:
+        return self.user_message
+
+    def friendly(self) -> str:
+        """The message with its reference id, as adapters show it."""
+        return f"{self.user_message} (ref {self.ref})"
+
+    def log_line(self) -> str:
+        """One redacted line for the log: kind, ref, and what really happened."""
+        return redact(f"{self.kind} ref={self.ref}: {self.detail or self.user_message}")
+
+
+class UnexpectedError(ImageBotError):
+    """A bug or an exception nobody translated: generic apology, details only in the log."""
+
+
+# --- the user's input -----------------------------------------------------------------------------
+
+
+class InvalidRequestError(ImageBotError):
+    """The prompt or an option is not acceptable (empty prompt, too many images, wrong size...)."""
+
+    kind = "invalid_input"
+    default_message = "That request isn't something I can make; please check the prompt and options."
+
+
+class InvalidImageError(InvalidRequestError):
+    """An uploaded image is unreadable, of the wrong type, too big, or a mask does not fit."""
+
+    default_message = "I couldn't use that image. Send a PNG, JPEG, WebP or GIF under the size limit."
+
+
+class SafetyRefusalError(ImageBotError):
+    """The provider's safety system refused the prompt (input stage) or the picture (output stage)."""
+
+    kind = "refused_by_safety"
+
+    def __init__(
+        self,
+        *,
+        stage: str | None = None,
+        categories: tuple[str, ...] = (),
+        detail: str = "",
+        ref: str | None = None,
+    ):
+        self.stage = stage
+        self.categories = categories
+        what = "the generated picture" if stage == "output" else "that request"
+        if stage == "input":
+            what = "that prompt or image"
+        message = f"The image service's safety filter refused {what}"
+        if categories:
+            message += f" (flagged: {', '.join(categories)})"
+        message += ". Try rephrasing it; retrying the same request won't help."
+        super().__init__(message, detail=detail, ref=ref)
+
+
+class TooManyJobsError(ImageBotError):
+    """This user already has the maximum number of jobs waiting or running."""
+
+    kind = "quota_exceeded"
+    default_message = "You already have the maximum number of images in progress. Wait for one to finish."
+
+
+class BusyError(ImageBotError):
+    """The queue is full or the bot is shutting down: the request was not accepted."""
+
+    kind = "busy"
+    retryable = True
+    default_message = "I'm too busy to take more requests right now. Please try again in a minute."
+
+
+# --- the operator's configuration and account -------------------------------------------------------
+
+
+class ConfigurationError(ImageBotError):
+    """A setting is missing or wrong; the operator has to fix it."""
+
+    kind = "config_error"
+    default_message = "The bot is not configured correctly. Please tell the person who runs it."
+
+
+class AuthenticationError(ConfigurationError):
+    """The API key is missing, wrong or revoked (never says which part of the key)."""
+
+    default_message = "The image service rejected the bot's API key. The operator needs to set a valid OPENAI_API_KEY."
+
+
+class PermissionDeniedError(ConfigurationError):
+    """The key is valid but may not use this model (e.g. organization verification needed)."""
+
+    default_message = (
+        "The bot's API account is not allowed to use this model (it may need organization "
+        "verification). The operator can pick another model or verify the organization."
+    )
+
+
+class ModelUnavailableError(ConfigurationError):
+    """The model is unknown to the capability table, retired, or unknown to the provider."""
+
+    default_message = (
+        "That image model isn't available. The operator can change IMAGEBOT_DEFAULT_MODEL or the "
+        "model table in config/settings.toml."
+    )
+
+
+class QuotaExhaustedError(ImageBotError):
+    """The provider account is out of credit or hit its billing limit."""
+
+    kind = "quota_exceeded"
+    default_message = (
+        "The bot's image budget with the provider is used up (billing limit or no credit left). "
+        "Please tell the operator."
+    )
+
+
+# --- the provider's health -----------------------------------------------------------------------------
+
+
+class RateLimitedError(ImageBotError):
+    """The provider kept answering 429 after our retries."""
+
+    kind = "rate_limited"
+    retryable = True
+
+    def __init__(self, *, retry_after: float | None = None, detail: str = "", ref: str | None = None):
+        self.retry_after = retry_after
+        when = "in a minute"
+        if retry_after is not None and retry_after < 60:
+            when = f"in about {max(1, round(retry_after))} seconds"
+        elif retry_after is not None:
+            when = f"in about {max(1, round(retry_after / 60))} minutes"
+        super().__init__(
+            f"The image service is rate-limiting the bot right now. Please try again {when}.",
+            detail=detail,
+            ref=ref,
+        )
+
+
+class ProviderOutageError(ImageBotError):
+    """The provider failed (5xx, connection refused) even after retries."""
+
+    kind = "provider_outage"
+    retryable = True
+    default_message = "The image service is having trouble right now. Please try again in a few minutes."
+
+
+class ProviderTimeoutError(ProviderOutageError):
+    """The provider did not answer in time."""
+
+    default_message = "The image service took too long to answer. Please try again in a moment."
+
+
+class ProviderResponseError(ProviderOutageError):
+    """The provider answered with something that is not a valid Images API response or image."""
+
+    default_message = "The image service sent back something I couldn't read. Please try again."

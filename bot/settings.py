@@ -1,0 +1,259 @@
+"""Typed settings: config/settings.toml for non-secret defaults, the environment for secrets and overrides.
+
+Precedence: explicit arguments > environment (and a ``.env`` file in the working directory) > TOML.
+A bad value raises ``SettingsError`` whose message is one line naming the variable and what it accepts.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from bot.catalog import Catalog, ModelSpec, resolve_inheritance
+from bot.errors import ConfigurationError
+
+CONFIG_FILE_ENV = "IMAGEBOT_CONFIG_FILE"
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("imagebot_config_file", default=None)
+
+
+class SettingsError(ConfigurationError):
+    """A setting is missing or invalid; the message is the one line an operator needs."""
+
+
+class OpenAISettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_timeout: float = Field(300.0, gt=0)
+    connect_timeout: float = Field(10.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    retry_after_cap: float = Field(60.0, ge=0)
+    max_download_bytes: int = Field(50 * 1024 * 1024, gt=0)
+
+
+class LimitsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent: int = Field(4, ge=1)
+    images_per_minute: float = Field(50, ge=0)
+    per_user_jobs: int = Field(3, ge=1)
+    max_queue: int = Field(500, ge=1)
+
+
+class ImagingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_input_bytes: int = Field(50 * 1024 * 1024, gt=0)
+    max_input_pixels: int = Field(50_000_000, gt=0)
+    max_input_frames_checked: int = Field(1, ge=1)
+    input_max_edge: int = Field(2048, ge=64)
+    square_inputs: Literal["pad", "crop"] = "pad"
+
+
+class Settings(BaseSettings):
+    """Every setting of the bot. Secrets are ``SecretStr`` and never printed unmasked."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGEBOT_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
+
+    # OpenAI (or any compatible server)
+    openai_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY"))
+    openai_base_url: str = Field(
+        "https://api.openai.com/v1", validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url")
+    )
+    openai_org_id: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_ORG_ID"))
+    openai_project_id: SecretStr | None = Field(None, validation_alias=AliasChoices("OPENAI_PROJECT_ID"))
+    provider: Literal["auto", "openai", "offline"] = "auto"
+
+    # Chat platforms
+    discord_token: SecretStr | None = Field(None, validation_alias=AliasChoices("DISCORD_TOKEN"))
+    discord_api_base_url: str | None = Field(None, validation_alias=AliasChoices("DISCORD_API_BASE_URL"))
+    discord_gateway_url: str | None = Field(None, validation_alias=AliasChoices("DISCORD_GATEWAY_URL"))
+    slack_bot_token: SecretStr | None = Field(None, validation_alias=AliasChoices("SLACK_BOT_TOKEN"))
+    slack_app_token: SecretStr | None = Field(None, validation_alias=AliasChoices("SLACK_APP_TOKEN"))
+    slack_signing_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET"))
+    slack_api_url: str | None = Field(None, validation_alias=AliasChoices("SLACK_API_URL"))
+
+    # The process
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(8080, ge=0, le=65535)
+    data_dir: Path = Path("./data")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    # Images
+    default_model: str = "gpt-image-2"
+    default_n: int = Field(1, ge=1, le=10)
+    variation_prompt: str = Field(
+        "Create a variation of this image: keep its subject, composition and style, change the details.",
+        min_length=1,
+    )
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+    aliases: dict[str, str] = Field(default_factory=dict)
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("openai_base_url", "discord_api_base_url", "slack_api_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _expand_like(cls, value: Any) -> Any:
+        return resolve_inheritance(value) if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _default_model_known(self) -> Settings:
+        if not self.models:
+            raise ValueError("models: the model capability table is empty (is config/settings.toml there?)")
+        real = self.aliases.get(self.default_model, self.default_model)
+        if real not in self.models:
+            raise ValueError(
+                f"default_model: '{self.default_model}' is not in the model table; "
+                f"choose one of {', '.join(sorted(self.models))}"
+            )
+        for alias, target in self.aliases.items():
+            if target not in self.models:
+                raise ValueError(f"aliases: '{alias}' points to unknown model '{target}'")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        toml_path = _config_file.get()
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    # --- derived views ------------------------------------------------------------------------------
+
+    @property
+    def provider_name(self) -> Literal["openai", "offline"]:
+        if self.provider == "auto":
+            return "openai" if self.openai_api_key else "offline"
+        return self.provider
+
+    def catalog(self) -> Catalog:
+        return Catalog(self.models, self.aliases, self.default_model)
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for the redactor."""
+        fields = (
+            self.openai_api_key,
+            self.openai_org_id,
+            self.openai_project_id,
+            self.discord_token,
+            self.slack_bot_token,
+            self.slack_app_token,
+            self.slack_signing_secret,
+        )
+        return [f.get_secret_value() for f in fields if f is not None]
+
+    def masked(self) -> dict[str, str]:
+        """A flat, printable view with every secret masked (for ``imagebot check``)."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump(exclude={"models", "aliases"}).items():
+            if isinstance(value, dict):
+                for sub, subvalue in value.items():
+                    out[f"{name}.{sub}"] = str(subvalue)
+            elif isinstance(value, SecretStr):
+                out[name] = _mask(value.get_secret_value())
+            else:
+                out[name] = "" if value is None else str(value)
+        out["models"] = ", ".join(self.models)
+        return out
+
+
+def _mask(secret: str) -> str:
+    return f"set ({len(secret)} characters)" if secret else "not set"
+
+
+def default_config_file() -> Path | None:
+    """``$IMAGEBOT_CONFIG_FILE``, else ``./config/settings.toml``, else the one next to this package."""
+    explicit = os.environ.get(CONFIG_FILE_ENV)
+    if explicit:
+        return Path(explicit)
+    for candidate in (
+        Path.cwd() / "config" / "settings.toml",
+        Path(__file__).resolve().parent.parent / "config" / "settings.toml",
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _env_name(loc: tuple[Any, ...]) -> str:
+    top = str(loc[0]) if loc else ""
+    field = Settings.model_fields.get(top)
+    alias = field.validation_alias if field else None
+    if isinstance(alias, AliasChoices) and str(alias.choices[0]).isupper():
+        return str(alias.choices[0])
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    return "IMAGEBOT_" + "__".join(parts).upper()
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read and validate all settings, or raise ``SettingsError`` with one actionable line."""
+    path = config_file if config_file is not None else default_config_file()
+    if path is not None and not path.is_file():
+        raise SettingsError(f"{CONFIG_FILE_ENV}: no settings file at {path}")
+    token = _config_file.set(path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        reason = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        loc = tuple(first.get("loc", ()))
+        if not loc and ": " in reason:  # whole-model checks say "field: why"
+            field_name, reason = reason.split(": ", 1)
+            loc = (field_name,)
+        name = _env_name(loc)
+        shown = first.get("input")
+        secret = any(word in name for word in ("KEY", "TOKEN", "SECRET", "ORG", "PROJECT"))
+        got = f" (got {shown!r})" if isinstance(shown, str | int | float) and not secret else ""
+        raise SettingsError(f"setting {name}: {reason}{got}", detail=str(exc)) from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
+        raise SettingsError(f"{CONFIG_FILE_ENV}: cannot read {path}: {exc}") from None
+    finally:
+        _config_file.reset(token)
