@@ -123,7 +123,8 @@ class ProviderGenerate:
 
 @dataclass(frozen=True, slots=True)
 class ProviderEdit:
-    """``images`` and ``mask`` are PNG bytes already checked and normalised by the service."""
+    """``images`` (PNG, or JPEG where the model accepts it) and ``mask`` (PNG) are already checked and
+    normalised by the service."""
 
     model: str
     prompt: str

@@ -26,10 +26,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<![A-Za-z0-9])xapp-[A-Za-z0-9\-]+"), MASK),
     # Discord bot tokens: base64(user id) . timestamp . hmac.
     (re.compile(r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{18,40}\.[A-Za-z0-9_\-]{5,8}\.[A-Za-z0-9_\-]{25,60}"), MASK),
-    # OpenAI organization and project ids, and request ids (they identify the account).
+    # OpenAI organization and project ids (they identify the account).
     (re.compile(r"(?<![A-Za-z0-9])org-[A-Za-z0-9]{6,}"), MASK),
     (re.compile(r"(?<![A-Za-z0-9])proj_[A-Za-z0-9]{6,}"), MASK),
-    (re.compile(r"(?<![A-Za-z0-9])req_[A-Za-z0-9]{8,}"), MASK),
 )
 
 _lock = threading.Lock()

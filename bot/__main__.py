@@ -1,0 +1,286 @@
+"""`imagebot` (== `python -m bot`): the command line and the composition root of the whole process.
+
+    imagebot imagine PROMPT [-n N] [--size S] [--quality Q] [--model M] [--out DIR]
+    imagebot edit IMAGE PROMPT [--mask MASK | --region REGION] [-n N] [--out DIR]
+    imagebot vary IMAGE [-n N] [--prompt P] [--out DIR]
+    imagebot check
+    imagebot run            (also plain `imagebot`)
+
+Files go to --out (default: the current folder), one path per line on stdout. Failures: one friendly
+paragraph on stderr and a non-zero exit; never a traceback, a raw error body or a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bot import imaging
+from bot.bootstrap import Core, build_core, new_http_session
+from bot.errors import ImageBotError, InvalidImageError, UnexpectedError
+from bot.models import EditRequest, GeneratedImage, GenerateRequest, ImageResult, VaryRequest
+from bot.redact import RedactingFilter, redact
+from bot.service import slugify
+from bot.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("bot")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+CLI_REQUESTER = "cli:" + (os.environ.get("USER") or "local")
+
+
+# --- logging (configured here and nowhere else) ------------------------------------------------------------
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class _BriefFormatter(logging.Formatter):
+    """For one-shot CLI commands: one line per record, no tracebacks."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"imagebot: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def configure_logging(level: str, fmt: str, *, brief: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    elif brief:
+        handler.setFormatter(_BriefFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+# --- argument parsing -------------------------------------------------------------------------------------
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if not 1 <= value <= 10:
+        raise argparse.ArgumentTypeError("must be between 1 and 10")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagebot", description="Make images from text, in chat or here.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    imagine = commands.add_parser("imagine", help="make images from a prompt")
+    imagine.add_argument("prompt", metavar="PROMPT")
+    imagine.add_argument("-n", type=_count, default=None, help="how many images (default 1)")
+    imagine.add_argument("--size", help="e.g. 1024x1024, 1536x1024, auto")
+    imagine.add_argument("--quality", help="e.g. low, medium, high, auto")
+    imagine.add_argument("--model", help="model name or alias (default from settings)")
+    imagine.add_argument("--out", default=".", help="folder for the PNG files (default: here)")
+
+    edit = commands.add_parser("edit", help="edit an image with a prompt, a mask or a region")
+    edit.add_argument("image", metavar="IMAGE")
+    edit.add_argument("prompt", metavar="PROMPT")
+    where = edit.add_mutually_exclusive_group()
+    where.add_argument("--mask", help="mask image: transparent or white = the area to change")
+    where.add_argument("--region", help=f"{', '.join(imaging.REGION_NAMES)}, or cells of a 4x4 grid like A1:B2")
+    edit.add_argument("-n", type=_count, default=None, help="how many images (default 1)")
+    edit.add_argument("--out", default=".", help="folder for the PNG files (default: here)")
+
+    vary = commands.add_parser("vary", help="make variations of an image")
+    vary.add_argument("image", metavar="IMAGE")
+    vary.add_argument("-n", type=_count, default=None, help="how many variations (default 1)")
+    vary.add_argument("--prompt", help="optional direction for the variations")
+    vary.add_argument("--out", default=".", help="folder for the PNG files (default: here)")
+
+    commands.add_parser("check", help="show settings (secrets masked) and test the image provider")
+    commands.add_parser("run", help="start the chat adapters (default command)")
+    return parser
+
+
+# --- commands ---------------------------------------------------------------------------------------------
+
+
+async def _read_input(path_text: str, settings: Settings) -> bytes:
+    path = Path(path_text)
+    limit = settings.imaging.max_input_bytes
+    try:
+        size = await asyncio.to_thread(lambda: path.stat().st_size)
+        if size > limit:
+            raise InvalidImageError(f"{path.name} is {size / 1e6:.0f} MB; the limit is {limit / 1e6:.0f} MB.")
+        return await asyncio.to_thread(path.read_bytes)
+    except FileNotFoundError:
+        raise InvalidImageError(f"There is no file at {path_text}.") from None
+    except IsADirectoryError:
+        raise InvalidImageError(f"{path_text} is a folder, not an image file.") from None
+    except PermissionError:
+        raise InvalidImageError(f"I'm not allowed to read {path_text}.") from None
+
+
+def _write_results(images: Sequence[GeneratedImage], out_dir: Path, stem: str) -> list[Path]:
+    """Write each image as ``<stem>-<k>.<ext>``, taking the next free k: never overwrite anything."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    k = 1
+    for image in images:
+        extension = image.filename.rsplit(".", 1)[-1]
+        while True:
+            target = out_dir / f"{stem}-{k}.{extension}"
+            k += 1
+            try:
+                with open(target, "xb") as handle:  # "x": fail if it exists, even if created meanwhile
+                    handle.write(image.data)
+            except FileExistsError:
+                continue
+            written.append(target)
+            break
+    return written
+
+
+async def _save(result: ImageResult, out: str, stem: str) -> None:
+    try:
+        paths = await asyncio.to_thread(_write_results, result.images, Path(out), stem)
+    except OSError as exc:
+        raise InvalidImageError(
+            f"I couldn't write the images to {out}: {exc.strerror or 'the folder is not writable'}."
+        ) from None
+    for path in paths:
+        print(path)
+    if result.notice:
+        print(f"note: {result.notice}", file=sys.stderr)
+
+
+async def _imagine(core: Core, args: argparse.Namespace) -> int:
+    request = GenerateRequest(
+        prompt=args.prompt,
+        n=args.n if args.n is not None else core.settings.default_n,
+        size=args.size,
+        quality=args.quality,
+        model=args.model,
+        requester=CLI_REQUESTER,
+    )
+    result = await core.service.generate(request)
+    await _save(result, args.out, slugify(args.prompt))
+    return EXIT_OK
+
+
+async def _edit(core: Core, args: argparse.Namespace) -> int:
+    image = await _read_input(args.image, core.settings)
+    mask = await _read_input(args.mask, core.settings) if args.mask else None
+    request = EditRequest(
+        images=(image,),
+        prompt=args.prompt,
+        mask=mask,
+        region=args.region,
+        n=args.n if args.n is not None else core.settings.default_n,
+        requester=CLI_REQUESTER,
+    )
+    result = await core.service.edit(request)
+    await _save(result, args.out, slugify(args.prompt))
+    return EXIT_OK
+
+
+async def _vary(core: Core, args: argparse.Namespace) -> int:
+    image = await _read_input(args.image, core.settings)
+    request = VaryRequest(
+        image=image,
+        n=args.n if args.n is not None else core.settings.default_n,
+        prompt=args.prompt,
+        requester=CLI_REQUESTER,
+    )
+    result = await core.service.vary(request)
+    await _save(result, args.out, slugify(Path(args.image).stem, fallback="image") + "-variation")
+    return EXIT_OK
+
+
+async def _check(core: Core, args: argparse.Namespace) -> int:
+    settings = core.settings
+    print("settings (secrets masked):")
+    for name, value in settings.masked().items():
+        print(f"  {name} = {value}")
+    model, spec = core.catalog.resolve(None)
+    if spec.shutdown is not None and (spec.shutdown - dt.date.today()).days <= 30:
+        print(f"warning: the default model {model} shuts down on {spec.shutdown}; use {spec.replacement}")
+    health = await core.provider.check(model)
+    where = "offline (local images)" if core.provider.offline else settings.openai_base_url
+    print(f"provider: {core.provider.name} at {where}")
+    print(f"  reachable: {'yes' if health.reachable else 'no'}")
+    known = {True: "yes", False: "no", None: "unknown"}[health.model_known]
+    print(f"  model {model} known: {known}")
+    print(f"  {redact(health.detail)}")
+    return EXIT_OK if health.reachable and health.model_known is not False else EXIT_FAILED
+
+
+def _run(args: argparse.Namespace) -> int:
+    print(
+        "imagebot run: the Discord, Slack and playground adapters are not built yet; "
+        "use `imagebot imagine PROMPT` for now.",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
+
+
+async def _one_shot(settings: Settings, args: argparse.Namespace) -> int:
+    handlers = {"imagine": _imagine, "edit": _edit, "vary": _vary, "check": _check}
+    async with new_http_session() as session:
+        core = build_core(settings, session)
+        return await handlers[args.command](core, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    command = args.command or "run"
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"imagebot: {exc.user_message}", file=sys.stderr)
+        return EXIT_CONFIG
+    if command == "run":
+        configure_logging(settings.log_level, settings.log_format)
+        return _run(args)
+    level = "DEBUG" if args.verbose else "ERROR"
+    configure_logging(level, settings.log_format, brief=not args.verbose)
+    try:
+        return asyncio.run(_one_shot(settings, args))
+    except SettingsError as exc:
+        print(f"imagebot: {exc.user_message}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ImageBotError as exc:
+        print(f"imagebot: {exc.friendly()}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("imagebot: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last line of defence: one friendly line, details in the log only
+        wrapped = UnexpectedError(detail=f"{type(exc).__name__}: {exc}")
+        log.error("unexpected failure (ref %s): %s", wrapped.ref, wrapped.detail, exc_info=args.verbose)
+        print(f"imagebot: {wrapped.friendly()}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

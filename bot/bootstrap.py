@@ -1,0 +1,73 @@
+"""The composition root of the core: the only place that picks concrete classes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+
+from bot.catalog import Catalog
+from bot.limits import Admission
+from bot.ports import ImageProvider
+from bot.providers.offline import OfflineImages
+from bot.providers.openai import OpenAIImages
+from bot.redact import register_secrets
+from bot.service import ImageService
+from bot.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Core:
+    """Everything an adapter needs from the core."""
+
+    settings: Settings
+    catalog: Catalog
+    admission: Admission
+    provider: ImageProvider
+    service: ImageService
+
+
+def new_http_session() -> aiohttp.ClientSession:
+    """The process's one HTTP session (created by the entry point, injected everywhere)."""
+    return aiohttp.ClientSession(trust_env=True)
+
+
+def build_core(settings: Settings, session: aiohttp.ClientSession) -> Core:
+    """Wire the service from settings: provider by credentials (or IMAGEBOT_PROVIDER), limits, catalog."""
+    register_secrets(settings.secret_values())
+    catalog = settings.catalog()
+    limits = settings.limits
+    admission = Admission(
+        max_concurrent=limits.max_concurrent,
+        images_per_minute=limits.images_per_minute,
+        per_user_jobs=limits.per_user_jobs,
+        max_queue=limits.max_queue,
+    )
+    provider: ImageProvider
+    if settings.provider_name == "openai":
+        if settings.openai_api_key is None:
+            raise SettingsError("setting OPENAI_API_KEY: IMAGEBOT_PROVIDER=openai needs an API key")
+        provider = OpenAIImages(
+            session,
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key.get_secret_value(),
+            org_id=settings.openai_org_id.get_secret_value() if settings.openai_org_id else None,
+            project_id=settings.openai_project_id.get_secret_value() if settings.openai_project_id else None,
+            settings=settings.openai,
+            on_throttle=admission.throttle,
+        )
+    else:
+        provider = OfflineImages()
+    log.info("image provider: %s, default model %s", provider.name, settings.default_model)
+    service = ImageService(
+        provider=provider,
+        catalog=catalog,
+        admission=admission,
+        imaging_settings=settings.imaging,
+        variation_prompt=settings.variation_prompt,
+        default_n=settings.default_n,
+    )
+    return Core(settings, catalog, admission, provider, service)

@@ -1,0 +1,481 @@
+"""The OpenAI Images API (and OpenAI-compatible servers) over aiohttp.
+
+JSON for generations, multipart for edits and variations; retries that honour ``retry-after-ms`` and
+``retry-after``; every failure translated once, here, into the ``ImageBotError`` tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.utils
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from bot import imaging
+from bot.errors import (
+    AuthenticationError,
+    ImageBotError,
+    InvalidImageError,
+    InvalidRequestError,
+    ModelUnavailableError,
+    PermissionDeniedError,
+    ProviderOutageError,
+    ProviderResponseError,
+    ProviderTimeoutError,
+    QuotaExhaustedError,
+    RateLimitedError,
+    SafetyRefusalError,
+)
+from bot.models import (
+    ProviderEdit,
+    ProviderGenerate,
+    ProviderHealth,
+    ProviderImages,
+    ProviderVary,
+    Usage,
+)
+from bot.settings import OpenAISettings
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "imagebot/0.1 (+aiohttp)"
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+# Codes that arrive with a retryable status (429) but can never succeed by waiting.
+TERMINAL_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "billing_hard_limit_reached",
+        "moderation_blocked",
+        "content_policy_violation",
+        "invalid_api_key",
+        "model_not_found",
+    }
+)
+INITIAL_BACKOFF = 0.5
+MAX_BACKOFF = 8.0
+_SAFETY_LIST = re.compile(r"safety_violations=\[([^\]]*)\]")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+# --- pure decisions (table-tested) ----------------------------------------------------------------------
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date); None if absent."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    raw_ms = lowered.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            value = float(raw_ms) / 1000
+        except ValueError:
+            value = -1.0
+        if value >= 0 and value == value:  # NaN check
+            return value
+    raw = lowered.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        parsed = email.utils.parsedate_tz(raw)
+        if parsed is None:
+            return None
+        seconds = email.utils.mktime_tz(parsed) - (time.time() if now is None else now)
+    if seconds != seconds or seconds < 0:  # NaN or in the past
+        return 0.0 if seconds == seconds else None
+    return seconds
+
+
+def parse_reset_duration(value: str | None) -> float | None:
+    """OpenAI's ``x-ratelimit-reset-*`` values such as ``"1s"``, ``"6m0s"``, ``"20ms"`` -> seconds."""
+    if not value:
+        return None
+    total = 0.0
+    matched = False
+    for number, unit in _DURATION_PART.findall(value.strip()):
+        matched = True
+        total += float(number) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+    return total if matched else None
+
+
+def should_retry(status: int | None, code: str | None) -> bool:
+    """Whether a failed attempt may succeed if repeated. ``status`` None = no answer (connection, timeout)."""
+    if code in TERMINAL_CODES:
+        return False
+    if status is None:
+        return True
+    return status in RETRYABLE_STATUSES or status >= 500
+
+
+def backoff_delay(attempt: int, retry_after: float | None, *, jitter: float) -> float:
+    """How long to sleep before retry number ``attempt`` (0-based); ``jitter`` is in [0, 1)."""
+    if retry_after is not None:
+        return float(retry_after)
+    base = min(INITIAL_BACKOFF * 2.0**attempt, MAX_BACKOFF)
+    return base * (1 - 0.25 * jitter)
+
+
+def translate_error(
+    status: int, body: Any, *, model: str, retry_after: float | None = None, raw_text: str = ""
+) -> ImageBotError:
+    """Turn a non-2xx answer into the right ``ImageBotError`` (the detail is redacted by the error)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    error = error if isinstance(error, dict) else {}
+    message = str(error.get("message") or "")
+    code = str(error.get("code") or "")
+    etype = str(error.get("type") or "")
+    param = str(error.get("param") or "")
+    detail = f"HTTP {status} type={etype or '-'} code={code or '-'} param={param or '-'}: {message or raw_text[:300]}"
+
+    if code in {"moderation_blocked", "content_policy_violation", "content_filter"} or (
+        etype == "image_generation_user_error" and "safety" in message.lower()
+    ):
+        moderation = error.get("moderation_details")
+        moderation = moderation if isinstance(moderation, dict) else {}
+        stage = moderation.get("moderation_stage")
+        categories = moderation.get("categories")
+        if not isinstance(categories, list):
+            found = _SAFETY_LIST.search(message)
+            categories = [c.strip() for c in found.group(1).split(",")] if found else []
+        return SafetyRefusalError(
+            stage=str(stage) if stage in {"input", "output"} else None,
+            categories=tuple(str(c) for c in categories if str(c).strip())[:5],
+            detail=detail,
+        )
+    if code in {"billing_hard_limit_reached", "insufficient_quota"} or etype == "insufficient_quota":
+        return QuotaExhaustedError(detail=detail)
+    if status == 401 or code == "invalid_api_key":
+        return AuthenticationError(detail=detail)
+    if status == 403:
+        return PermissionDeniedError(
+            f"The bot's API account may not use the model '{model}' (the organization may need "
+            "verification). The operator can verify it or pick another model with IMAGEBOT_DEFAULT_MODEL.",
+            detail=detail,
+        )
+    if status == 404 or code == "model_not_found":
+        return ModelUnavailableError(
+            f"The image service doesn't offer the model '{model}'. The operator can choose another one "
+            "(IMAGEBOT_DEFAULT_MODEL, or the model table in config/settings.toml).",
+            detail=detail,
+        )
+    if status == 429:
+        return RateLimitedError(retry_after=retry_after, detail=detail)
+    if status in {408, 504}:
+        return ProviderTimeoutError(detail=detail)
+    if status >= 500 or status == 409:
+        return ProviderOutageError(detail=detail)
+    if status in {400, 413, 415, 422}:
+        lowered = message.lower()
+        if param in {"image", "image[]", "mask"} or "image" in lowered or "mask" in lowered:
+            return InvalidImageError(
+                "The image service couldn't use the uploaded image. Images must be PNG, JPEG or WebP "
+                "(under 50 MB); a mask must be a PNG with transparency and the same size as the image.",
+                detail=detail,
+            )
+        hints = {
+            "size": "that size isn't accepted for this model",
+            "prompt": "the prompt wasn't accepted (is it empty or too long?)",
+            "n": "that number of images isn't accepted for this model",
+            "quality": "that quality isn't accepted for this model",
+            "model": "the model name wasn't accepted",
+        }
+        hint = hints.get(param, "it said the request was invalid")
+        return InvalidRequestError(f"The image service refused the request: {hint}.", detail=detail)
+    return ProviderOutageError(detail=detail)
+
+
+def parse_usage(body: Mapping[str, Any]) -> Usage | None:
+    """The ``usage`` object of an Images API answer, or None if absent or malformed."""
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get("input_tokens_details")
+    details = details if isinstance(details, dict) else {}
+
+    def number(value: Any) -> int:
+        return value if isinstance(value, int) and value >= 0 else 0
+
+    return Usage(
+        input_tokens=number(usage.get("input_tokens")),
+        output_tokens=number(usage.get("output_tokens")),
+        text_input_tokens=number(details.get("text_tokens")),
+        image_input_tokens=number(details.get("image_tokens")),
+        total_tokens=number(usage.get("total_tokens")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    error: ImageBotError
+    status: int | None = None  # None: no answer at all (connection error, timeout)
+    code: str | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    images: tuple[bytes | str, ...]  # bytes for b64_json items, str for url items
+    revised_prompts: tuple[str | None, ...]
+    usage: Usage | None
+
+
+def _decode_success(raw: bytes) -> _Decoded:
+    """Parse a 2xx body and base64-decode its images (CPU work: called in a worker thread)."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProviderResponseError(detail=f"answer is not JSON ({len(raw)} bytes): {exc}") from None
+    items = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not items:
+        raise ProviderResponseError(detail=f"answer has no data items: {str(body)[:200]}")
+    images: list[bytes | str] = []
+    revised: list[str | None] = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ProviderResponseError(detail="a data item is not an object")
+        if isinstance(item.get("b64_json"), str):
+            try:
+                images.append(base64.b64decode(item["b64_json"], validate=True))
+            except (binascii.Error, ValueError):
+                raise ProviderResponseError(detail="b64_json is not valid base64") from None
+        elif isinstance(item.get("url"), str) and item["url"].startswith(("http://", "https://")):
+            images.append(item["url"])
+        else:
+            raise ProviderResponseError(detail="a data item has neither b64_json nor an http(s) url")
+        prompt = item.get("revised_prompt")
+        revised.append(prompt if isinstance(prompt, str) else None)
+    return _Decoded(tuple(images), tuple(revised), parse_usage(body))
+
+
+class OpenAIImages:
+    """``ImageProvider`` for the OpenAI Images API and compatible servers."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        api_key: str,
+        settings: OpenAISettings,
+        org_id: str | None = None,
+        project_id: str | None = None,
+        on_throttle: Callable[[float], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ):
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._settings = settings
+        self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
+        if org_id:
+            self._headers["OpenAI-Organization"] = org_id
+        if project_id:
+            self._headers["OpenAI-Project"] = project_id
+        self._on_throttle = on_throttle
+        self._sleep = sleep
+        self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout, sock_connect=settings.connect_timeout)
+
+    @property
+    def name(self) -> str:
+        return "openai"
+
+    @property
+    def offline(self) -> bool:
+        return False
+
+    # --- ImageProvider ------------------------------------------------------------------------------
+
+    async def generate(self, call: ProviderGenerate) -> ProviderImages:
+        body: dict[str, Any] = {"model": call.model, "prompt": call.prompt, "n": call.n}
+        optional = {
+            "size": call.size,
+            "quality": call.quality,
+            "background": call.background,
+            "output_format": call.output_format,
+        }
+        body.update({k: v for k, v in optional.items() if v})
+        body.update(call.extra)
+        return await self._images("/images/generations", call.model, lambda: {"json": body})
+
+    async def edit(self, call: ProviderEdit) -> ProviderImages:
+        fields = {"model": call.model, "prompt": call.prompt, "n": str(call.n), "size": call.size}
+        fields.update({"quality": call.quality, **call.extra})
+
+        def form() -> dict[str, Any]:
+            data = aiohttp.FormData()
+            for key, value in fields.items():
+                if value:
+                    data.add_field(key, value)
+            image_field = "image" if len(call.images) == 1 else "image[]"
+            for index, image in enumerate(call.images, start=1):
+                extension, mime = _file_kind(image)
+                data.add_field(image_field, image, filename=f"image-{index}.{extension}", content_type=mime)
+            if call.mask is not None:
+                data.add_field("mask", call.mask, filename="mask.png", content_type="image/png")
+            return {"data": data}
+
+        return await self._images("/images/edits", call.model, form)
+
+    async def vary(self, call: ProviderVary) -> ProviderImages:
+        fields = {"model": call.model, "n": str(call.n), "size": call.size, **call.extra}
+
+        def form() -> dict[str, Any]:
+            data = aiohttp.FormData()
+            for key, value in fields.items():
+                if value:
+                    data.add_field(key, value)
+            data.add_field("image", call.image, filename="image.png", content_type="image/png")
+            return {"data": data}
+
+        return await self._images("/images/variations", call.model, form)
+
+    async def check(self, model: str) -> ProviderHealth:
+        url = f"{self._base}/models/{model}"
+        try:
+            async with self._session.get(url, headers=self._headers, timeout=self._quick_timeout) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except TimeoutError:
+            return ProviderHealth(False, None, f"{self._base} did not answer in time")
+        except aiohttp.ClientError as exc:
+            return ProviderHealth(False, None, f"cannot reach {self._base}: {type(exc).__name__}")
+        if status == 200:
+            return ProviderHealth(True, True, f"{self._base} knows {model}")
+        body = _json_or_none(raw)
+        if status in {401, 403}:
+            raise translate_error(status, body, model=model, raw_text=raw.decode("utf-8", "replace"))
+        if status == 404:
+            return ProviderHealth(True, False, f"{self._base} answered 404 for model {model}")
+        return ProviderHealth(True, None, f"{self._base} answered HTTP {status} to the model lookup")
+
+    # --- the HTTP loop ------------------------------------------------------------------------------
+
+    @property
+    def _quick_timeout(self) -> aiohttp.ClientTimeout:
+        settings = self._settings
+        return aiohttp.ClientTimeout(total=min(30.0, settings.request_timeout), sock_connect=settings.connect_timeout)
+
+    async def _images(self, path: str, model: str, request_kwargs: Callable[[], dict[str, Any]]) -> ProviderImages:
+        attempts = self._settings.max_retries + 1
+        for attempt in range(attempts):
+            outcome = await self._attempt(path, model, request_kwargs)
+            if isinstance(outcome, ProviderImages):
+                return outcome
+            if attempt == attempts - 1 or not should_retry(outcome.status, outcome.code):
+                raise outcome.error
+            if outcome.retry_after is not None and outcome.retry_after > self._settings.retry_after_cap:
+                log.warning("not retrying %s: retry-after %.0fs is over the cap", path, outcome.retry_after)
+                raise outcome.error
+            delay = backoff_delay(attempt, outcome.retry_after, jitter=random.random())  # noqa: S311 - jitter only
+            log.warning(
+                "retrying POST %s in %.2fs (attempt %d of %d): %s",
+                path,
+                delay,
+                attempt + 2,
+                attempts,
+                outcome.error.log_line(),
+            )
+            await self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(
+        self, path: str, model: str, request_kwargs: Callable[[], dict[str, Any]]
+    ) -> ProviderImages | _Failure:
+        """One HTTP round trip: the images, or what went wrong and whether the server said when to retry."""
+        started = time.monotonic()
+        try:
+            async with self._session.post(
+                self._base + path, headers=self._headers, timeout=self._timeout, **request_kwargs()
+            ) as resp:
+                status = resp.status
+                headers = dict(resp.headers)
+                raw = await resp.read()
+        except TimeoutError:
+            elapsed = time.monotonic() - started
+            return _Failure(ProviderTimeoutError(detail=f"POST {path} timed out after {elapsed:.1f}s"))
+        except aiohttp.ClientError as exc:
+            return _Failure(ProviderOutageError(detail=f"POST {path} failed: {type(exc).__name__}: {exc}"))
+        elapsed = time.monotonic() - started
+        log.info("POST %s -> %s in %.2fs (request %s)", path, status, elapsed, headers.get("x-request-id", "-"))
+        self._note_rate_headers(headers)
+        if 200 <= status < 300:
+            return await self._success(raw, path)
+        body = _json_or_none(raw)
+        retry_after = parse_retry_after(headers)
+        code = _error_code(body)
+        text = raw.decode("utf-8", "replace")
+        error = translate_error(status, body, model=model, retry_after=retry_after, raw_text=text)
+        if status == 429 and self._on_throttle is not None and code not in TERMINAL_CODES:
+            self._on_throttle(retry_after if retry_after is not None else 1.0)
+        return _Failure(error, status, code, retry_after)
+
+    async def _success(self, raw: bytes, path: str) -> ProviderImages:
+        decoded = await asyncio.to_thread(_decode_success, raw)
+        images: list[bytes] = []
+        for item in decoded.images:
+            images.append(item if isinstance(item, bytes) else await self._download(item))
+        return ProviderImages(tuple(images), decoded.usage, decoded.revised_prompts)
+
+    async def _download(self, url: str) -> bytes:
+        """Fetch an image the server answered with a ``url`` for (they expire: fetch at once)."""
+        limit = self._settings.max_download_bytes
+        try:
+            async with self._session.get(url, timeout=self._timeout) as resp:
+                if resp.status != 200:
+                    raise ProviderResponseError(detail=f"image url answered HTTP {resp.status}: {url}")
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(256 * 1024):
+                    size += len(chunk)
+                    if size > limit:
+                        raise ProviderResponseError(detail=f"image at url is over {limit} bytes: {url}")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except TimeoutError:
+            raise ProviderTimeoutError(detail=f"downloading a result timed out: {url}") from None
+        except aiohttp.ClientError as exc:
+            raise ProviderOutageError(detail=f"downloading a result failed: {type(exc).__name__}: {url}") from None
+
+    def _note_rate_headers(self, headers: Mapping[str, str]) -> None:
+        """Slow the whole process down when the server says the request budget is spent."""
+        if self._on_throttle is None:
+            return
+        lowered = {k.lower(): v for k, v in headers.items()}
+        for kind in ("images", "requests"):
+            remaining = lowered.get(f"x-ratelimit-remaining-{kind}")
+            if remaining is not None and remaining.strip() == "0":
+                reset = parse_reset_duration(lowered.get(f"x-ratelimit-reset-{kind}"))
+                if reset:
+                    self._on_throttle(min(reset, self._settings.retry_after_cap))
+                return
+
+
+def _file_kind(data: bytes) -> tuple[str, str]:
+    """File extension and MIME type for an upload, from its magic bytes (the API checks both)."""
+    kind = imaging.sniff_format(data) or "png"
+    return imaging.EXTENSIONS[kind], imaging.MIME[kind]
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _error_code(body: Any) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        code = error.get("code") or error.get("type")
+        return str(code) if code else None
+    return None

@@ -1,0 +1,308 @@
+"""ImageService: validate -> normalise inputs (in a thread) -> admit -> provider -> verify results.
+
+The one entry point adapters and the CLI use. It returns bytes and metadata, never a platform object,
+and raises only ``ImageBotError`` (anything else is logged with a reference id and wrapped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from bot import imaging
+from bot.catalog import Catalog, ModelSpec
+from bot.errors import ImageBotError, InvalidRequestError, UnexpectedError
+from bot.limits import Admission
+from bot.models import (
+    EditRequest,
+    GeneratedImage,
+    GenerateRequest,
+    ImageResult,
+    JobStatus,
+    Progress,
+    ProviderEdit,
+    ProviderGenerate,
+    ProviderImages,
+    ProviderVary,
+    VaryRequest,
+)
+from bot.ports import ImageProvider, ProgressSink
+from bot.settings import ImagingSettings
+
+log = logging.getLogger(__name__)
+
+OFFLINE_NOTICE = "Made offline by imagebot's built-in generator (no OPENAI_API_KEY is set)."
+ALT_TEXT_LIMIT = 1000  # Slack's alt_txt and Discord's description both fit this
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def slugify(text: str, *, fallback: str = "image", limit: int = 60) -> str:
+    """A file-name-safe stem from a prompt: ``"RESTfull API security"`` -> ``"restfull_api_security"``."""
+    slug = _SLUG.sub("_", text.lower()).strip("_")[:limit].rstrip("_")
+    return slug or fallback
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    model: str
+    spec: ModelSpec
+    n: int
+    prompt: str
+
+
+class ImageService:
+    """Generate, edit and vary images for any adapter."""
+
+    def __init__(
+        self,
+        *,
+        provider: ImageProvider,
+        catalog: Catalog,
+        admission: Admission,
+        imaging_settings: ImagingSettings,
+        variation_prompt: str,
+        default_n: int = 1,
+        today: Callable[[], dt.date] = dt.date.today,
+    ):
+        self.provider = provider
+        self.catalog = catalog
+        self.admission = admission
+        self._imaging = imaging_settings
+        self._variation_prompt = variation_prompt
+        self._default_n = default_n
+        self._today = today
+
+    # --- public API ---------------------------------------------------------------------------------
+
+    async def generate(self, request: GenerateRequest, progress: ProgressSink | None = None) -> ImageResult:
+        """Make new images from a prompt."""
+
+        async def work() -> tuple[_Plan, ProviderImages]:
+            plan = self._plan(request.model, request.prompt, request.n)
+            spec = plan.spec
+            call = ProviderGenerate(
+                model=plan.model,
+                prompt=plan.prompt,
+                n=plan.n,
+                size=self.catalog.check_size(plan.model, spec, request.size),
+                quality=_option(plan.model, "quality", request.quality, spec.qualities),
+                background=_option(plan.model, "background", request.background, spec.backgrounds),
+                output_format=_option(plan.model, "output format", request.output_format, spec.output_formats),
+                extra=_extra(spec),
+            )
+            return plan, await self._admitted(request.requester, plan, progress, lambda: self.provider.generate(call))
+
+        return await self._run("generate", request.requester, progress, work)
+
+    async def edit(self, request: EditRequest, progress: ProgressSink | None = None) -> ImageResult:
+        """Change images according to a prompt, inside a mask, a named region or the image's transparency."""
+
+        async def work() -> tuple[_Plan, ProviderImages]:
+            plan = self._plan(request.model, request.prompt, request.n)
+            spec = plan.spec
+            if not spec.edits:
+                raise InvalidRequestError(f"The model {plan.model} can't edit images. Pick another model.")
+            if not request.images:
+                raise InvalidRequestError("Attach the image you want to edit.")
+            if len(request.images) > spec.max_input_images:
+                raise InvalidRequestError(f"{plan.model} can edit at most {spec.max_input_images} image(s) at once.")
+            if (request.mask is not None or request.region) and not spec.masks:
+                raise InvalidRequestError(f"{plan.model} can't edit only part of an image (no masks).")
+            size = self.catalog.check_size(plan.model, spec, request.size)
+            quality = _option(plan.model, "quality", request.quality, spec.qualities)
+            images, mask = await asyncio.to_thread(
+                self._prepare_edit, spec, request.images, request.mask, request.region
+            )
+            call = ProviderEdit(plan.model, plan.prompt, images, mask, plan.n, size, quality, _extra(spec))
+            return plan, await self._admitted(request.requester, plan, progress, lambda: self.provider.edit(call))
+
+        return await self._run("edit", request.requester, progress, work)
+
+    async def vary(self, request: VaryRequest, progress: ProgressSink | None = None) -> ImageResult:
+        """Variations of an image: the variations endpoint where the model has one, else an edit with a prompt."""
+
+        async def work() -> tuple[_Plan, ProviderImages]:
+            steer = (request.prompt or "").strip()
+            prompt = f"{self._variation_prompt} {steer}".strip() if steer else self._variation_prompt
+            plan = self._plan(request.model, prompt, request.n)
+            spec = plan.spec
+            if not spec.variations_endpoint and not spec.edits:
+                raise InvalidRequestError(f"The model {plan.model} can't make variations. Pick another model.")
+            size = self.catalog.check_size(plan.model, spec, request.size)
+            png = await asyncio.to_thread(self._prepare_image, spec, request.image)
+            if spec.variations_endpoint and not steer:
+                vary_call = ProviderVary(plan.model, png.data, plan.n, size, _extra(spec))
+                raw = await self._admitted(request.requester, plan, progress, lambda: self.provider.vary(vary_call))
+            else:
+                edit_call = ProviderEdit(plan.model, plan.prompt, (png.data,), None, plan.n, size, None, _extra(spec))
+                raw = await self._admitted(request.requester, plan, progress, lambda: self.provider.edit(edit_call))
+            shown = _Plan(plan.model, spec, plan.n, steer or "variation")
+            return shown, raw
+
+        return await self._run("vary", request.requester, progress, work)
+
+    # --- the pipeline -------------------------------------------------------------------------------------
+
+    def _plan(self, model: str | None, prompt: str, n: int | None) -> _Plan:
+        real, spec = self.catalog.resolve(model, today=self._today())
+        cleaned = " ".join((prompt or "").split())
+        if not cleaned:
+            raise InvalidRequestError("Please describe the image you want: the prompt is empty.")
+        if len(cleaned) > spec.max_prompt_chars:
+            raise InvalidRequestError(
+                f"Your prompt is {len(cleaned):,} characters; {real} accepts at most {spec.max_prompt_chars:,}."
+            )
+        count = self._default_n if n is None else n
+        if not 1 <= count <= spec.max_n:
+            raise InvalidRequestError(f"You can ask {real} for 1 to {spec.max_n} images at a time.")
+        return _Plan(real, spec, count, cleaned)
+
+    async def _admitted(
+        self,
+        requester: str,
+        plan: _Plan,
+        progress: ProgressSink | None,
+        call: Callable[[], Awaitable[ProviderImages]],
+    ) -> ProviderImages:
+        """Wait for a turn in line, then make the provider call."""
+        async with self.admission.slot(requester, plan.n, progress):
+            await _report(progress, Progress(JobStatus.RUNNING))
+            return await call()
+
+    async def _run(
+        self,
+        kind: str,
+        requester: str,
+        progress: ProgressSink | None,
+        work: Callable[[], Awaitable[tuple[_Plan, ProviderImages]]],
+    ) -> ImageResult:
+        started = time.monotonic()
+        try:
+            plan, raw = await work()
+            if not raw.images:
+                raise InvalidRequestError("The image service returned no images for that request.")
+            images = await asyncio.to_thread(self._finish, plan, raw)
+        except ImageBotError as exc:
+            log.warning("%s for %s failed: %s", kind, requester, exc.log_line())
+            await _report(progress, Progress(JobStatus.FAILED, message=exc.friendly()))
+            raise
+        except Exception as exc:
+            wrapped = UnexpectedError(detail=f"{type(exc).__name__}: {exc}")
+            log.exception("%s for %s failed unexpectedly (ref %s)", kind, requester, wrapped.ref)
+            await _report(progress, Progress(JobStatus.FAILED, message=wrapped.friendly()))
+            raise wrapped from None
+        cost = 0.0 if self.provider.offline else Catalog.actual_cost(plan.spec, raw.usage)
+        if cost is None:
+            cost = Catalog.estimate_cost(plan.spec, None, None, len(images))
+        result = ImageResult(
+            images=images,
+            model=plan.model,
+            provider=self.provider.name,
+            prompt=plan.prompt,
+            usage=raw.usage,
+            cost_usd=cost,
+            notice=OFFLINE_NOTICE if self.provider.offline else None,
+        )
+        log.info(
+            "%s for %s: %d image(s) from %s/%s in %.1fs, cost %s",
+            kind,
+            requester,
+            len(images),
+            result.provider,
+            result.model,
+            time.monotonic() - started,
+            "unknown" if cost is None else f"${cost:.4f}",
+        )
+        await _report(progress, Progress(JobStatus.DONE))
+        return result
+
+    # --- Pillow work (worker threads only) ---------------------------------------------------------------
+
+    def _prepare_image(self, spec: ModelSpec, data: bytes) -> imaging.PreparedImage:
+        settings = self._imaging
+        square_size = None
+        if spec.square_png_input:
+            square_sizes = [int(s.split("x")[0]) for s in spec.sizes if "x" in s and len(set(s.split("x"))) == 1]
+            square_size = max(square_sizes, default=1024)
+        return imaging.prepare_input(
+            data,
+            max_bytes=settings.max_input_bytes,
+            max_pixels=settings.max_input_pixels,
+            max_edge=settings.input_max_edge,
+            square=settings.square_inputs if spec.square_png_input else None,
+            square_size=square_size,
+            out_max_bytes=spec.max_input_bytes if spec.square_png_input else None,
+            jpeg_ok="jpeg" in spec.input_formats,
+        )
+
+    def _prepare_edit(
+        self, spec: ModelSpec, images: tuple[bytes, ...], mask: bytes | None, region: str | None
+    ) -> tuple[tuple[bytes, ...], bytes | None]:
+        prepared = [self._prepare_image(spec, data) for data in images]
+        first = prepared[0]
+        size = (first.width, first.height)
+        mask_png: bytes | None = None
+        if mask is not None:
+            mask_png = imaging.mask_from_upload(
+                mask, size, max_bytes=self._imaging.max_input_bytes, max_pixels=self._imaging.max_input_pixels
+            )
+        elif region:
+            mask_png = imaging.region_mask(region, size)
+        elif first.has_transparency and spec.masks:
+            mask_png = imaging.mask_from_alpha(first.data)
+        return tuple(p.data for p in prepared), mask_png
+
+    def _finish(self, plan: _Plan, raw: ProviderImages) -> tuple[GeneratedImage, ...]:
+        stem = slugify(plan.prompt)
+        count = len(raw.images)
+        out: list[GeneratedImage] = []
+        for index, data in enumerate(raw.images, start=1):
+            info = imaging.inspect_output(data)
+            revised = raw.revised_prompts[index - 1] if index - 1 < len(raw.revised_prompts) else None
+            described = revised or plan.prompt
+            prefix = "AI-generated image" if count == 1 else f"AI-generated image {index} of {count}"
+            alt = f"{prefix}: {described}"
+            if len(alt) > ALT_TEXT_LIMIT:
+                alt = alt[: ALT_TEXT_LIMIT - 1] + "…"
+            out.append(
+                GeneratedImage(
+                    data=data,
+                    filename=f"{stem}-{index}.{info.extension}",
+                    mime_type=info.mime_type,
+                    width=info.width,
+                    height=info.height,
+                    alt_text=alt,
+                    revised_prompt=revised,
+                )
+            )
+        return tuple(out)
+
+
+def _option(model: str, what: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
+    """Check an optional choice against the model's row; None means "don't send it"."""
+    if value is None or not value.strip():
+        return None
+    cleaned = value.strip().lower()
+    if not allowed:
+        raise InvalidRequestError(f"{model} has no {what} option; leave it out.")
+    if cleaned not in allowed:
+        raise InvalidRequestError(f"{what.capitalize()} for {model} can be: {', '.join(allowed)}.")
+    return cleaned
+
+
+def _extra(spec: ModelSpec) -> dict[str, str]:
+    return {"response_format": "b64_json"} if spec.response_format else {}
+
+
+async def _report(progress: ProgressSink | None, update: Progress) -> None:
+    if progress is None:
+        return
+    try:
+        await progress(update)
+    except Exception:
+        log.exception("progress report failed")

@@ -1,0 +1,537 @@
+"""A fake OpenAI Images API on 127.0.0.1 (aiohttp, port 0), speaking the real wire protocol.
+
+    async with FakeOpenAI(api_key="sk-test-key") as fake:
+        fake.script(rate_limited(retry_after=1))      # next image request gets a 429, the one after succeeds
+        ...  # point the client at fake.base_url ("http://127.0.0.1:PORT/v1")
+        assert fake.last.files["image[]"][1].data == png
+
+Error bodies marked "seed" are verbatim from the seed document (/work/shared/seed/*.txt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import hashlib
+import io
+import json
+import re
+import time
+import urllib.parse
+import uuid
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import BodyPartReader, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from PIL import Image
+
+DEFAULT_KEY = "sk-test-0123456789abcdefFAKE"
+# models alive on 2026-11-25 (platform-facts 1.1); anything else answers model_not_found
+DEFAULT_MODELS = frozenset(("gpt-image-1-mini", "gpt-image-1.5", "chatgpt-image-latest", "gpt-image-2"))
+DEFAULT_MODELS |= {"gpt-image-2-2026-04-21", "gpt-image-2.5-sunburst", "gpt-image-2.5-flare"}
+DEFAULT_MODELS |= {"gpt-image-2.6-sunburst", "gpt-image-2.6-flare"}
+USAGE: dict[str, Any] = {
+    "input_tokens": 50,
+    "input_tokens_details": {"text_tokens": 50, "image_tokens": 0},
+    "output_tokens": 1056,
+    "output_tokens_details": {"text_tokens": 0, "image_tokens": 1056},
+    "total_tokens": 1106,
+}
+_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+_MAX_EDGE = 3840
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A scripted answer (``text`` wins over ``json_body``).
+
+    ``success=True``: after ``delay``, answer the normal success body, with this status and these extra headers.
+    """
+
+    status: int
+    json_body: Any = None
+    headers: Mapping[str, str] | None = None
+    text: str | None = None
+    delay: float = 0.0
+    success: bool = False
+
+
+@dataclass(frozen=True)
+class RecordedFile:
+    filename: str | None
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: CIMultiDictProxy[str]
+    query: dict[str, list[str]]
+    received_at: float  # time.monotonic() on arrival
+    body: bytes = b""  # raw body of non-multipart requests
+    json: Any = None  # parsed JSON body, None if absent or invalid
+    form: dict[str, list[str]] = field(default_factory=dict)  # multipart/urlencoded text fields, names as sent
+    files: dict[str, list[RecordedFile]] = field(default_factory=dict)  # multipart files: "image", "image[]", "mask"
+    status: int = 0  # status the fake answered with
+
+    def param(self, name: str) -> str | None:
+        """First value of a JSON key or multipart text field, as a string."""
+        if isinstance(self.json, dict) and name in self.json:
+            return str(self.json[name])
+        values = self.form.get(name)
+        return values[0] if values else None
+
+
+def error_body(
+    message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _seed(status: int, message: str, code: str | None = None) -> Reply:
+    # key order as printed in the seed document
+    return Reply(status, {"error": {"code": code, "message": message, "param": None, "type": "invalid_request_error"}})
+
+
+MISSING_IMAGE = _seed(400, "'image' is a required property")
+NO_API_KEY = _seed(
+    401,
+    "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth "
+    "(i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accesing the API "
+    "from your browser and are prompted for a username and password. You can obtain an API key from "
+    "https://beta.openai.com.",
+)
+WRONG_API_KEY = _seed(
+    401,
+    "Incorrect API key provided: sk-***********************. You can find your API key at https://beta.openai.com.",
+    "invalid_api_key",
+)
+BILLING_HARD_LIMIT = _seed(400, "Billing hard limit has been reached", "billing_hard_limit_reached")
+INSUFFICIENT_QUOTA = Reply(
+    429,
+    error_body(
+        "You exceeded your current quota, please check your plan and billing details.",
+        "insufficient_quota",
+        code="insufficient_quota",
+    ),
+)
+
+
+def not_png(status: int = 400) -> Reply:
+    """Seed body "Uploaded image must be a PNG and less than 4 MB." (the seed shows it under 401; really 400)."""
+    return _seed(status, "Uploaded image must be a PNG and less than 4 MB.")
+
+
+NOT_PNG_OR_4MB = not_png()
+
+
+def mask_key(key: str) -> str:
+    return key[:3] + "*" * max(len(key) - 7, 0) + key[-4:] if len(key) > 7 else "*" * len(key)
+
+
+def wrong_key(key: str | None = None) -> Reply:
+    """401 invalid_api_key echoing the masked key (``None``: the seed's all-stars body verbatim)."""
+    if key is None:
+        return WRONG_API_KEY
+    message = (
+        f"Incorrect API key provided: {mask_key(key)}. "
+        "You can find your API key at https://platform.openai.com/account/api-keys."
+    )
+    return _seed(401, message, "invalid_api_key")
+
+
+def moderation_blocked(stage: str = "input", categories: Iterable[str] = ("sexual",)) -> Reply:
+    cats = list(categories)
+    body = error_body(
+        "Your request was rejected by the safety system. If you believe this is an error, contact us at "
+        f"help.openai.com and include the request ID req_0123456789abcdef. safety_violations=[{', '.join(cats)}].",
+        "image_generation_user_error",
+        code="moderation_blocked",
+    )
+    body["error"]["moderation_details"] = {"moderation_stage": stage, "categories": cats}
+    return Reply(400, body)
+
+
+def content_policy_violation() -> Reply:
+    message = (
+        "Your request was rejected as a result of our safety system. "
+        "Your prompt may contain text that is not allowed by our safety system."
+    )
+    return Reply(400, error_body(message, code="content_policy_violation"))
+
+
+def rate_limited(
+    retry_after: float | str | None = None, retry_after_ms: float | None = None, *, reset: str | None = None
+) -> Reply:
+    """429 rate_limit_exceeded; ``reset`` (e.g. "12s") adds x-ratelimit-{limit,remaining,reset}-images headers."""
+    headers: dict[str, str] = {}
+    if retry_after is not None:
+        headers["retry-after"] = _num(retry_after)
+    if retry_after_ms is not None:
+        headers["retry-after-ms"] = _num(retry_after_ms)
+    if reset is not None:
+        headers |= {
+            "x-ratelimit-limit-images": "5",
+            "x-ratelimit-remaining-images": "0",
+            "x-ratelimit-reset-images": reset,
+        }
+    message = (
+        "Rate limit reached for gpt-image-2 in organization org-AbCdEf123456 on images per minute (IPM): "
+        "Limit 5, Used 5, Requested 1. Please try again in 12s."
+    )
+    return Reply(429, error_body(message, "requests", code="rate_limit_exceeded"), headers)
+
+
+def server_error(status: int = 500) -> Reply:
+    message = "The server had an error while processing your request. Sorry about that!"
+    return Reply(status, error_body(message, "server_error"))
+
+
+def bad_gateway_html() -> Reply:
+    page = (
+        "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+        "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n"
+    )
+    return Reply(502, text=page, headers={"Content-Type": "text/html"})
+
+
+def model_not_found(model: str) -> Reply:
+    return Reply(404, error_body(f"The model '{model}' does not exist", code="model_not_found"))
+
+
+def org_not_verified() -> Reply:
+    message = (
+        "Your organization must be verified to use the model `gpt-image-2`. Please go to: "
+        "https://platform.openai.com/settings/organization/general and click on Verify Organization."
+    )
+    return Reply(403, error_body(message))
+
+
+def malformed_json() -> Reply:
+    return Reply(200, text='{"data": [', headers={"Content-Type": "application/json"})
+
+
+def timeout(delay: float) -> Reply:
+    """Answer normally, but only after ``delay`` seconds (cut short when the server closes)."""
+    return Reply(200, delay=delay, success=True)
+
+
+def _bad(message: str, param: str | None = None, code: str | None = None) -> Reply:
+    return Reply(400, error_body(message, param=param, code=code))
+
+
+def invalid_value(param: str, value: object) -> Reply:
+    return _bad(f"Invalid value for '{param}': {value!r}.", param, "invalid_value")
+
+
+INVALID_JSON = Reply(
+    400,
+    error_body(
+        "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP "
+        "library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON. If you have "
+        "trouble figuring out how to fix this, please contact us through our help center at help.openai.com.)"
+    ),
+)
+
+
+def _num(value: float | str) -> str:
+    return str(int(value)) if isinstance(value, int | float) and float(value).is_integer() else str(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _render(size: tuple[int, int], colour: tuple[int, int, int], fmt: str, transparent: bool) -> tuple[bytes, str]:
+    """Solid colour image (transparent: an opaque centre on a clear background), encoded bytes + base64."""
+    if transparent and fmt != "jpeg":
+        img = Image.new("RGBA", size, (*colour, 0))
+        w, h = size
+        img.paste((*colour, 255), (w // 4, h // 4, w - w // 4, h - h // 4))
+    else:
+        img = Image.new("RGB", size, colour)
+    buf = io.BytesIO()
+    options: dict[str, Any] = {"png": {"compress_level": 1}, "jpeg": {"quality": 85}, "webp": {"method": 0}}[fmt]
+    img.save(buf, format=_FORMATS[fmt], **options)
+    data = buf.getvalue()
+    return data, base64.b64encode(data).decode("ascii")
+
+
+class FakeOpenAI:
+    def __init__(
+        self,
+        api_key: str | None = DEFAULT_KEY,
+        known_models: Iterable[str] = DEFAULT_MODELS,
+        latency: float = 0.0,
+        response_mode: Literal["b64_json", "url"] = "b64_json",
+        revised_prompt: bool | str = False,
+    ) -> None:
+        self.api_key = api_key  # None: any bearer key is accepted
+        self.known_models = set(known_models)
+        self.latency = latency
+        self.response_mode = response_mode
+        self.revised_prompt = revised_prompt  # True: echo the prompt; str: that text
+        self.requests: list[RecordedRequest] = []
+        self._script: deque[Reply] = deque()
+        self._files: dict[str, bytes] = {}
+        self._renders: dict[tuple[Any, ...], asyncio.Future[tuple[bytes, str]]] = {}
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.app = web.Application(client_max_size=256 * 1024**2)
+        self.app.router.add_post("/v1/images/generations", self._generations)
+        self.app.router.add_post("/v1/images/edits", self._edits)
+        self.app.router.add_post("/v1/images/variations", self._variations)
+        self.app.router.add_get("/v1/models", self._models)
+        self.app.router.add_get("/v1/models/{model}", self._model)
+        self.app.router.add_get("/files/{name}", self._file)
+        self.app.router.add_route("*", "/{tail:.*}", self._unknown)
+
+    # --- lifecycle and accessors -----------------------------------------------------------------------
+
+    async def start(self) -> FakeOpenAI:
+        self._closing.clear()
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def close(self) -> None:
+        self._closing.set()  # wakes delayed/latency sleeps
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeOpenAI:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    @property
+    def image_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.startswith("/v1/images/")]
+
+    @property
+    def last(self) -> RecordedRequest:
+        if not self.requests:
+            raise LookupError("the fake OpenAI server has recorded no request")
+        return self.requests[-1]
+
+    def script(self, *responses: Reply) -> None:
+        """Serve these, in order, to the next image requests (then normal success again)."""
+        self._script.extend(responses)
+
+    @property
+    def pending(self) -> int:
+        return len(self._script)
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self._script.clear()
+
+    # --- plumbing ---------------------------------------------------------------------------------------
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), seconds)
+
+    async def _record(self, request: web.Request) -> RecordedRequest:
+        rec = RecordedRequest(
+            request.method,
+            request.path,
+            CIMultiDictProxy(CIMultiDict(request.headers)),
+            {k: request.query.getall(k) for k in request.query},
+            time.monotonic(),
+        )
+        self.requests.append(rec)
+        if request.content_type.startswith("multipart/"):
+            reader = await request.multipart()
+            async for part in reader:
+                if not isinstance(part, BodyPartReader):
+                    continue
+                name, data = part.name or "", await part.read()
+                if part.filename is not None:
+                    ctype = part.headers.get("Content-Type", "application/octet-stream")
+                    rec.files.setdefault(name, []).append(RecordedFile(part.filename, ctype, data))
+                else:
+                    rec.form.setdefault(name, []).append(data.decode(part.get_charset("utf-8"), "replace"))
+        elif request.content_type == "application/x-www-form-urlencoded":
+            rec.body = await request.read()
+            rec.form = urllib.parse.parse_qs(rec.body.decode("utf-8", "replace"), keep_blank_values=True)
+        elif request.can_read_body:
+            rec.body = await request.read()
+            try:
+                rec.json = json.loads(rec.body)
+            except ValueError:
+                rec.json = None
+        return rec
+
+    def _respond(self, rec: RecordedRequest, reply: Reply) -> web.Response:
+        headers = CIMultiDict(reply.headers or {})
+        headers.setdefault("x-request-id", f"req_{uuid.uuid4().hex}")
+        if reply.text is not None:
+            body = reply.text.encode()
+            headers.setdefault("Content-Type", "text/plain")
+        elif reply.json_body is not None:
+            body = json.dumps(reply.json_body, indent=4 if reply.status >= 400 else None).encode()
+            headers.setdefault("Content-Type", "application/json")
+        else:
+            body = b""
+        rec.status = reply.status
+        return web.Response(status=reply.status, body=body, headers=headers)
+
+    def _auth_error(self, rec: RecordedRequest) -> Reply | None:
+        scheme, _, key = rec.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return NO_API_KEY
+        if self.api_key is not None and key.strip() != self.api_key:
+            return wrong_key(key.strip())
+        return None
+
+    async def _image_endpoint(self, request: web.Request, kind: str) -> web.Response:
+        rec = await self._record(request)
+        scripted = self._script.popleft() if self._script else None
+        if scripted is not None:
+            await self._sleep(scripted.delay)
+            if not scripted.success:
+                return self._respond(rec, scripted)
+        ok = scripted or Reply(200)  # a success=True script lends its status and headers to the normal answer
+        problem = self._auth_error(rec)
+        if problem is None:
+            result = await self._images(rec, kind)
+            if isinstance(result, Reply):
+                problem = result
+            else:
+                await self._sleep(self.latency)
+                return self._respond(rec, Reply(ok.status, result, ok.headers))
+        return self._respond(rec, problem)
+
+    async def _images(self, rec: RecordedRequest, kind: str) -> dict[str, Any] | Reply:
+        default = (1024, 1024)
+        if kind == "generations":
+            if not isinstance(rec.json, dict):
+                return INVALID_JSON
+            params: dict[str, Any] = rec.json
+            if not params.get("prompt"):
+                return _bad("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
+        else:
+            ctype = rec.headers.get("Content-Type", "")
+            if not ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+                return _bad(f"Invalid Content-Type header ({ctype}), expected multipart/form-data.")
+            params = {k: v[0] for k, v in rec.form.items()}
+            images = rec.files.get("image", []) + rec.files.get("image[]", [])
+            if not images:
+                return MISSING_IMAGE
+            try:
+                default = Image.open(io.BytesIO(images[0].data)).size
+            except Exception:
+                message = "Invalid image file or mode for image 1, please check your image file."
+                return _bad(message, "image", "invalid_image_file")
+            if kind == "edits" and not params.get("prompt"):
+                return _bad("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
+        model = params.get("model")
+        if model is not None and model not in self.known_models:
+            return model_not_found(str(model))
+        try:
+            n = int(params.get("n", 1))
+        except (TypeError, ValueError):
+            n = 0
+        if not 1 <= n <= 10:
+            return invalid_value("n", params.get("n"))
+        size_text = str(params.get("size") or "auto")
+        match = re.fullmatch(r"(\d+)x(\d+)", size_text)
+        size = (int(match[1]), int(match[2])) if match else default
+        if (not match and size_text != "auto") or not (0 < size[0] <= _MAX_EDGE and 0 < size[1] <= _MAX_EDGE):
+            return invalid_value("size", size_text)
+        fmt = str(params.get("output_format") or "png")
+        if fmt not in _FORMATS:
+            return invalid_value("output_format", fmt)
+        transparent = params.get("background") == "transparent"
+        prompt = str(params.get("prompt") or "")
+        data: list[dict[str, str]] = []
+        for index in range(n):
+            digest = hashlib.sha256(f"{model}|{prompt}|{index}".encode()).digest()
+            raw, b64 = await self._render(size, (digest[0], digest[1], digest[2]), fmt, transparent)
+            if self.response_mode == "url":
+                name = f"{uuid.uuid4().hex}.{fmt}"
+                self._files[name] = raw
+                item = {"url": f"{self.url}/files/{name}"}
+            else:
+                item = {"b64_json": b64}
+            if self.revised_prompt:
+                item["revised_prompt"] = prompt if self.revised_prompt is True else str(self.revised_prompt)
+            data.append(item)
+        quality = str(params.get("quality") or "auto")
+        return {
+            "created": int(time.time()),
+            "data": data,
+            "usage": USAGE,
+            "size": f"{size[0]}x{size[1]}",
+            "quality": "medium" if quality == "auto" else quality,
+            "output_format": fmt,
+            "background": "transparent" if transparent else "opaque",
+        }
+
+    async def _render(
+        self, size: tuple[int, int], colour: tuple[int, int, int], fmt: str, transparent: bool
+    ) -> tuple[bytes, str]:
+        key = (size, colour, fmt, transparent)
+        future = self._renders.get(key)
+        if future is None:  # one encode per distinct image, shared by concurrent requests
+            future = asyncio.ensure_future(asyncio.to_thread(_render, size, colour, fmt, transparent))
+            self._renders[key] = future
+        return await asyncio.shield(future)
+
+    # --- handlers -----------------------------------------------------------------------------------------
+
+    async def _generations(self, request: web.Request) -> web.Response:
+        return await self._image_endpoint(request, "generations")
+
+    async def _edits(self, request: web.Request) -> web.Response:
+        return await self._image_endpoint(request, "edits")
+
+    async def _variations(self, request: web.Request) -> web.Response:
+        return await self._image_endpoint(request, "variations")
+
+    async def _models(self, request: web.Request) -> web.Response:
+        rec = await self._record(request)
+        models = [_model_object(m) for m in sorted(self.known_models)]
+        return self._respond(rec, self._auth_error(rec) or Reply(200, {"object": "list", "data": models}))
+
+    async def _model(self, request: web.Request) -> web.Response:
+        rec = await self._record(request)
+        model = request.match_info["model"]
+        found = Reply(200, _model_object(model)) if model in self.known_models else model_not_found(model)
+        return self._respond(rec, self._auth_error(rec) or found)
+
+    async def _file(self, request: web.Request) -> web.Response:
+        rec = await self._record(request)
+        name = request.match_info["name"]
+        if name not in self._files:
+            return self._respond(rec, Reply(404, text="Not Found"))
+        rec.status = 200
+        return web.Response(body=self._files[name], content_type=f"image/{name.rpartition('.')[2]}")
+
+    async def _unknown(self, request: web.Request) -> web.Response:
+        rec = await self._record(request)
+        return self._respond(rec, Reply(404, error_body(f"Invalid URL ({request.method} {request.path})")))
+
+
+def _model_object(model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": "system"}

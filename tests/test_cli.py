@@ -1,0 +1,257 @@
+"""The `imagebot` command end to end: a real subprocess against the fake Images API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.openai_server import (
+    BILLING_HARD_LIMIT,
+    DEFAULT_KEY,
+    FakeOpenAI,
+    moderation_blocked,
+    server_error,
+)
+from tests.images import decode, half_white_mask, jpeg, png
+
+SECRET_LOOKING = ("sk-", "Bearer", "Traceback", '{"error"', "invalid_request_error")
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def paths(self) -> list[str]:
+        return self.stdout.splitlines()
+
+
+async def imagebot(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Run:
+    """Run `python -m bot ARGS` without blocking the loop that serves the fake."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "IMAGEBOT_"))}
+    environment.update(env or {})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        *args,
+        cwd=cwd,
+        env=environment,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return Run(process.returncode, stdout.decode(), stderr.decode())
+
+
+def openai_env(fake: FakeOpenAI, key: str = DEFAULT_KEY) -> dict[str, str]:
+    return {"OPENAI_API_KEY": key, "OPENAI_BASE_URL": fake.base_url, "IMAGEBOT_OPENAI__MAX_RETRIES": "1"}
+
+
+def assert_clean(run: Run, *secrets: str) -> None:
+    text = run.stdout + run.stderr
+    for secret in (DEFAULT_KEY, *secrets):
+        assert secret not in text
+
+
+async def test_imagine_writes_pngs_named_from_the_prompt(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    run = await imagebot(
+        "imagine",
+        "RESTfull API security",
+        "-n",
+        "2",
+        "--size",
+        "1024x1024",
+        "--out",
+        "shots/",
+        cwd=tmp_path,
+        env=openai_env(fake_openai),
+    )
+    assert run.code == 0, run.stderr
+    assert run.paths == ["shots/restfull_api_security-1.png", "shots/restfull_api_security-2.png"]
+    for path in run.paths:
+        assert decode((tmp_path / path).read_bytes()).size == (1024, 1024)
+    assert fake_openai.last.json == {
+        "model": "gpt-image-2",
+        "prompt": "RESTfull API security",
+        "n": 2,
+        "size": "1024x1024",
+    }
+    assert_clean(run)
+
+
+async def test_imagine_never_overwrites_existing_files(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    (tmp_path / "a_fox-1.png").write_bytes(b"keep me")
+    run = await imagebot("imagine", "a fox", "-n", "2", cwd=tmp_path, env=openai_env(fake_openai))
+    assert run.code == 0, run.stderr
+    assert run.paths == ["a_fox-2.png", "a_fox-3.png"]
+    assert (tmp_path / "a_fox-1.png").read_bytes() == b"keep me"
+
+
+async def test_model_and_quality_are_passed_as_given(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    run = await imagebot(
+        "imagine",
+        "a fox",
+        "--model",
+        "gpt-image-2.6-flare",
+        "--quality",
+        "low",
+        cwd=tmp_path,
+        env=openai_env(fake_openai),
+    )
+    assert run.code == 0, run.stderr
+    assert fake_openai.last.json["model"] == "gpt-image-2.6-flare"
+    assert fake_openai.last.json["quality"] == "low"
+
+
+async def test_edit_with_a_mask_sends_image_and_mask_of_the_same_size(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    (tmp_path / "kolochava.png").write_bytes(png(96, 64))
+    (tmp_path / "kolochava-mask.png").write_bytes(half_white_mask(96, 64))
+    run = await imagebot(
+        "edit",
+        "kolochava.png",
+        "DS-1 Death Star in the sky",
+        "--mask",
+        "kolochava-mask.png",
+        cwd=tmp_path,
+        env=openai_env(fake_openai),
+    )
+    assert run.code == 0, run.stderr
+    assert run.paths == ["ds_1_death_star_in_the_sky-1.png"]
+    request = fake_openai.last
+    assert request.path == "/v1/images/edits"
+    image, mask = decode(request.files["image"][0].data), decode(request.files["mask"][0].data)
+    assert image.size == mask.size == (96, 64)
+    assert mask.mode == "RGBA"
+
+
+async def test_edit_with_a_region(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    (tmp_path / "photo.jpg").write_bytes(jpeg(120, 80))
+    run = await imagebot(
+        "edit", "photo.jpg", "a dragon", "--region", "top-half", cwd=tmp_path, env=openai_env(fake_openai)
+    )
+    assert run.code == 0, run.stderr
+    mask = decode(fake_openai.last.files["mask"][0].data).getchannel("A")
+    assert mask.size == (120, 80)
+    assert mask.getpixel((60, 10)) == 0 and mask.getpixel((60, 70)) == 255
+
+
+async def test_vary_is_an_edit_with_the_variation_prompt(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    (tmp_path / "photo.jpg").write_bytes(jpeg(120, 80))
+    run = await imagebot("vary", "photo.jpg", "-n", "3", cwd=tmp_path, env=openai_env(fake_openai))
+    assert run.code == 0, run.stderr
+    assert run.paths == ["photo-variation-1.png", "photo-variation-2.png", "photo-variation-3.png"]
+    request = fake_openai.last
+    assert request.path == "/v1/images/edits"
+    assert request.form["n"] == ["3"]
+    assert request.form["prompt"][0].startswith("Create a variation")
+
+
+async def test_offline_without_a_key_still_makes_images(tmp_path: Path) -> None:
+    run = await imagebot("imagine", "a lighthouse at dusk", "--out", "out", cwd=tmp_path)
+    assert run.code == 0, run.stderr
+    assert run.paths == ["out/a_lighthouse_at_dusk-1.png"]
+    assert decode((tmp_path / run.paths[0]).read_bytes()).size == (1024, 1024)
+    assert "offline" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("reply", "fragment"),
+    [
+        (BILLING_HARD_LIMIT, "budget"),
+        (moderation_blocked(categories=("violence",)), "safety filter"),
+        (server_error(500), "having trouble"),
+    ],
+)
+async def test_failures_are_one_friendly_paragraph(
+    fake_openai: FakeOpenAI, tmp_path: Path, reply, fragment: str
+) -> None:
+    fake_openai.script(reply, reply)
+    run = await imagebot("imagine", "a fox", cwd=tmp_path, env=openai_env(fake_openai))
+    assert run.code == 1
+    assert run.stdout == ""
+    assert fragment in run.stderr
+    assert "(ref " in run.stderr
+    for marker in SECRET_LOOKING:
+        assert marker not in run.stderr
+    assert_clean(run)
+
+
+async def test_a_wrong_key_is_never_echoed(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    wrong = "sk-proj-THISisWRONG000111222"
+    run = await imagebot("imagine", "a fox", cwd=tmp_path, env=openai_env(fake_openai, key=wrong))
+    assert run.code == 1
+    assert "OPENAI_API_KEY" in run.stderr
+    assert_clean(run, wrong, wrong[-4:], "THISisWRONG")
+
+
+async def test_verbose_logs_go_to_stderr_and_are_redacted(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    wrong = "sk-proj-THISisWRONG000111222"
+    run = await imagebot("-v", "imagine", "a fox", cwd=tmp_path, env=openai_env(fake_openai, key=wrong))
+    assert run.code == 1
+    assert "POST /images/generations -> 401" in run.stderr
+    assert_clean(run, wrong, "THISisWRONG")
+
+
+async def test_a_missing_input_file_is_a_friendly_error(tmp_path: Path) -> None:
+    run = await imagebot("vary", "nope.png", cwd=tmp_path)
+    assert run.code == 1
+    assert "no file at nope.png" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+async def test_a_text_file_posing_as_png_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "fake.png").write_text("hello, I am not a picture")
+    run = await imagebot("vary", "fake.png", cwd=tmp_path)
+    assert run.code == 1
+    assert "PNG" in run.stderr and "Traceback" not in run.stderr
+
+
+async def test_a_bad_setting_stops_with_one_line(tmp_path: Path) -> None:
+    run = await imagebot("imagine", "a fox", cwd=tmp_path, env={"IMAGEBOT_LIMITS__MAX_CONCURRENT": "zero"})
+    assert run.code == 2
+    assert run.stderr.count("\n") == 1
+    assert "IMAGEBOT_LIMITS__MAX_CONCURRENT" in run.stderr
+
+
+async def test_usage_errors_exit_non_zero(tmp_path: Path) -> None:
+    run = await imagebot("imagine", "a fox", "-n", "0", cwd=tmp_path)
+    assert run.code == 2
+    assert "between 1 and 10" in run.stderr
+
+
+async def test_check_with_the_fake_server(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    run = await imagebot("check", cwd=tmp_path, env=openai_env(fake_openai))
+    assert run.code == 0, run.stderr
+    assert "reachable: yes" in run.stdout
+    assert "model gpt-image-2 known: yes" in run.stdout
+    assert "openai_api_key = set (28 characters)" in run.stdout
+    assert_clean(run)
+
+
+async def test_check_reports_an_unreachable_provider(tmp_path: Path) -> None:
+    env = {"OPENAI_API_KEY": DEFAULT_KEY, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    run = await imagebot("check", cwd=tmp_path, env=env)
+    assert run.code == 1
+    assert "reachable: no" in run.stdout
+    assert_clean(run)
+
+
+async def test_check_offline(tmp_path: Path) -> None:
+    run = await imagebot("check", cwd=tmp_path)
+    assert run.code == 0, run.stderr
+    assert "provider: offline" in run.stdout
+
+
+async def test_run_says_what_is_missing_in_one_line(tmp_path: Path) -> None:
+    run = await imagebot("run", cwd=tmp_path)
+    assert run.code != 0
+    assert run.stderr.count("\n") == 1

@@ -1,0 +1,74 @@
+"""Settings load from config/settings.toml and the environment; bad values stop with one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.settings import SettingsError, load_settings
+
+
+def test_defaults_come_from_the_toml_file() -> None:
+    settings = load_settings()
+    assert settings.default_model == "gpt-image-2"
+    assert "gpt-image-2.6-sunburst" in settings.models
+    assert settings.models["gpt-image-2.5-sunburst"].qualities[-1] == "max"  # inherited through two "like"s
+
+
+def test_environment_overrides_toml_with_prefix_and_nesting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEBOT_DEFAULT_MODEL", "gpt-image-2.6-flare")
+    monkeypatch.setenv("IMAGEBOT_LIMITS__IMAGES_PER_MINUTE", "5")
+    settings = load_settings()
+    assert settings.default_model == "gpt-image-2.6-flare"
+    assert settings.limits.images_per_minute == 5
+
+
+def test_no_key_means_offline_and_a_key_means_openai(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().provider_name == "offline"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123456")
+    assert load_settings().provider_name == "openai"
+    monkeypatch.setenv("IMAGEBOT_PROVIDER", "offline")
+    assert load_settings().provider_name == "offline"
+
+
+def test_bad_value_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEBOT_WEB_PORT", "eighty")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = caught.value.user_message
+    assert "IMAGEBOT_WEB_PORT" in message
+    assert "\n" not in message
+
+
+def test_unknown_default_model_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEBOT_DEFAULT_MODEL", "dall-e-4")
+    with pytest.raises(SettingsError, match="IMAGEBOT_DEFAULT_MODEL"):
+        load_settings()
+
+
+def test_bad_base_url_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "api.openai.com/v1")
+    with pytest.raises(SettingsError, match="OPENAI_BASE_URL"):
+        load_settings()
+
+
+def test_masked_view_never_shows_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-proj-supersecretvalue")
+    monkeypatch.setenv("DISCORD_TOKEN", "discord-token-value-123")
+    shown = " ".join(load_settings().masked().values())
+    assert "supersecret" not in shown
+    assert "discord-token-value" not in shown
+    assert "set (24 characters)" in shown
+
+
+def test_missing_config_file_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("IMAGEBOT_CONFIG_FILE", str(tmp_path / "nope.toml"))
+    with pytest.raises(SettingsError, match="IMAGEBOT_CONFIG_FILE"):
+        load_settings()
+
+
+def test_like_loop_in_model_table_is_refused(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text('default_model = "a"\n[models.a]\nlike = "b"\n[models.b]\nlike = "a"\n')
+    monkeypatch.setenv("IMAGEBOT_CONFIG_FILE", str(config))
+    with pytest.raises(SettingsError, match="loop"):
+        load_settings()
