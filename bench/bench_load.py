@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bot.bootstrap import build_core, new_http_session  # noqa: E402
+from bot.bootstrap import build_images, new_http_session  # noqa: E402
 from bot.models import GenerateRequest  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from tests.fakes.openai_server import DEFAULT_KEY  # noqa: E402
@@ -77,7 +77,7 @@ async def main(jobs: int, latency: float) -> None:
     samples: list[float] = []
     stop = asyncio.Event()
     async with new_http_session() as session:
-        core = build_core(settings, session)
+        core = build_images(settings, session)
         probe = asyncio.create_task(lag_probe(samples, stop))
         started = time.perf_counter()
         cpu_started = time.process_time()

@@ -4,6 +4,9 @@
     imagebot edit IMAGE PROMPT [--mask MASK | --region REGION] [-n N] [--out DIR]
     imagebot vary IMAGE [-n N] [--prompt P] [--out DIR]
     imagebot check
+    imagebot usage [--since DATE] [--by user|channel|workspace]
+    imagebot history [--user ID] [--limit N]
+    imagebot prune
     imagebot run            (also plain `imagebot`)
 
 Files go to --out (default: the current folder), one path per line on stdout. Failures: one friendly
@@ -23,19 +26,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bot import imaging
-from bot.bootstrap import Core, build_core, new_http_session
+from bot.bootstrap import Core, new_http_session, open_core
+from bot.budgets import month_window
 from bot.errors import ImageBotError, InvalidImageError, UnexpectedError
-from bot.models import EditRequest, GeneratedImage, GenerateRequest, ImageResult, VaryRequest
+from bot.jobs import Request
+from bot.models import EditRequest, GeneratedImage, GenerateRequest, ImageResult, JobContext, VaryRequest
 from bot.redact import RedactingFilter, redact
 from bot.service import slugify
 from bot.settings import Settings, SettingsError, load_settings
+from bot.store import StoreError
 
 log = logging.getLogger("bot")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
-CLI_REQUESTER = "cli:" + (os.environ.get("USER") or "local")
+CLI_CONTEXT = JobContext(platform="cli", user=os.environ.get("USER") or "local")
+CLI_REQUESTER = CLI_CONTEXT.requester
 
 
 # --- logging (configured here and nowhere else) ------------------------------------------------------------
@@ -88,6 +95,23 @@ def _count(text: str) -> int:
     return value
 
 
+def _count_any(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _date(text: str) -> dt.datetime:
+    try:
+        return dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a date like 2026-11-01") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagebot", description="Make images from text, in chat or here.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
@@ -117,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     vary.add_argument("--out", default=".", help="folder for the PNG files (default: here)")
 
     commands.add_parser("check", help="show settings (secrets masked) and test the image provider")
+
+    usage = commands.add_parser("usage", help="images and dollars spent, by user, channel or workspace")
+    usage.add_argument("--since", type=_date, help="YYYY-MM-DD (UTC; default: the first of this month)")
+    usage.add_argument("--by", choices=("user", "channel", "workspace"), default="user")
+
+    history = commands.add_parser("history", help="recent jobs with status and cost")
+    history.add_argument("--user", help="only this user (an id, or platform:id)")
+    history.add_argument("--limit", type=_count_any, default=20, help="how many jobs (default 20)")
+
+    commands.add_parser("prune", help="delete result files older than the retention period")
     commands.add_parser("run", help="start the chat adapters (default command)")
     return parser
 
@@ -173,6 +207,15 @@ async def _save(result: ImageResult, out: str, stem: str) -> None:
         print(f"note: {result.notice}", file=sys.stderr)
 
 
+async def _run_job(core: Core, request: Request, out: str, stem: str) -> None:
+    """Run the request as a recorded job (the operator at the terminal needs no confirmation), save, deliver."""
+    outcome = await core.jobs.submit(CLI_CONTEXT, request, confirmed=True)
+    if outcome.result is None:
+        raise UnexpectedError(detail=f"job {outcome.job.id} ended as {outcome.job.status} without images")
+    await _save(outcome.result, out, stem)
+    await core.jobs.mark_delivered(outcome.job.id)
+
+
 async def _imagine(core: Core, args: argparse.Namespace) -> int:
     request = GenerateRequest(
         prompt=args.prompt,
@@ -182,8 +225,7 @@ async def _imagine(core: Core, args: argparse.Namespace) -> int:
         model=args.model,
         requester=CLI_REQUESTER,
     )
-    result = await core.service.generate(request)
-    await _save(result, args.out, slugify(args.prompt))
+    await _run_job(core, request, args.out, slugify(args.prompt))
     return EXIT_OK
 
 
@@ -198,8 +240,7 @@ async def _edit(core: Core, args: argparse.Namespace) -> int:
         n=args.n if args.n is not None else core.settings.default_n,
         requester=CLI_REQUESTER,
     )
-    result = await core.service.edit(request)
-    await _save(result, args.out, slugify(args.prompt))
+    await _run_job(core, request, args.out, slugify(args.prompt))
     return EXIT_OK
 
 
@@ -211,8 +252,7 @@ async def _vary(core: Core, args: argparse.Namespace) -> int:
         prompt=args.prompt,
         requester=CLI_REQUESTER,
     )
-    result = await core.service.vary(request)
-    await _save(result, args.out, slugify(Path(args.image).stem, fallback="image") + "-variation")
+    await _run_job(core, request, args.out, slugify(Path(args.image).stem, fallback="image") + "-variation")
     return EXIT_OK
 
 
@@ -234,6 +274,42 @@ async def _check(core: Core, args: argparse.Namespace) -> int:
     return EXIT_OK if health.reachable and health.model_known is not False else EXIT_FAILED
 
 
+async def _usage(core: Core, args: argparse.Namespace) -> int:
+    since = args.since or month_window(dt.datetime.now(dt.UTC))[0]
+    rows = await core.jobs.store.usage(since.timestamp(), by=args.by)
+    print(f"since {since:%Y-%m-%d} (UTC), by {args.by}")
+    width = max([len(args.by), 5, *(len(r.key) for r in rows)])
+    print(f"{args.by:<{width}}  {'jobs':>6}  {'images':>6}  {'dollars':>9}")
+    for row in rows:
+        print(f"{row.key:<{width}}  {row.jobs:>6}  {row.images:>6}  {'$' + format(row.dollars, '.4f'):>9}")
+    total_jobs, total_images = sum(r.jobs for r in rows), sum(r.images for r in rows)
+    total_dollars = sum(r.dollars for r in rows)
+    print(f"{'total':<{width}}  {total_jobs:>6}  {total_images:>6}  {'$' + format(total_dollars, '.4f'):>9}")
+    return EXIT_OK
+
+
+async def _history(core: Core, args: argparse.Namespace) -> int:
+    jobs = await core.jobs.store.history(user=args.user, limit=args.limit)
+    print(f"{'job':<10}  {'created (UTC)':<16}  {'status':<21}  {'kind':<8}  {'n':>2}  {'cost':>8}  prompt")
+    for job in jobs:
+        created = dt.datetime.fromtimestamp(job.created_at, dt.UTC)
+        cost = "-" if job.status.value == "failed" else f"${job.cost:.4f}"
+        prompt = job.prompt if len(job.prompt) <= 50 else job.prompt[:49] + "…"
+        who = job.context.requester
+        print(
+            f"{job.id:<10}  {created:%Y-%m-%d %H:%M}  {job.status.value:<21}  {job.kind:<8}  "
+            f"{job.images_requested:>2}  {cost:>8}  {prompt} ({who})"
+        )
+    return EXIT_OK
+
+
+async def _prune(core: Core, args: argparse.Namespace) -> int:
+    pruned = await core.jobs.prune()
+    days = core.settings.jobs.retention_days
+    print(f"deleted the result files of {pruned} job(s) older than {days:g} days")
+    return EXIT_OK
+
+
 def _run(args: argparse.Namespace) -> int:
     print(
         "imagebot run: the Discord, Slack and playground adapters are not built yet; "
@@ -244,9 +320,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _one_shot(settings: Settings, args: argparse.Namespace) -> int:
-    handlers = {"imagine": _imagine, "edit": _edit, "vary": _vary, "check": _check}
-    async with new_http_session() as session:
-        core = build_core(settings, session)
+    handlers = {
+        "imagine": _imagine,
+        "edit": _edit,
+        "vary": _vary,
+        "check": _check,
+        "usage": _usage,
+        "history": _history,
+        "prune": _prune,
+    }
+    async with new_http_session() as session, open_core(settings, session) as core:
         return await handlers[args.command](core, args)
 
 
@@ -266,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(level, settings.log_format, brief=not args.verbose)
     try:
         return asyncio.run(_one_shot(settings, args))
-    except SettingsError as exc:
+    except (SettingsError, StoreError) as exc:  # the operator's set-up: one line, no reference id
         print(f"imagebot: {exc.user_message}", file=sys.stderr)
         return EXIT_CONFIG
     except ImageBotError as exc:

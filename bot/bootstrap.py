@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
 
 from bot.catalog import Catalog
+from bot.jobs import JobService
 from bot.limits import Admission
 from bot.ports import ImageProvider
 from bot.providers.offline import OfflineImages
@@ -15,13 +18,14 @@ from bot.providers.openai import OpenAIImages
 from bot.redact import register_secrets
 from bot.service import ImageService
 from bot.settings import Settings, SettingsError
+from bot.store import ResultFiles, SQLiteJobStore
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Core:
-    """Everything an adapter needs from the core."""
+class Images:
+    """The stateless image pipeline: provider, admission and the service around them."""
 
     settings: Settings
     catalog: Catalog
@@ -30,12 +34,24 @@ class Core:
     service: ImageService
 
 
+@dataclass(frozen=True, slots=True)
+class Core:
+    """Everything an adapter needs from the core: the image pipeline and the durable jobs around it."""
+
+    settings: Settings
+    catalog: Catalog
+    admission: Admission
+    provider: ImageProvider
+    service: ImageService
+    jobs: JobService
+
+
 def new_http_session() -> aiohttp.ClientSession:
     """The process's one HTTP session (created by the entry point, injected everywhere)."""
     return aiohttp.ClientSession(trust_env=True)
 
 
-def build_core(settings: Settings, session: aiohttp.ClientSession) -> Core:
+def build_images(settings: Settings, session: aiohttp.ClientSession) -> Images:
     """Wire the service from settings: provider by credentials (or IMAGEBOT_PROVIDER), limits, catalog."""
     register_secrets(settings.secret_values())
     catalog = settings.catalog()
@@ -70,4 +86,23 @@ def build_core(settings: Settings, session: aiohttp.ClientSession) -> Core:
         variation_prompt=settings.variation_prompt,
         default_n=settings.default_n,
     )
-    return Core(settings, catalog, admission, provider, service)
+    return Images(settings, catalog, admission, provider, service)
+
+
+@contextlib.asynccontextmanager
+async def open_core(settings: Settings, session: aiohttp.ClientSession) -> AsyncIterator[Core]:
+    """The whole core, with its job database under ``IMAGEBOT_DATA_DIR`` open for the duration."""
+    images = build_images(settings, session)
+    store = await SQLiteJobStore.open(settings.data_dir / "jobs.sqlite3")
+    try:
+        jobs = JobService(
+            images=images.service,
+            store=store,
+            files=ResultFiles(settings.data_dir / "results"),
+            jobs=settings.jobs,
+            budgets=settings.budgets,
+        )
+        await jobs.start()
+        yield Core(settings, images.catalog, images.admission, images.provider, images.service, jobs)
+    finally:
+        await store.close()

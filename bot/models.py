@@ -90,10 +90,18 @@ class ImageResult:
 
 
 class JobStatus(enum.StrEnum):
+    AWAITING_CONFIRMATION = "awaiting_confirmation"  # estimated above the confirmation threshold
     QUEUED = "queued"
     RUNNING = "running"
-    DONE = "done"
+    DONE = "done"  # results stored, not yet delivered
+    DELIVERED = "delivered"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"  # the process stopped while the job was queued or running
+
+    @property
+    def active(self) -> bool:
+        """Waiting or working: a second identical request joins this job instead of paying twice."""
+        return self in (JobStatus.AWAITING_CONFIRMATION, JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,3 +169,82 @@ class ProviderHealth:
     reachable: bool
     model_known: bool | None
     detail: str
+
+
+# --- jobs: what the job store keeps ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """Who asked, and where the answer goes."""
+
+    platform: str  # "cli", "discord", "slack", "web"
+    user: str
+    workspace: str | None = None  # Discord guild or Slack team
+    channel: str | None = None
+    thread: str | None = None
+
+    @property
+    def requester(self) -> str:
+        return f"{self.platform}:{self.user}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    """A result file kept under the data folder."""
+
+    filename: str
+    mime_type: str
+    width: int
+    height: int
+    alt_text: str
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    kind: str  # "generate", "edit", "vary"
+    context: JobContext
+    request: dict[str, object]  # JSON-able options (prompt, n, size, ...); input images are files
+    request_hash: str
+    status: JobStatus
+    created_at: float  # unix seconds
+    updated_at: float
+    images_requested: int
+    estimated_cost: float | None = None
+    actual_cost: float | None = None
+    model: str | None = None
+    provider: str | None = None
+    error_ref: str | None = None
+    error_message: str | None = None
+    results: tuple[StoredImage, ...] = ()
+    delivered_at: float | None = None
+    results_pruned: bool = False
+
+    @property
+    def prompt(self) -> str:
+        return str(self.request.get("prompt") or "")
+
+    @property
+    def cost(self) -> float:
+        """What counts against budgets: the actual cost once known, else the estimate (nothing if failed)."""
+        if self.status is JobStatus.FAILED:
+            return self.actual_cost or 0.0
+        if self.actual_cost is not None:
+            return self.actual_cost
+        return self.estimated_cost or 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    images: int = 0
+    dollars: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    key: str
+    jobs: int
+    images: int
+    dollars: float

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from bot.models import (
+    Job,
+    JobContext,
     Progress,
     ProviderEdit,
     ProviderGenerate,
     ProviderHealth,
     ProviderImages,
     ProviderVary,
+    Spend,
+    UsageRow,
 )
 
 
@@ -45,3 +49,29 @@ class ProgressSink(Protocol):
     """Receives status changes of one job (queued with position, running, done, failed)."""
 
     async def __call__(self, update: Progress) -> None: ...
+
+
+class JobStore(Protocol):
+    """Durable job rows: what was asked, by whom, its state, cost and result files (see bot.store)."""
+
+    async def submit(self, job: Job, *, dedupe_since: float) -> tuple[Job, bool]:
+        """Insert ``job`` unless the same user has an identical active job; return the job doing the work."""
+        ...
+
+    async def update(self, job_id: str, **changes: Any) -> Job: ...
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def interrupt_unfinished(self) -> list[Job]: ...
+
+    async def undelivered(self, platform: str) -> list[Job]: ...
+
+    async def history(self, *, user: str | None = None, limit: int = 20) -> list[Job]: ...
+
+    async def prunable(self, before: float) -> list[Job]: ...
+
+    async def spend(self, since: float, *, context: JobContext | None = None, per: str = "all") -> Spend: ...
+
+    async def usage(self, since: float, *, by: str = "user") -> list[UsageRow]: ...
+
+    async def close(self) -> None: ...

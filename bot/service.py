@@ -146,6 +146,17 @@ class ImageService:
 
         return await self._run("vary", request.requester, progress, work)
 
+    def estimate(self, request: GenerateRequest | EditRequest | VaryRequest) -> tuple[str, int, float | None]:
+        """Check the request's model, count and size, and estimate its cost: (model, images, USD or None).
+
+        Cheap and synchronous: for budgets and confirmations before a job is recorded.
+        """
+        prompt = request.prompt if isinstance(request, GenerateRequest | EditRequest) else "variation"
+        plan = self._plan(request.model, prompt or "variation", request.n)
+        size = self.catalog.check_size(plan.model, plan.spec, request.size)
+        quality = request.quality if isinstance(request, GenerateRequest | EditRequest) else None
+        return plan.model, plan.n, Catalog.estimate_cost(plan.spec, size, quality, plan.n)
+
     # --- the pipeline -------------------------------------------------------------------------------------
 
     def _plan(self, model: str | None, prompt: str, n: int | None) -> _Plan:

@@ -58,6 +58,23 @@ class LimitsSettings(BaseModel):
     max_queue: int = Field(500, ge=1)
 
 
+class JobSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dedupe_window: float = Field(120.0, ge=0)
+    retention_days: float = Field(30, gt=0)
+    confirm_above_usd: float = Field(0.0, ge=0)
+
+
+class BudgetSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    images_per_user_per_day: int = Field(0, ge=0)
+    dollars_per_user_per_day: float = Field(0.0, ge=0)
+    dollars_per_workspace_per_month: float = Field(0.0, ge=0)
+    dollars_per_month: float = Field(0.0, ge=0)
+
+
 class ImagingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -116,6 +133,8 @@ class Settings(BaseSettings):
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     aliases: dict[str, str] = Field(default_factory=dict)
     models: dict[str, ModelSpec] = Field(default_factory=dict)
 

@@ -255,3 +255,37 @@ async def test_run_says_what_is_missing_in_one_line(tmp_path: Path) -> None:
     run = await imagebot("run", cwd=tmp_path)
     assert run.code != 0
     assert run.stderr.count("\n") == 1
+
+
+async def test_usage_and_history_report_what_the_cli_made(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    env = openai_env(fake_openai)
+    assert (await imagebot("imagine", "a fox", "-n", "2", cwd=tmp_path, env=env)).code == 0
+    assert (await imagebot("imagine", "a cat", cwd=tmp_path, env=env)).code == 0
+    usage = await imagebot("usage", "--by", "user", cwd=tmp_path, env=env)
+    assert usage.code == 0, usage.stderr
+    lines = usage.stdout.splitlines()
+    user_line = next(line for line in lines if line.startswith("cli:"))
+    # two calls priced from the fake's usage body: 2 x (50 x $5 + 1056 x $30) / 1M
+    assert user_line.split()[1:] == ["2", "3", "$0.0639"]
+    history = await imagebot("history", "--limit", "5", cwd=tmp_path, env=env)
+    assert history.code == 0, history.stderr
+    rows = history.stdout.splitlines()[1:]
+    assert len(rows) == 2
+    assert "delivered" in rows[0] and "a cat" in rows[0]
+    assert (tmp_path / "data" / "jobs.sqlite3").exists()
+
+
+async def test_prune_reports_what_it_removed(tmp_path: Path) -> None:
+    assert (await imagebot("imagine", "a fox", cwd=tmp_path)).code == 0
+    run = await imagebot("prune", cwd=tmp_path)
+    assert run.code == 0, run.stderr
+    assert "of 0 job(s) older than 30 days" in run.stdout
+
+
+async def test_a_damaged_job_database_stops_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "jobs.sqlite3").write_text("garbage" * 200)
+    run = await imagebot("imagine", "a fox", cwd=tmp_path)
+    assert run.code == 2
+    assert "damaged or not a database" in run.stderr
+    assert run.stderr.count("\n") == 1
