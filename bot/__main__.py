@@ -310,13 +310,94 @@ async def _prune(core: Core, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run(args: argparse.Namespace) -> int:
-    print(
-        "imagebot run: the Discord, Slack and playground adapters are not built yet; "
-        "use `imagebot imagine PROMPT` for now.",
-        file=sys.stderr,
-    )
-    return EXIT_FAILED
+def _run(settings: Settings) -> int:
+    """`imagebot run`: every adapter with credentials (for now: the playground) on one web server and loop."""
+    from adapters.web.server import is_loopback
+
+    password = os.environ.get("IMAGEBOT_WEB_PASSWORD") or None
+    if password is None and not is_loopback(settings.web_host):
+        print(
+            f"imagebot: setting IMAGEBOT_WEB_HOST: {settings.web_host} is not a loopback address; "
+            "set IMAGEBOT_WEB_PASSWORD to protect the playground, or use 127.0.0.1",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        return asyncio.run(_serve(settings, password))
+    except (SettingsError, StoreError) as exc:
+        print(f"imagebot: {exc.user_message}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ImageBotError as exc:
+        print(f"imagebot: {exc.friendly()}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:
+        wrapped = UnexpectedError(detail=f"{type(exc).__name__}: {exc}")
+        log.exception("imagebot run failed (ref %s)", wrapped.ref)
+        print(f"imagebot: {wrapped.friendly()}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+async def _serve(settings: Settings, password: str | None) -> int:
+    """Start the web server and the adapters; on SIGINT/SIGTERM drain running jobs and stop in order."""
+    import signal
+
+    from adapters.base import Adapter
+    from adapters.web.playground import Playground
+    from adapters.web.server import SHUTDOWN_GRACE_SECONDS, WebServer, create_app, is_loopback
+
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    waiting = [
+        name
+        for name, configured in (
+            ("Discord", settings.discord_token),
+            ("Slack", settings.slack_bot_token or settings.slack_app_token or settings.slack_signing_secret),
+        )
+        if configured
+    ]
+    if waiting:
+        log.warning(
+            "%s credentials are set, but this version has no %s adapter yet; serving the playground only",
+            " and ".join(waiting),
+            " or ".join(waiting),
+        )
+    async with new_http_session() as session, open_core(settings, session) as core:
+        adapters: list[Adapter] = []
+        app = create_app(core, adapters)
+        playground = Playground(core, password=password, local_only=is_loopback(settings.web_host))
+        playground.install(app)
+        adapters.append(playground)
+        server = WebServer(app, settings.web_host, settings.web_port)
+        try:
+            await server.start()
+        except OSError as exc:  # the port is taken, or the address is not this machine's
+            where = f"{settings.web_host}:{settings.web_port}"
+            print(f"imagebot: cannot listen on {where}: {exc.strerror or type(exc).__name__}", file=sys.stderr)
+            return EXIT_FAILED
+        try:
+            for adapter in adapters:
+                await adapter.start()
+            print(f"imagebot: playground at {server.url}", flush=True)
+            await stopping.wait()
+            log.info(
+                "shutting down: no new jobs; %d running get up to %gs", core.admission.running, SHUTDOWN_GRACE_SECONDS
+            )
+        finally:
+            core.admission.close()  # queued jobs fail with a "restarting" message their users see
+            deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
+            while core.admission.running and loop.time() < deadline:  # noqa: ASYNC110 (Admission has no event)
+                await asyncio.sleep(0.1)
+            if core.admission.running:
+                log.warning(
+                    "%d job(s) still running after %gs: interrupting", core.admission.running, SHUTDOWN_GRACE_SECONDS
+                )
+            for adapter in reversed(adapters):
+                await adapter.stop()
+            await server.stop()
+    log.info("stopped")
+    return EXIT_OK
 
 
 async def _one_shot(settings: Settings, args: argparse.Namespace) -> int:
@@ -344,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if command == "run":
         configure_logging(settings.log_level, settings.log_format)
-        return _run(args)
+        return _run(settings)
     level = "DEBUG" if args.verbose else "ERROR"
     configure_logging(level, settings.log_format, brief=not args.verbose)
     try:

@@ -75,6 +75,28 @@ class BudgetSettings(BaseModel):
     dollars_per_month: float = Field(0.0, ge=0)
 
 
+class DiscordSettings(BaseModel):
+    """Who may use the bot on Discord (empty lists = everyone)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_guilds: list[str] = Field(default_factory=list)
+    allowed_channels: list[str] = Field(default_factory=list)
+    allowed_roles: list[str] = Field(default_factory=list)
+    allow_dms: bool = True
+    others_may_press: bool = False
+
+
+class SlackSettings(BaseModel):
+    """Who may use the bot on Slack (empty lists = everyone)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_workspaces: list[str] = Field(default_factory=list)
+    allowed_channels: list[str] = Field(default_factory=list)
+    allowed_users: list[str] = Field(default_factory=list)
+
+
 class ImagingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -134,6 +156,8 @@ class Settings(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    slack: SlackSettings = Field(default_factory=SlackSettings)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     aliases: dict[str, str] = Field(default_factory=dict)
     models: dict[str, ModelSpec] = Field(default_factory=dict)

@@ -251,12 +251,6 @@ async def test_check_offline(tmp_path: Path) -> None:
     assert "provider: offline" in run.stdout
 
 
-async def test_run_says_what_is_missing_in_one_line(tmp_path: Path) -> None:
-    run = await imagebot("run", cwd=tmp_path)
-    assert run.code != 0
-    assert run.stderr.count("\n") == 1
-
-
 async def test_usage_and_history_report_what_the_cli_made(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     env = openai_env(fake_openai)
     assert (await imagebot("imagine", "a fox", "-n", "2", cwd=tmp_path, env=env)).code == 0

@@ -7,6 +7,7 @@ import hashlib
 import io
 import logging
 import re
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -72,7 +73,7 @@ class TinyBot:
             self.record(error)
 
         async def on_error(event: str, /, *args: object, **kwargs: object) -> None:
-            self.record(f"error in {event}")
+            self.record(sys.exc_info()[1] or f"error in {event}")
 
         self.client.event(on_error)
 
@@ -352,3 +353,26 @@ async def test_reply_without_ping_arrives_without_content(fake: FakeDiscord, bot
 
     sent = await fake.next_message(kinds=["channel"])
     assert sent.content == f"'' replies to {earlier['id']}"  # no MESSAGE_CONTENT intent, no mention
+
+
+async def test_slash_command_in_a_dm_is_answered_in_the_dm(fake: FakeDiscord, bot: TinyBot) -> None:
+    inter = await fake.dispatch_slash_command("imagine", {"prompt": "a fox"}, dm=True)
+
+    assert "member" not in inter.payload and inter.payload["user"]["id"] == fake.user["id"]
+    sent = await fake.next_webhook_message(inter.id)
+    assert sent.message["channel_id"] == inter.payload["channel"]["id"] == fake.user["id"]
+    assert "guild_id" not in sent.message
+
+
+async def test_files_over_the_interaction_upload_limit_are_rejected(fake: FakeDiscord, bot: TinyBot) -> None:
+    limit = len(png((200, 40, 40))) - 1  # one byte short for the first image /imagine sends
+    inter = await fake.dispatch_slash_command("imagine", {"prompt": "a fox"}, attachment_size_limit=limit)
+
+    await asyncio.wait_for(bot.failed.wait(), 2)
+    [error] = bot.errors
+    assert isinstance(error, app_commands.CommandInvokeError)
+    assert isinstance(error.original, discord.HTTPException)
+    assert (error.original.status, error.original.code) == (413, 40005)
+    assert not [s for s in fake.sent if s.interaction_id == inter.id]
+    bot.errors.clear()
+    fake.errors.clear()

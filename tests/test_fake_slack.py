@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,12 +22,16 @@ from tests.fakes.slack_server import (
     ACK_DEADLINE,
     APP_TOKEN,
     BOT_TOKEN,
+    BOT_USER_ID,
     CHANNEL_ID,
     SIGNING_SECRET,
     UPLOAD,
     USER_ID,
     FakeSlack,
     command_body,
+    event_body,
+    interactive_body,
+    retry_headers,
     sign_request,
 )
 from tests.images import decode, png
@@ -116,7 +121,7 @@ async def test_message_shortcut_trigger_id_opens_one_modal_only(fake: FakeSlack,
         await ack()
         view = MODAL | {"private_metadata": shortcut["message"]["files"][0]["id"]}
         await client.views_open(trigger_id=shortcut["trigger_id"], view=view)
-        with pytest.raises(SlackApiError):
+        with contextlib.suppress(SlackApiError):  # refused; asserted on the wire below
             await client.views_open(trigger_id=shortcut["trigger_id"], view=view)
 
     envelope = await fake.send_interactive(fake.message_shortcut_payload("vary_image", message))
@@ -143,6 +148,24 @@ async def test_event_retry_is_delivered_again_with_the_same_event_id(fake: FakeS
     assert first.envelope_id != retry.envelope_id
     assert retry.to_wire()["retry_attempt"] == 1 and retry.to_wire()["retry_reason"] == "timeout"
     assert sorted(deliveries) == [(first.payload["event_id"], "0"), (first.payload["event_id"], "1")]
+
+
+async def test_view_submission_errors_travel_in_the_ack_payload(
+    fake: FakeSlack, socket_app: AsyncApp, client: AsyncWebClient
+) -> None:
+    opened = await client.views_open(trigger_id=fake.new_trigger_id(), view=MODAL)
+
+    @socket_app.view("vary_modal")
+    async def submitted(ack: AsyncAck, view: dict[str, Any]) -> None:
+        prompt = view["state"]["values"]["prompt"]["text"]["value"]
+        await ack(response_action="errors", errors={"prompt": f"too long: {len(prompt)} characters"})
+
+    values = {"prompt": {"text": {"type": "plain_text_input", "value": "x" * 40}}}
+    envelope = await fake.send_interactive(fake.view_submission_payload(opened["view"]["id"], values))
+    ack = await fake.wait_for_ack(envelope.envelope_id)
+
+    assert envelope.accepts_response_payload is True
+    assert ack.payload == {"response_action": "errors", "errors": {"prompt": "too long: 40 characters"}}
 
 
 async def test_listener_too_slow_to_ack_is_reported(fake: FakeSlack, socket_app: AsyncApp) -> None:
@@ -176,7 +199,7 @@ async def test_ack_arriving_after_the_deadline_is_reported(http: aiohttp.ClientS
             await fake.wait_for_ack(envelope.envelope_id)
 
         assert (fake.ack_latency(envelope.envelope_id) or 0) > 0.2
-        with pytest.raises(AssertionError, match="not acknowledged within 0.2 s"):
+        with pytest.raises(AssertionError, match=r"not acknowledged within 0\.2 s"):
             fake.assert_no_errors()
 
 
@@ -221,6 +244,40 @@ async def test_http_mode_rejects_a_bad_signature_with_401(
     async with http.post("/slack/events", data=body, headers=headers) as resp:
         assert resp.status == 401
     assert handled == [] and fake.calls == []
+
+
+async def test_http_mode_event_retry_headers_reach_the_listener(
+    fake: FakeSlack, http_app: tuple[AsyncApp, TestClient[Any, Any]]
+) -> None:
+    app, http = http_app
+    retries: list[str] = []
+
+    @app.event("app_mention")
+    async def mention(request: AsyncBoltRequest) -> None:
+        retries.append(request.headers["x-slack-retry-num"][0])
+
+    body = event_body(fake.event_payload(fake.app_mention_event("draw a fox")))
+    async with http.post("/slack/events", data=body, headers=sign_request(body) | retry_headers(1)) as resp:
+        assert resp.status == 200
+    assert await fake.wait_for(lambda: retries) == ["1"]
+
+
+async def test_http_mode_block_action_is_dispatched(
+    fake: FakeSlack, http_app: tuple[AsyncApp, TestClient[Any, Any]]
+) -> None:
+    app, http = http_app
+    values: list[str] = []
+
+    @app.action("img:vary")
+    async def vary(ack: AsyncAck, action: dict[str, Any]) -> None:
+        await ack()
+        values.append(action["value"])
+
+    result = fake.add_message(CHANNEL_ID, "result", user=BOT_USER_ID).to_slack()
+    body = interactive_body(fake.block_actions_payload("img:vary", "job42:1", message=result))
+    async with http.post("/slack/events", data=body, headers=sign_request(body)) as resp:
+        assert resp.status == 200
+    assert await fake.wait_for(lambda: values) == ["job42:1"]
 
 
 # --- Web API and files -------------------------------------------------------------------------------------
@@ -297,6 +354,23 @@ async def test_failed_upload_step_stops_files_upload_v2(fake: FakeSlack, client:
     assert fake.calls_to("files.completeUploadExternal") == []
 
 
+async def test_upload_shorter_than_declared_is_refused_and_reported(
+    fake: FakeSlack, client: AsyncWebClient, http: aiohttp.ClientSession
+) -> None:
+    ticket = await client.files_getUploadURLExternal(filename="fox.png", length=100)
+    async with http.post(ticket["upload_url"], data=b"only 16 bytes..."):
+        pass
+
+    with pytest.raises(SlackApiError) as raised:
+        await client.files_completeUploadExternal(files=[{"id": ticket["file_id"]}], channel_id=CHANNEL_ID)
+
+    assert raised.value.response["error"] == "file_not_found" and fake.messages == []
+    assert fake.errors == [
+        f"files.completeUploadExternal: {ticket['file_id']}: uploaded 16 bytes but declared length 100"
+    ]
+    fake.errors.clear()
+
+
 async def test_expired_trigger_id_is_refused(fake: FakeSlack, client: AsyncWebClient) -> None:
     fake.trigger_ttl = 0.0
 
@@ -304,6 +378,20 @@ async def test_expired_trigger_id_is_refused(fake: FakeSlack, client: AsyncWebCl
         await client.views_open(trigger_id=fake.new_trigger_id(), view=MODAL)
 
     assert raised.value.response["error"] == "expired_trigger_id"
+
+
+async def test_views_push_stacks_at_most_three_views(fake: FakeSlack, client: AsyncWebClient) -> None:
+    root = (await client.views_open(trigger_id=fake.new_trigger_id(), view=MODAL))["view"]
+
+    async def push() -> str:
+        trigger_id = fake.block_actions_payload("next", view_id=root["id"])["trigger_id"]
+        try:
+            pushed = await client.views_push(trigger_id=trigger_id, view=MODAL)
+        except SlackApiError as exc:
+            return str(exc.response["error"])
+        return "ok" if pushed["view"]["root_view_id"] == root["id"] else "wrong root"
+
+    assert [await push() for _ in range(3)] == ["ok", "ok", "push_limit_reached"]
 
 
 @pytest.mark.parametrize(
@@ -321,7 +409,9 @@ async def test_web_api_errors_are_http_200_with_ok_false(
 ) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
 
-    async with http.post(f"{fake.api_url}{method}", json={"channel": CHANNEL_ID, "text": "hi"}, headers=headers) as resp:
+    async with http.post(
+        f"{fake.api_url}{method}", json={"channel": CHANNEL_ID, "text": "hi"}, headers=headers
+    ) as resp:
         assert resp.status == 200
         assert (await resp.json())["error"] == error
 
@@ -334,7 +424,12 @@ async def test_web_api_merges_query_string_and_form_arguments(fake: FakeSlack, h
         assert (await resp.json())["ok"] is True
 
     [call] = fake.calls_to("chat.postMessage")
-    assert call.args == {"channel": CHANNEL_ID, "thread_ts": "1700000000.000100", "text": "hi", "blocks": [{"type": "divider"}]}
+    assert call.args == {
+        "channel": CHANNEL_ID,
+        "thread_ts": "1700000000.000100",
+        "text": "hi",
+        "blocks": [{"type": "divider"}],
+    }
     assert [m.text for m in fake.messages_in(CHANNEL_ID, thread_ts="1700000000.000100")] == ["hi"]
 
 

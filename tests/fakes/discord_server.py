@@ -61,8 +61,8 @@ _OPTION_TYPE = {bool: 5, int: 4, float: 10}  # else 3 (string)
 _USER_NULLS = ("avatar", "avatar_decoration_data", "banner", "accent_color", "collectibles", "primary_guild")
 _MEMBER_NULLS = ("nick", "avatar", "banner", "premium_since", "communication_disabled_until")
 _CHANNEL_NULLS = ("parent_id", "topic", "last_message_id")
-_GUILD_LISTS = ("features", "threads", "presences", "voice_states", "emojis", "stickers", "stage_instances")
-_GUILD_LISTS += ("guild_scheduled_events", "soundboard_sounds")
+_GUILD_LISTS: tuple[str, ...] = ("features", "threads", "presences", "voice_states", "emojis", "stickers")
+_GUILD_LISTS += ("stage_instances", "guild_scheduled_events", "soundboard_sounds")
 _MESSAGE_LISTS = ("mentions", "mention_roles", "attachments", "embeds", "components")
 
 
@@ -617,11 +617,12 @@ class FakeDiscord:
         channel_id = str(message["channel_id"])
         by_index = {f.index: f for f in files}
         kept = {str(a["id"]): a for a in message["attachments"]} if edit else {}
-        listed = payload.get("attachments")
+        listed: list[Json] | None = payload.get("attachments")
         if listed is None and not files:
             return message
+        entries: list[Json] = listed if listed is not None else [{"id": f.index} for f in files]
         new: list[Json] = []
-        for entry in listed if listed is not None else [{"id": f.index} for f in files]:
+        for entry in entries:
             key = str(entry.get("id"))
             if key in kept:
                 new.append(kept[key] | ({"description": entry["description"]} if "description" in entry else {}))
@@ -752,7 +753,7 @@ class FakeDiscord:
             if callback.type == 4:
                 message = self._apply(message, callback.data, callback.files, edit=False)
         elif callback.type in (6, 7) and "message" in inter.payload:
-            message = self.messages.get(inter.payload["message"]["id"], inter.payload["message"])
+            message = self.messages.get(str(inter.payload["message"]["id"])) or inter.payload["message"]
             if callback.type == 7:
                 message = self._apply(message, callback.data, callback.files, edit=True)
         if message is not None:
@@ -882,11 +883,11 @@ class FakeDiscord:
         return ws
 
     async def _gateway_frame(self, session: _GatewaySession, frame: Json) -> None:
-        op, d = frame.get("op"), frame.get("d")
+        op, d = frame.get("op"), frame.get("d") or {}
         if op == 1:
             self.heartbeats += 1
             await session.send(11, None)
-        elif op == 2:
+        elif op == 2 and isinstance(d, dict):
             self.identify = d
             if d.get("token") != self.token:
                 await session.ws.close(code=4004, message=b"Authentication failed.")
@@ -907,7 +908,7 @@ class FakeDiscord:
             for guild in self.guilds:
                 await session.send(0, guild, "GUILD_CREATE")
             session.identified = True
-        elif op == 6:
+        elif op == 6 and isinstance(d, dict):
             session.seq = int(d.get("seq") or 0)
             await session.send(0, {}, "RESUMED")
             session.identified = True
@@ -999,12 +1000,12 @@ class FakeDiscord:
         return await self._dispatch_interaction(2, data, context)
 
     async def dispatch_message_command(
-        self, name: str, message: Json, **context: Unpack[InteractionContext]
+        self, name: str, target: Json, **context: Unpack[InteractionContext]
     ) -> FakeInteraction:
-        """MESSAGE context-menu command on ``message`` (full content and attachments, whatever the intents)."""
-        context.setdefault("channel_id", str(message["channel_id"]))
-        data: Json = {"id": self.command_id(name, 3), "name": name, "type": 3, "target_id": message["id"]}
-        data["resolved"] = {"messages": {message["id"]: message}}
+        """MESSAGE context-menu command on ``target`` (full content and attachments, whatever the intents)."""
+        context.setdefault("channel_id", str(target["channel_id"]))
+        data: Json = {"id": self.command_id(name, 3), "name": name, "type": 3, "target_id": target["id"]}
+        data["resolved"] = {"messages": {target["id"]: target}}
         return await self._dispatch_interaction(2, data, context)
 
     async def dispatch_component(

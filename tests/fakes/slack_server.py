@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, WSMsgType, web
+from multidict import CIMultiDict, CIMultiDictProxy
 from PIL import Image
 
 BOT_TOKEN = "xoxb-1111111111-2222222222-FakeBotToken0123456789"
@@ -82,7 +83,7 @@ class SlackCall:
 
     method: str
     args: dict[str, Any]  # query + body merged, JSON-ish arguments decoded, "token" removed
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]  # case-insensitive
     at: float  # time.monotonic() on arrival
     status: int = 200
     response: dict[str, Any] = field(default_factory=dict)
@@ -119,7 +120,7 @@ class PostedMessage:
     thread_ts: str | None = None
     files: list[dict[str, Any]] = field(default_factory=list)
     ephemeral_to: str | None = None  # chat.postEphemeral: the only user who sees it
-    method: str = "chat.postMessage"
+    method: str = "chat.postMessage"  # the call that created it; "" for add_message()
     edited: bool = False
 
     def to_slack(self) -> dict[str, Any]:
@@ -163,7 +164,7 @@ class Envelope:
         return None if self.ack is None else self.ack.at - self.sent_at
 
     def to_wire(self) -> dict[str, Any]:
-        wire = {"envelope_id": self.envelope_id, "type": self.type, "payload": self.payload}
+        wire: dict[str, Any] = {"envelope_id": self.envelope_id, "type": self.type, "payload": self.payload}
         wire["accepts_response_payload"] = self.accepts_response_payload
         if self.type == "events_api":  # Slack sends these on every events_api envelope, 0 and "" the first time
             wire |= {"retry_attempt": self.retry_attempt, "retry_reason": self.retry_reason}
@@ -406,7 +407,9 @@ class FakeSlack:
         thread_ts: str | None = None,
     ) -> PostedMessage:
         """A message someone else posted (e.g. the target of a message shortcut); ``.to_slack()`` gives its JSON."""
-        message = PostedMessage(channel, self._new_ts(), user, text, None, thread_ts, [dict(f) for f in files])
+        message = PostedMessage(
+            channel, self._new_ts(), user, text, None, thread_ts, [dict(f) for f in files], method=""
+        )
         self._record_message(message)
         return message
 
@@ -443,7 +446,7 @@ class FakeSlack:
         if self.errors:
             raise AssertionError("the fake Slack saw client mistakes:\n- " + "\n- ".join(self.errors))
 
-    async def wait_for(self, predicate: Callable[[], T], timeout: float = 5.0, what: str = "") -> T:
+    async def wait_for(self, predicate: Callable[[], T | None], timeout: float = 5.0, what: str = "") -> T:
         """Return the predicate's first truthy value; re-checked on every fake event and at least every 50 ms."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -457,8 +460,8 @@ class FakeSlack:
 
     async def wait_for_call(self, method: str, count: int = 1, timeout: float = 5.0) -> SlackCall:
         """The ``count``-th call of ``method`` (waiting for it)."""
-        calls = await self.wait_for(lambda: len(self.calls_to(method)) >= count, timeout, f"{count} x {method}")
-        return self.calls_to(method)[count - 1] if calls else self.calls[-1]
+        await self.wait_for(lambda: len(self.calls_to(method)) >= count, timeout, f"{count} x {method}")
+        return self.calls_to(method)[count - 1]
 
     async def wait_for_ack(self, envelope_id: str, timeout: float = 5.0) -> Ack:
         return await self.wait_for(lambda: self.envelopes[envelope_id].ack, timeout, f"ack of {envelope_id}")
@@ -553,19 +556,22 @@ class FakeSlack:
         value: str = "",
         *,
         message: Mapping[str, Any] | None = None,
+        view_id: str | None = None,
         block_id: str = "actions",
         user_id: str = USER_ID,
         channel_id: str = CHANNEL_ID,
     ) -> dict[str, Any]:
-        """A button click on ``message`` (a message object, e.g. ``PostedMessage.to_slack()``)."""
-        action = {"action_id": action_id, "block_id": block_id, "value": value, "type": "button"}
+        """A button click on ``message`` (a message object, e.g. ``PostedMessage.to_slack()``) or in open modal."""
+        action: dict[str, Any] = {"action_id": action_id, "block_id": block_id, "value": value, "type": "button"}
         action |= {"text": {"type": "plain_text", "text": value or action_id}, "action_ts": f"{time.time():.6f}"}
-        payload = self._interactive("block_actions", user_id, channel_id) | {"actions": [action]}
-        payload["state"] = {"values": {}}
-        if message is not None:
-            payload["message"] = dict(message)
-            payload["container"] = {"type": "message", "message_ts": message["ts"], "channel_id": channel_id}
-            payload["container"]["is_ephemeral"] = False
+        in_view = view_id is not None
+        payload = self._interactive("block_actions", user_id, None if in_view else channel_id, view_id)
+        payload |= {"actions": [action], "state": {"values": {}}}
+        if view_id is not None:
+            payload |= {"container": {"type": "view", "view_id": view_id}, "view": self.views[view_id]}
+        elif message is not None:
+            container = {"type": "message", "message_ts": message["ts"], "channel_id": channel_id}
+            payload |= {"container": container | {"is_ephemeral": False}, "message": dict(message)}
             payload["response_url"] = self.new_response_url()
         return payload
 
@@ -594,7 +600,9 @@ class FakeSlack:
 
     async def send_interactive(self, payload: Mapping[str, Any]) -> Envelope:
         """block_actions, message_action / shortcut, view_submission...; missing common fields are filled in."""
-        full = self._interactive(str(payload.get("type", "")), USER_ID, CHANNEL_ID) | dict(payload)
+        kind = str(payload.get("type", ""))
+        channel_id = None if kind in ("view_submission", "view_closed", "shortcut") else CHANNEL_ID  # no channel there
+        full = self._interactive(kind, USER_ID, channel_id) | dict(payload)
         return await self._send("interactive", full, accepts_response_payload=full["type"] == "view_submission")
 
     async def _send(
@@ -607,11 +615,10 @@ class FakeSlack:
     ) -> Envelope:
         await self.wait_for(lambda: self.connected, what="a Socket Mode connection")
         ws = [ws for ws in self._sockets if not ws.closed][-1]
-        envelope = Envelope(
-            str(uuid.uuid4()), kind, payload, accepts_response_payload, 0.0, retry_attempt, retry_reason
-        )
+        sent_at = time.monotonic()
+        envelope = Envelope(str(uuid.uuid4()), kind, payload, accepts_response_payload, sent_at)
+        envelope.retry_attempt, envelope.retry_reason = retry_attempt, retry_reason
         self.envelopes[envelope.envelope_id] = envelope
-        envelope.sent_at = time.monotonic()
         await ws.send_str(json.dumps(envelope.to_wire()))
         loop = asyncio.get_running_loop()
         self._timers.append(loop.call_later(self.ack_deadline, self._check_ack, envelope))
@@ -666,20 +673,20 @@ class FakeSlack:
         args = await _read_args(request)
         token = _bearer(request) or str(args.pop("token", "")) or None
         status, headers, body = self._answer(method, args, token)
-        self._record(SlackCall(method, args, dict(request.headers), at, status, body, headers))
+        self._record(SlackCall(method, args, CIMultiDictProxy(CIMultiDict(request.headers)), at, status, body, headers))
         return web.json_response(body, status=status, headers=headers)
 
     def _answer(
         self, method: str, args: dict[str, Any], token: str | None
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        headers: dict[str, str] = {}
         failure = self._pop_failure(method)
         if failure is not None:
             headers = {} if failure.retry_after is None else {"Retry-After": str(failure.retry_after)}
             return failure.status, headers, {"ok": False, "error": failure.error, **failure.extra}
         handler = self._methods.get(method)
         if handler is None:
-            return 200, {}, {"ok": False, "error": "unknown_method", "req_method": method}
-        headers: dict[str, str] = {}
+            return 200, headers, {"ok": False, "error": "unknown_method", "req_method": method}
         try:
             self._authorize(method, token)
             if token == self.bot_token:
@@ -725,16 +732,15 @@ class FakeSlack:
             raise SlackError("not_in_channel")
         if not (args.get("text") or args.get("blocks") or args.get("attachments")):
             raise SlackError("no_text")
-        thread_ts = args.get("thread_ts") or None
-        message = PostedMessage(channel.id, self._new_ts(), BOT_USER_ID, str(args.get("text") or ""))
-        message.blocks, message.thread_ts, message.method = args.get("blocks"), thread_ts, method
-        if method == "chat.postEphemeral":
-            if args.get("user") not in self.users:
-                raise SlackError("user_not_found")
-            message.ephemeral_to = args["user"]
-            self._record_message(message)
-            return {"message_ts": message.ts}
+        ephemeral = method == "chat.postEphemeral"
+        if ephemeral and args.get("user") not in self.users:
+            raise SlackError("user_not_found")
+        message = PostedMessage(channel.id, self._new_ts(), BOT_USER_ID, str(args.get("text") or ""), method=method)
+        message.blocks, message.thread_ts = args.get("blocks"), args.get("thread_ts") or None
+        message.ephemeral_to = str(args["user"]) if ephemeral else None
         self._record_message(message)
+        if ephemeral:
+            return {"message_ts": message.ts}
         return {"channel": channel.id, "ts": message.ts, "message": message.to_slack()}
 
     def _post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -821,14 +827,10 @@ class FakeSlack:
     def _views_update(self, args: dict[str, Any]) -> dict[str, Any]:
         view = self._view_arg(args)
         external_id = args.get("external_id")
-        found = [
-            v
-            for v in self.views.values()
-            if v["id"] == args.get("view_id") or (external_id and v["external_id"] == external_id)
-        ]
-        if not found:
+        by_external_id = {view["external_id"]: view for view in self.views.values() if view["external_id"]}
+        old = self.views.get(str(args.get("view_id"))) or (by_external_id.get(external_id) if external_id else None)
+        if old is None:
             raise SlackError("not_found")
-        old = found[0]
         if args.get("hash") and args["hash"] != old["hash"]:
             raise SlackError("hash_conflict")
         return self._store_view(view, old["id"], old["root_view_id"], old["previous_view_id"])
@@ -862,7 +864,8 @@ class FakeSlack:
             status, text = 200, f"OK - {len(data)}"
             self.uploads[file_id].data = data
         args = {"file_id": file_id, "length": len(data), "content_type": request.content_type}
-        self._record(SlackCall(UPLOAD, args, dict(request.headers), at, status, {"ok": status == 200, "body": text}))
+        headers = CIMultiDictProxy(CIMultiDict(request.headers))
+        self._record(SlackCall(UPLOAD, args, headers, at, status, {"ok": status == 200, "body": text}))
         return web.Response(status=status, text=text)  # text/plain, as slack_sdk expects from files.slack.com
 
     def _complete_upload(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -871,46 +874,40 @@ class FakeSlack:
             raise SlackError("invalid_arguments")
         channel_ids = [args["channel_id"]] if args.get("channel_id") else str(args.get("channels") or "").split(",")
         channels = [self._upload_channel(channel_id) for channel_id in channel_ids if channel_id]
-        uploads = []
-        for item in items:
-            upload = self.uploads.get(str(item.get("id")))
-            if upload is None or upload.data is None or upload.completed:
-                raise SlackError("file_not_found")
-            if len(upload.data) != upload.declared_length:
-                problem = (
-                    f"{upload.file_id}: uploaded {len(upload.data)} bytes, declared length {upload.declared_length}"
-                )
-                self._error(f"files.completeUploadExternal: {problem}")
-                raise SlackError("file_not_found", response_metadata={"messages": [f"[ERROR] {problem}"]})
-            uploads.append((upload, str(item.get("title") or upload.filename)))
-        objects = []
-        for upload, title in uploads:
-            upload.title, upload.completed, upload.channels = title, True, [c.id for c in channels]
+        uploads = [self._uploaded(str(item.get("id"))) for item in items]
+        files = []
+        for upload, item in zip(uploads, items, strict=True):
+            upload.title = str(item.get("title") or upload.filename)
+            upload.completed, upload.channels = True, [channel.id for channel in channels]
             mimetype = mimetypes.guess_type(upload.filename)[0] or "application/octet-stream"
-            objects.append(
-                self._host(upload.file_id, upload.data or b"", upload.filename, title, mimetype, BOT_USER_ID)
-            )
+            file = self._host(upload.file_id, upload.data or b"", upload.filename, upload.title, mimetype, BOT_USER_ID)
             if upload.alt_txt is not None:
-                objects[-1]["alt_txt"] = upload.alt_txt
-        comment, blocks = args.get("initial_comment"), args.get("blocks")
+                file["alt_txt"] = upload.alt_txt
+            files.append(file)
+        comment = args.get("initial_comment")
         for channel in channels:
-            message = PostedMessage(channel.id, self._new_ts(), BOT_USER_ID, str(comment or ""))
-            message.blocks = None if comment else blocks  # Slack ignores blocks when initial_comment is given
-            message.thread_ts, message.files, message.method = (
-                args.get("thread_ts") or None,
-                objects,
-                "files.completeUploadExternal",
-            )
-            for obj in objects:
-                share = {"ts": message.ts, "channel_name": channel.name, "team_id": TEAM_ID}
-                if message.thread_ts:
-                    share["thread_ts"] = message.thread_ts
-                kind = "private" if channel.is_private or channel.is_im else "public"
-                obj["shares"].setdefault(kind, {}).setdefault(channel.id, []).append(share)
-                obj["channels" if kind == "public" else "groups"].append(channel.id)
+            message = PostedMessage(channel.id, self._new_ts(), BOT_USER_ID, str(comment or ""), files=files)
+            message.blocks = None if comment else args.get("blocks")  # Slack ignores blocks next to initial_comment
+            message.thread_ts, message.method = args.get("thread_ts") or None, "files.completeUploadExternal"
             self._record_message(message)
-        # like Slack: only id and title; the message ts is not in the answer (files.info has it under "shares")
-        return {"files": [{"id": obj["id"], "title": obj["title"]} for obj in objects]}
+            for file in files:
+                share = {"ts": message.ts, "channel_name": channel.name, "team_id": TEAM_ID}
+                share |= {"thread_ts": message.thread_ts} if message.thread_ts else {}
+                kind = "private" if channel.is_private or channel.is_im else "public"
+                file["shares"].setdefault(kind, {}).setdefault(channel.id, []).append(share)
+                file["channels" if kind == "public" else "groups"].append(channel.id)
+        # as Slack: only id and title, no message ts (files.info has it later, under "shares")
+        return {"files": [{"id": file["id"], "title": file["title"]} for file in files]}
+
+    def _uploaded(self, file_id: str) -> UploadedFile:
+        upload = self.uploads.get(file_id)
+        if upload is None or upload.data is None or upload.completed:
+            raise SlackError("file_not_found")
+        if len(upload.data) != upload.declared_length:
+            problem = f"{file_id}: uploaded {len(upload.data)} bytes but declared length {upload.declared_length}"
+            self._error(f"files.completeUploadExternal: {problem}")
+            raise SlackError("file_not_found", response_metadata={"messages": [f"[ERROR] {problem}"]})
+        return upload
 
     def _files_info(self, args: dict[str, Any]) -> dict[str, Any]:
         file = self.files.get(str(args.get("file")))

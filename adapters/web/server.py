@@ -1,0 +1,84 @@
+"""The process's one aiohttp web server: /healthz for every adapter, plus the routes adapters install."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from adapters.base import Adapter, AdapterState
+from bot.bootstrap import Core
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 10.0  # running jobs get this long to finish on SIGTERM (no setting exists for it yet)
+HTTP_SHUTDOWN_SECONDS = 2.0  # then in-flight responses get this long to be written
+UPLOAD_OVERHEAD_BYTES = 1024 * 1024  # multipart headers and text fields around the files
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); False for 0.0.0.0, names, LAN IPs."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(core: Core, adapters: Sequence[Adapter]) -> web.Application:
+    """The web app with /healthz; ``adapters`` is read on every health check, so it may be filled later."""
+    max_input = core.settings.imaging.max_input_bytes
+    app = web.Application(client_max_size=2 * max_input + UPLOAD_OVERHEAD_BYTES)
+
+    async def healthz(request: web.Request) -> web.Response:
+        states = {adapter.name: adapter.state.value for adapter in adapters}
+        healthy = bool(adapters) and all(adapter.state is AdapterState.CONNECTED for adapter in adapters)
+        body = {
+            "status": "ok" if healthy else "unavailable",
+            "adapters": states,
+            "provider": core.provider.name,
+            "offline": core.provider.offline,
+            "queue_length": core.admission.queue_length,
+            "running": core.admission.running,
+        }
+        return web.json_response(body, status=200 if healthy else 503, headers={"Cache-Control": "no-store"})
+
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+class WebServer:
+    """Runs an aiohttp app on ``host:port`` (port 0 picks a free one; ``url`` says which)."""
+
+    def __init__(self, app: web.Application, host: str, port: int):
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_SECONDS)
+        self._host = host
+        self._port = port
+        self._site: web.TCPSite | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}/"
+
+    @property
+    def port(self) -> int:
+        addresses = self._runner.addresses
+        return int(addresses[0][1]) if addresses else self._port
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self._host, self._port, shutdown_timeout=HTTP_SHUTDOWN_SECONDS)
+        try:
+            await self._site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
+        log.info("web server listening on %s", self.url)
+
+    async def stop(self) -> None:
+        """Stop listening, give in-flight responses ``HTTP_SHUTDOWN_SECONDS``, then close every connection."""
+        await self._runner.cleanup()

@@ -1,0 +1,405 @@
+// imagebot playground: a chat timeline over the bot's JSON API, progress over server-sent events.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const timeline = $("timeline");
+  const input = $("input");
+  const form = $("composer");
+  const fileInput = $("file-input");
+  const maskInput = $("mask-input");
+  const tasks = new Map(); // task id -> bot message controller
+  const NAMED_CELLS = {
+    "top-half": "A1:D2", "bottom-half": "A3:D4", "left-half": "A1:B4", "right-half": "C1:D4", center: "B2:C3",
+  };
+  let config = { regions: ["top-half", "bottom-half", "left-half", "right-half", "center", "border"], offline: true };
+  let attached = null; // { file, url }
+  let mask = null; // File
+  let region = null; // "top-half" | "B2" | "A1:C2" | null
+  let anchor = null; // first grid cell of a range being picked
+
+  // --- helpers -----------------------------------------------------------------------------------------
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs)) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value === true ? "" : value);
+    }
+    for (const child of children) if (child) node.append(child);
+    return node;
+  }
+
+  const newTask = () => Math.random().toString(36).slice(2, 10) + Date.now().toString(36).slice(-4);
+  const clock = () => new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const nearBottom = () => timeline.scrollHeight - timeline.scrollTop - timeline.clientHeight < 160;
+  function scrollDown(force) {
+    if (force || nearBottom()) requestAnimationFrame(() => { timeline.scrollTop = timeline.scrollHeight; });
+  }
+
+  async function api(url, body) {
+    const options = { method: "POST", headers: { "X-Imagebot": "1" }, credentials: "same-origin" };
+    if (body instanceof FormData) options.body = body;
+    else { options.headers["Content-Type"] = "application/json"; options.body = JSON.stringify(body || {}); }
+    try {
+      const response = await fetch(url, options);
+      const data = await response.json().catch(() => null);
+      if (data && data.error) return { error: data.error.message };
+      if (!response.ok || !data) return { error: `The bot answered with HTTP ${response.status}. Please try again.` };
+      return data;
+    } catch (err) {
+      return { error: "I can't reach the bot right now (is it running?). Please try again in a moment." };
+    }
+  }
+
+  // --- messages ----------------------------------------------------------------------------------------
+
+  function message(who, ...content) {
+    const bot = who === "bot";
+    const body = el("div", { class: "body" },
+      el("div", { class: "meta" },
+        el("span", { class: bot ? "author bot-name" : "author", text: bot ? "imagebot" : "You" }),
+        bot ? el("span", { class: "tag", text: "bot" }) : null,
+        el("span", { class: "time", text: clock() })),
+      ...content);
+    const node = el("article", { class: "msg" + (bot ? " from-bot" : " from-user") },
+      el("div", { class: "avatar " + (bot ? "bot" : "user"), "aria-hidden": "true", text: bot ? "IB" : "Y" }), body);
+    const follow = nearBottom();
+    timeline.append(node);
+    scrollDown(follow);
+    return body;
+  }
+
+  function userMessage(text, imageUrl, chip) {
+    const parts = [];
+    if (text) parts.push(el("div", { class: "text", text }));
+    if (imageUrl) parts.push(el("img", { class: "thumb", src: imageUrl, alt: "Your image" }));
+    const body = message("user", ...parts);
+    if (chip) body.querySelector(".meta").append(el("span", { class: "chip", text: chip }));
+  }
+
+  // A bot reply that follows one task from "sent" to its images or its error.
+  function botReply(task, what) {
+    const label = el("span", { text: what + "…" });
+    const progress = el("div", { class: "progress" }, el("span", { class: "spinner", "aria-hidden": "true" }), label);
+    const body = message("bot", progress);
+    let timer = null;
+    let finished = false;
+
+    function running(since) {
+      clearInterval(timer);
+      const tick = () => { label.textContent = `Generating… ${Math.round((Date.now() - since) / 1000)} s`; };
+      tick();
+      timer = setInterval(tick, 1000);
+    }
+
+    const controller = {
+      body,
+      progress(event) {
+        if (finished) return;
+        if (event.status === "queued") {
+          clearInterval(timer);
+          label.textContent = event.position ? `Queued — #${event.position} in line` : "Queued…";
+        } else if (event.status === "running") running(Date.now());
+      },
+      finish(result) {
+        if (finished) return;
+        finished = true;
+        clearInterval(timer);
+        tasks.delete(task);
+        progress.remove();
+        if (result.error) body.append(el("div", { class: "error", role: "alert", text: result.error }));
+        else if (result.status === "awaiting_confirmation") renderConfirmation(body, result);
+        else if (result.status === "done") renderResult(body, result);
+        scrollDown(true);
+      },
+    };
+    tasks.set(task, controller);
+    return controller;
+  }
+
+  async function runJob(what, url, body) {
+    const task = newTask();
+    const reply = botReply(task, what);
+    const result = await api(`${url}?task=${task}`, body);
+    reply.finish(result);
+  }
+
+  function renderResult(body, result) {
+    const job = result.job;
+    const count = result.images.length;
+    const kind = { generate: "", edit: "edit · ", vary: "variations · " }[job.kind] || "";
+    body.append(el("div", { class: "text" }, el("strong", { text: job.prompt || "variation" })));
+    body.append(el("div", { class: "note", text: `${kind}${job.model || ""} · ${count} image${count === 1 ? "" : "s"}`
+      + (result.duplicate ? " · same as your earlier request" : "") }));
+    if (result.notice) body.append(el("div", { class: "note", text: result.notice }));
+    const grid = el("div", { class: "images " + (count === 1 ? "n1" : count <= 4 ? "n" + count : "many") });
+    for (const image of result.images) {
+      grid.append(el("figure", { class: "tile" },
+        el("a", { href: image.url, target: "_blank", rel: "noopener", title: "Open full size" },
+          el("img", { src: image.url, alt: image.alt, width: image.width, height: image.height, loading: "lazy",
+                      onload: () => scrollDown(false) })),
+        count > 1 ? el("span", { class: "badge", text: String(image.index) }) : null,
+        el("a", { class: "dl", href: image.download, download: image.filename, title: `Download ${image.filename}`,
+                  "aria-label": `Download image ${image.index}`, text: "⬇" })));
+    }
+    body.append(grid);
+
+    const upscale = el("div", { class: "actions", role: "group", "aria-label": "Open images" });
+    const vary = el("div", { class: "actions", role: "group", "aria-label": "Variations and more" });
+    for (const image of result.images) {
+      upscale.append(el("a", { class: "btn btn-grey", href: image.url, target: "_blank", rel: "noopener",
+                               title: `Open image ${image.index} at full size`, text: `U${image.index}` }));
+      vary.append(el("button", { class: "btn btn-grey", type: "button", title: `Variations of image ${image.index}`,
+                                 text: `V${image.index}`,
+                                 onclick: () => runJob(`Making variations of image ${image.index}`,
+                                                       `/api/jobs/${job.id}/vary/${image.index}`, {}) }));
+    }
+    vary.append(el("button", { class: "btn btn-grey", type: "button", title: "Same request again", "aria-label": "Reroll",
+                               text: "🔄", onclick: () => runJob("Rerolling", `/api/jobs/${job.id}/reroll`, {}) }));
+    vary.append(el("button", { class: "btn btn-grey", type: "button", title: "Change the prompt", "aria-label": "Remix",
+                               text: "✏️", onclick: () => openRemix(body, job) }));
+    body.append(upscale, vary);
+  }
+
+  function openRemix(body, job) {
+    const existing = body.querySelector(".remix");
+    if (existing) { existing.querySelector("input").focus(); return; }
+    const field = el("input", { type: "text", value: job.prompt, "aria-label": "New prompt" });
+    const box = el("form", { class: "remix" }, field,
+      el("button", { class: "btn btn-brand", type: "submit", text: "Remix" }),
+      el("button", { class: "btn btn-grey", type: "button", text: "Cancel", onclick: () => box.remove() }));
+    box.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const prompt = field.value.trim();
+      if (!prompt) return;
+      box.remove();
+      userMessage(prompt, null, "remix");
+      runJob("Remixing", `/api/jobs/${job.id}/remix`, { prompt });
+    });
+    body.append(box);
+    field.focus();
+    field.select();
+  }
+
+  function renderConfirmation(body, result) {
+    const cost = result.estimate_usd != null ? `about $${Number(result.estimate_usd).toFixed(2)}` : "more than usual";
+    body.append(el("div", { class: "text", text: `This request will cost ${cost}. Go ahead?` }));
+    const row = el("div", { class: "actions" });
+    row.append(
+      el("button", { class: "btn btn-brand", type: "button", text: "Confirm", onclick: () => {
+        row.remove(); runJob("Starting", `/api/jobs/${result.job.id}/confirm`, {});
+      } }),
+      el("button", { class: "btn btn-grey", type: "button", text: "Cancel", onclick: async () => {
+        row.remove(); await api(`/api/jobs/${result.job.id}/cancel`, {});
+        body.append(el("div", { class: "note", text: "Cancelled." }));
+      } }));
+    body.append(row);
+  }
+
+  // --- attachment, regions and mask --------------------------------------------------------------------
+
+  function attach(file) {
+    if (!file || !file.type.startsWith("image/")) {
+      message("bot", el("div", { class: "error", role: "alert",
+        text: "That file isn't an image I can read. Send a PNG, JPEG, WebP or GIF." }));
+      return;
+    }
+    if (attached) URL.revokeObjectURL(attached.url);
+    attached = { file, url: URL.createObjectURL(file) };
+    $("preview-img").src = attached.url;
+    $("attach-name").textContent = file.name || "pasted image";
+    setMask(null);
+    setRegion(null);
+    $("attachment").hidden = false;
+    input.placeholder = "Describe the change (e.g. a dragon in the sky), or send with no text for variations";
+    input.focus();
+  }
+
+  function detach() {
+    if (attached) URL.revokeObjectURL(attached.url);
+    attached = null;
+    setMask(null);
+    setRegion(null);
+    $("attachment").hidden = true;
+    fileInput.value = "";
+    input.placeholder = "/imagine a red fox in the snow --n 4 --size 1536x1024";
+  }
+
+  function setMask(file) {
+    mask = file;
+    $("mask-name").textContent = file ? file.name || "mask" : "";
+    maskInput.value = "";
+    if (file) setRegion(null);
+    refreshReadout();
+  }
+
+  function cellRange(spec) {
+    const cells = new Set();
+    if (!spec) return cells;
+    if (spec === "border") {
+      for (const c of "ABCD") for (const r of "1234") if (!("BC".includes(c) && "23".includes(r))) cells.add(c + r);
+      return cells;
+    }
+    const range = NAMED_CELLS[spec] || spec;
+    const [from, to] = range.includes(":") ? range.split(":") : [range, range];
+    const cols = ["ABCD".indexOf(from[0]), "ABCD".indexOf(to[0])].sort();
+    const rows = [Number(from[1]), Number(to[1])].sort();
+    for (let c = cols[0]; c <= cols[1]; c++) for (let r = rows[0]; r <= rows[1]; r++) cells.add("ABCD"[c] + r);
+    return cells;
+  }
+
+  function setRegion(value) {
+    region = value;
+    anchor = null;
+    if (value) { mask = null; $("mask-name").textContent = ""; }
+    const on = cellRange(value);
+    for (const cell of $("grid").children) {
+      cell.classList.toggle("on", on.has(cell.dataset.cell));
+      cell.classList.remove("anchor");
+    }
+    for (const button of $("regions").children) button.classList.toggle("selected", button.dataset.region === value);
+    refreshReadout();
+  }
+
+  function refreshReadout() {
+    $("region-value").textContent = mask ? "inside the mask" : region || "whole image";
+  }
+
+  function pickCell(cell) {
+    if (anchor && anchor !== cell) {
+      const cols = [anchor[0], cell[0]].sort();
+      const rows = [anchor[1], cell[1]].sort();
+      setRegion(`${cols[0]}${rows[0]}:${cols[1]}${rows[1]}`);
+      return;
+    }
+    if (anchor === cell) { setRegion(cell); return; }
+    setRegion(cell);
+    anchor = cell;
+    const node = $("grid").querySelector(`[data-cell="${cell}"]`);
+    if (node) node.classList.add("anchor");
+  }
+
+  function buildPickers() {
+    const grid = $("grid");
+    for (const r of "1234") for (const c of "ABCD") {
+      const name = c + r;
+      grid.append(el("button", { type: "button", class: "cell", "data-cell": name, title: `Cell ${name} (click another cell for a range)`,
+                                 "aria-label": `Cell ${name}`, text: name, onclick: () => pickCell(name) }));
+    }
+    const regions = $("regions");
+    regions.replaceChildren();
+    for (const name of config.regions) {
+      regions.append(el("button", { type: "button", class: "btn btn-grey small", "data-region": name, text: name,
+                                    onclick: () => setRegion(region === name ? null : name) }));
+    }
+  }
+
+  // --- sending -------------------------------------------------------------------------------------------
+
+  function send() {
+    const text = input.value.trim();
+    if (!text && !attached) return;
+    input.value = "";
+    autosize();
+    if (attached) {
+      const data = new FormData();
+      data.append("image", attached.file, attached.file.name || "image.png");
+      if (text) {
+        data.append("prompt", text);
+        if (mask) data.append("mask", mask, mask.name || "mask.png");
+        else if (region) data.append("region", region);
+        userMessage(text, attached.url, mask ? "mask" : region || null);
+        runJob("Editing your image", "/api/edit", data);
+      } else {
+        userMessage("", attached.url, "variations");
+        runJob("Making variations", "/api/vary", data);
+      }
+      attached = null; // not revoked: the timeline keeps showing the picture
+      detach();
+      return;
+    }
+    userMessage(text);
+    runJob("Imagining", "/api/imagine", { text });
+  }
+
+  function autosize() {
+    input.style.height = "auto";
+    input.style.height = Math.min(input.scrollHeight, 200) + "px";
+  }
+
+  form.addEventListener("submit", (event) => { event.preventDefault(); send(); });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); send(); }
+  });
+  input.addEventListener("input", autosize);
+  fileInput.addEventListener("change", () => fileInput.files[0] && attach(fileInput.files[0]));
+  maskInput.addEventListener("change", () => maskInput.files[0] && setMask(maskInput.files[0]));
+  $("attach-remove").addEventListener("click", detach);
+  $("region-clear").addEventListener("click", () => { setMask(null); setRegion(null); });
+
+  document.addEventListener("paste", (event) => {
+    const file = [...(event.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
+    if (file) { event.preventDefault(); attach(file); }
+  });
+  let dragDepth = 0;
+  window.addEventListener("dragenter", (event) => {
+    if (![...event.dataTransfer.types].includes("Files")) return;
+    dragDepth++;
+    $("drop").hidden = false;
+  });
+  window.addEventListener("dragleave", () => { if (--dragDepth <= 0) { dragDepth = 0; $("drop").hidden = true; } });
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => {
+    event.preventDefault();
+    dragDepth = 0;
+    $("drop").hidden = true;
+    const file = event.dataTransfer.files[0];
+    if (file) attach(file);
+  });
+
+  // --- progress stream and start-up ---------------------------------------------------------------------
+
+  function setStatus(state, text) {
+    $("status").dataset.state = state;
+    $("status-text").textContent = text;
+  }
+
+  function connect() {
+    const source = new EventSource("/api/events");
+    source.onopen = () => setStatus("online", config.offline ? "online · offline generator" : `online · ${config.provider}`);
+    source.onerror = () => setStatus("offline", "reconnecting…");
+    source.onmessage = (event) => {
+      let data;
+      try { data = JSON.parse(event.data); } catch { return; }
+      const reply = tasks.get(data.task);
+      if (reply) reply.progress(data);
+    };
+  }
+
+  async function start() {
+    try {
+      const response = await fetch("/api/config", { credentials: "same-origin" });
+      if (response.ok) config = await response.json();
+    } catch { /* keep the defaults; the stream status shows the problem */ }
+    buildPickers();
+    const examples = el("div", { class: "text" },
+      "Hi! Tell me what to draw: ", el("code", { text: "/imagine a lighthouse at dusk --n 2" }),
+      " (flags: ", el("code", { text: "--n" }), " ", el("code", { text: "--size" }), " ",
+      el("code", { text: "--quality" }), " ", el("code", { text: "--model" }),
+      "). Drop, paste or attach a picture to edit it or get variations.");
+    const welcome = [examples];
+    if (config.offline) {
+      welcome.push(el("div", { class: "note",
+        text: "No OPENAI_API_KEY is set, so pictures come from the built-in offline generator." }));
+    }
+    message("bot", ...welcome);
+    connect();
+    input.focus();
+  }
+
+  start();
+})();
