@@ -7,6 +7,7 @@
     imagebot usage [--since DATE] [--by user|channel|workspace]
     imagebot history [--user ID] [--limit N]
     imagebot prune
+    imagebot discord sync | invite
     imagebot run            (also plain `imagebot`)
 
 Files go to --out (default: the current folder), one path per line on stdout. Failures: one friendly
@@ -152,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("prune", help="delete result files older than the retention period")
     commands.add_parser("run", help="start the chat adapters (default command)")
+
+    discord_cmd = commands.add_parser("discord", help="Discord: register the slash commands, print the invite link")
+    discord_actions = discord_cmd.add_subparsers(dest="discord_action", metavar="ACTION", required=True)
+    discord_actions.add_parser("sync", help="log in and register the slash commands now, then exit")
+    discord_actions.add_parser("invite", help="print the URL that adds the bot to a server")
     return parser
 
 
@@ -313,8 +319,10 @@ async def _prune(core: Core, args: argparse.Namespace) -> int:
 def _run(settings: Settings) -> int:
     """`imagebot run`: every adapter with credentials (for now: the playground) on one web server and loop."""
     from adapters.web.server import is_loopback
+    from bot.redact import register_secrets
 
     password = os.environ.get("IMAGEBOT_WEB_PASSWORD") or None
+    register_secrets([password])
     if password is None and not is_loopback(settings.web_host):
         print(
             f"imagebot: setting IMAGEBOT_WEB_HOST: {settings.web_host} is not a loopback address; "
@@ -423,6 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"imagebot: {exc.user_message}", file=sys.stderr)
         return EXIT_CONFIG
+    if command == "discord":
+        from adapters.discord.cli import main as discord_main
+
+        configure_logging("DEBUG" if args.verbose else "WARNING", settings.log_format, brief=not args.verbose)
+        return discord_main(settings, args.discord_action)
     if command == "run":
         configure_logging(settings.log_level, settings.log_format)
         return _run(settings)

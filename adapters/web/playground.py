@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,17 @@ from bot import imaging
 from bot.bootstrap import Core
 from bot.errors import ImageBotError, InvalidImageError, InvalidRequestError, UnexpectedError
 from bot.jobs import JobNotFoundError, JobOutcome
-from bot.models import EditRequest, GenerateRequest, Job, JobContext, JobStatus, Progress, VaryRequest
+from bot.models import (
+    EditRequest,
+    GeneratedImage,
+    GenerateRequest,
+    Job,
+    JobContext,
+    JobStatus,
+    Progress,
+    StoredImage,
+    VaryRequest,
+)
 from bot.ports import ProgressSink
 
 from .commands import parse_imagine
@@ -37,10 +47,13 @@ log = logging.getLogger(__name__)
 SESSION_COOKIE = "imagebot_session"
 CSRF_HEADER = "X-Imagebot"  # a custom header: a cross-site form or img tag cannot send it without CORS
 HEARTBEAT_SECONDS = 15.0
+HISTORY_LIMIT = 30  # finished jobs shown again when a page is reloaded
 STATIC_DIR = Path(__file__).parent / "static"
 _ASSETS = {"index.html": "text/html", "app.css": "text/css", "app.js": "text/javascript"}
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+USER_KEY = web.RequestKey("imagebot_user", str)
+NEW_SESSION_KEY = web.RequestKey("imagebot_new_session", bool)
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _STATUS_BY_KIND = {
     "invalid_input": 400,
@@ -60,10 +73,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Event = dict[str, Any]
 
 
+class UploadTooLargeError(InvalidImageError):
+    """An upload over the size limit, refused while it streams in (before anything decodes it)."""
+
+
 def error_response(exc: ImageBotError) -> web.Response:
     """The one place an error becomes what the page shows: the friendly text with its reference id."""
-    status = 404 if isinstance(exc, JobNotFoundError) else _STATUS_BY_KIND.get(exc.kind, 500)
-    if isinstance(exc, InvalidImageError) and "limit" in exc.user_message:
+    status = _STATUS_BY_KIND.get(exc.kind, 500)
+    if isinstance(exc, JobNotFoundError):
+        status = 404
+    elif isinstance(exc, UploadTooLargeError):
         status = 413
     body = {"error": {"kind": exc.kind, "message": exc.friendly(), "ref": exc.ref, "retryable": exc.retryable}}
     return web.json_response(body, status=status)
@@ -80,6 +99,7 @@ class Playground:
         self._assets: dict[str, bytes] = {}
         self._streams: dict[str, set[asyncio.Queue[Event | None]]] = {}
         self.max_upload_bytes = core.settings.imaging.max_input_bytes
+        self._max_form_bytes = 2 * self.max_upload_bytes + 1024 * 1024  # an image, a mask, a few text fields
 
     # --- the Adapter protocol ---------------------------------------------------------------------------
 
@@ -113,6 +133,7 @@ class Playground:
         router.add_get("/static/{name}", self._static)
         router.add_get("/api/config", self._config)
         router.add_get("/api/events", self._events)
+        router.add_get("/api/history", self._history)
         router.add_post("/api/imagine", self._imagine)
         router.add_post("/api/edit", self._edit)
         router.add_post("/api/vary", self._vary)
@@ -137,8 +158,8 @@ class Playground:
                 headers={"WWW-Authenticate": 'Basic realm="imagebot playground", charset="UTF-8"'},
             )
         user = request.cookies.get(SESSION_COOKIE, "")
-        request["new_session"] = not _SESSION_ID.fullmatch(user)
-        request["user"] = secrets.token_urlsafe(18) if request["new_session"] else user
+        request[NEW_SESSION_KEY] = not _SESSION_ID.fullmatch(user)
+        request[USER_KEY] = secrets.token_urlsafe(18) if request[NEW_SESSION_KEY] else user
         try:
             if request.method == "POST" and request.headers.get(CSRF_HEADER) != "1":
                 raise InvalidRequestError(
@@ -150,7 +171,7 @@ class Playground:
         except web.HTTPException:
             raise
         except ImageBotError as exc:
-            if not isinstance(exc, UnexpectedError) and exc.kind == "invalid_input":
+            if exc.kind == "invalid_input":  # job failures are logged by the core already
                 log.info("playground request refused: %s", exc.log_line())
             response = error_response(exc)
         except Exception as exc:  # a bug: the generic apology, details only in the log
@@ -205,7 +226,7 @@ class Playground:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         _remember(request, response)
-        user: str = request["user"]
+        user = request[USER_KEY]
         queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=256)
         self._streams.setdefault(user, set()).add(queue)
         try:
@@ -252,7 +273,7 @@ class Playground:
         self, request: web.Request, start: Callable[[JobContext, ProgressSink], Awaitable[JobOutcome]]
     ) -> web.Response:
         """Run a job for this session, with progress events, and answer with its images (or the error)."""
-        user: str = request["user"]
+        user = request[USER_KEY]
         task = request.query.get("task", "")
         if not _TASK_ID.fullmatch(task):
             task = secrets.token_hex(6)
@@ -281,28 +302,31 @@ class Playground:
                 "You asked for exactly this a moment ago and it isn't finished yet; it will show up there.",
                 detail=f"duplicate of job {job.id} ({job.status}) without a result here",
             )
-        base = f"/api/jobs/{job.id}/images"
-        images = [
-            {
-                "index": index,
-                "url": f"{base}/{index}",
-                "download": f"{base}/{index}?download=1",
-                "width": image.width,
-                "height": image.height,
-                "alt": image.alt_text,
-                "filename": image.filename,
-            }
-            for index, image in enumerate(outcome.result.images, start=1)
-        ]
         info = _job_info(job)
         info["prompt"] = job.prompt if job.kind != "vary" else outcome.result.prompt
         return {
             "status": "done",
             "job": info,
             "duplicate": outcome.duplicate,
-            "images": images,
+            "images": _images(job.id, outcome.result.images),
             "notice": outcome.result.notice,
         }
+
+    async def _history(self, request: web.Request) -> web.StreamResponse:
+        """This session's recent finished jobs, oldest first: the page shows them again after a reload."""
+        jobs = await self.core.jobs.store.history(user=f"web:{request[USER_KEY]}", limit=HISTORY_LIMIT)
+        shown = [
+            job
+            for job in reversed(jobs)
+            if job.status in (JobStatus.DONE, JobStatus.DELIVERED) and job.results and not job.results_pruned
+        ]
+        return web.json_response(
+            {
+                "jobs": [
+                    {"status": "done", "job": _job_info(job), "images": _images(job.id, job.results)} for job in shown
+                ]
+            }
+        )
 
     async def _imagine(self, request: web.Request) -> web.StreamResponse:
         body = await _json(request)
@@ -416,9 +440,9 @@ class Playground:
         except ValueError:
             raise InvalidRequestError("The number of images must be a whole number, like 2.") from None
 
-    def _too_large(self) -> InvalidImageError:
+    def _too_large(self) -> UploadTooLargeError:
         limit = self.max_upload_bytes / 1e6
-        return InvalidImageError(f"That upload is too large; the limit is {limit:.0f} MB per image.")
+        return UploadTooLargeError(f"That upload is too large; the limit is {limit:g} MB per image.")
 
     async def _form(self, request: web.Request) -> dict[str, bytes]:
         """A multipart form's fields as bytes, each capped at the upload limit (read as it streams in)."""
@@ -426,6 +450,7 @@ class Playground:
             raise InvalidRequestError("Send the image as a file upload.", detail=f"content type {request.content_type}")
         reader = await request.multipart()
         fields: dict[str, bytes] = {}
+        total = 0
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader) or not part.name or part.name in fields or len(fields) >= 8:
                 raise InvalidRequestError("That upload was not in the form the playground sends.")
@@ -433,7 +458,8 @@ class Playground:
             size = 0
             while chunk := await part.read_chunk(256 * 1024):
                 size += len(chunk)
-                if size > self.max_upload_bytes:
+                total += len(chunk)
+                if size > self.max_upload_bytes or total > self._max_form_bytes:
                     raise self._too_large()
                 chunks.append(chunk)
             fields[part.name] = b"".join(chunks)
@@ -456,9 +482,9 @@ def _offer(queue: asyncio.Queue[Event | None], event: Event | None) -> None:
 
 
 def _remember(request: web.Request, response: web.StreamResponse) -> None:
-    if request.get("new_session"):
+    if request.get(NEW_SESSION_KEY):
         response.set_cookie(
-            SESSION_COOKIE, request["user"], max_age=365 * 86_400, httponly=True, samesite="Strict", path="/"
+            SESSION_COOKIE, request[USER_KEY], max_age=365 * 86_400, httponly=True, samesite="Strict", path="/"
         )
 
 
@@ -524,4 +550,27 @@ def _index(request: web.Request, job: Job) -> int:
 
 
 def _job_info(job: Job) -> dict[str, Any]:
-    return {"id": job.id, "kind": job.kind, "prompt": job.prompt, "model": job.model, "n": job.images_requested}
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "prompt": job.prompt,
+        "model": job.model,
+        "n": job.images_requested,
+        "created_at": job.created_at,
+    }
+
+
+def _images(job_id: str, images: Sequence[GeneratedImage | StoredImage]) -> list[dict[str, Any]]:
+    base = f"/api/jobs/{job_id}/images"
+    return [
+        {
+            "index": index,
+            "url": f"{base}/{index}",
+            "download": f"{base}/{index}?download=1",
+            "width": image.width,
+            "height": image.height,
+            "alt": image.alt_text,
+            "filename": image.filename,
+        }
+        for index, image in enumerate(images, start=1)
+    ]

@@ -71,7 +71,7 @@ class WebServer:
 
     async def start(self) -> None:
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self._host, self._port, shutdown_timeout=HTTP_SHUTDOWN_SECONDS)
+        self._site = web.TCPSite(self._runner, self._host, self._port)
         try:
             await self._site.start()
         except BaseException:

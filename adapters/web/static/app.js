@@ -36,8 +36,29 @@
   const newTask = () => Math.random().toString(36).slice(2, 10) + Date.now().toString(36).slice(-4);
   const clock = () => new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   const nearBottom = () => timeline.scrollHeight - timeline.scrollTop - timeline.clientHeight < 160;
+  let stick = true; // follow new messages unless the reader scrolled up
+  timeline.addEventListener("scroll", () => { stick = nearBottom(); }, { passive: true });
   function scrollDown(force) {
-    if (force || nearBottom()) requestAnimationFrame(() => { timeline.scrollTop = timeline.scrollHeight; });
+    if (force) stick = true;
+    if (stick) requestAnimationFrame(() => { timeline.scrollTop = timeline.scrollHeight; });
+  }
+
+  const ICONS = {
+    reroll: "M17.65 6.35A7.96 7.96 0 0 0 12 4a8 8 0 1 0 7.73 10h-2.08A6 6 0 1 1 12 6c1.66 0 3.14.69 4.22 1.78L13 11h7V4z",
+    remix: "M3 17.25V21h3.75L17.81 9.94l-3.75-3.75zM20.71 7.04a1 1 0 0 0 0-1.41l-2.34-2.34a1 1 0 0 0-1.41 0l-1.83 1.83 3.75 3.75z",
+    download: "M5 20h14v-2H5zM19 9h-4V3H9v6H5l7 7z",
+  };
+  function icon(name) {
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("width", "18");
+    svg.setAttribute("height", "18");
+    svg.setAttribute("aria-hidden", "true");
+    const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+    path.setAttribute("fill", "currentColor");
+    path.setAttribute("d", ICONS[name]);
+    svg.append(path);
+    return svg;
   }
 
   async function api(url, body) {
@@ -67,9 +88,8 @@
       ...content);
     const node = el("article", { class: "msg" + (bot ? " from-bot" : " from-user") },
       el("div", { class: "avatar " + (bot ? "bot" : "user"), "aria-hidden": "true", text: bot ? "IB" : "Y" }), body);
-    const follow = nearBottom();
     timeline.append(node);
-    scrollDown(follow);
+    scrollDown(who === "user");
     return body;
   }
 
@@ -114,7 +134,7 @@
         if (result.error) body.append(el("div", { class: "error", role: "alert", text: result.error }));
         else if (result.status === "awaiting_confirmation") renderConfirmation(body, result);
         else if (result.status === "done") renderResult(body, result);
-        scrollDown(true);
+        scrollDown(false);
       },
     };
     tasks.set(task, controller);
@@ -140,11 +160,11 @@
     for (const image of result.images) {
       grid.append(el("figure", { class: "tile" },
         el("a", { href: image.url, target: "_blank", rel: "noopener", title: "Open full size" },
-          el("img", { src: image.url, alt: image.alt, width: image.width, height: image.height, loading: "lazy",
+          el("img", { src: image.url, alt: image.alt, width: image.width, height: image.height,
                       onload: () => scrollDown(false) })),
         count > 1 ? el("span", { class: "badge", text: String(image.index) }) : null,
         el("a", { class: "dl", href: image.download, download: image.filename, title: `Download ${image.filename}`,
-                  "aria-label": `Download image ${image.index}`, text: "⬇" })));
+                  "aria-label": `Download image ${image.index}` }, icon("download"))));
     }
     body.append(grid);
 
@@ -158,10 +178,11 @@
                                  onclick: () => runJob(`Making variations of image ${image.index}`,
                                                        `/api/jobs/${job.id}/vary/${image.index}`, {}) }));
     }
-    vary.append(el("button", { class: "btn btn-grey", type: "button", title: "Same request again", "aria-label": "Reroll",
-                               text: "🔄", onclick: () => runJob("Rerolling", `/api/jobs/${job.id}/reroll`, {}) }));
-    vary.append(el("button", { class: "btn btn-grey", type: "button", title: "Change the prompt", "aria-label": "Remix",
-                               text: "✏️", onclick: () => openRemix(body, job) }));
+    vary.append(el("button", { class: "btn btn-grey", type: "button", title: "🔄 The same request again",
+                               onclick: () => runJob("Rerolling", `/api/jobs/${job.id}/reroll`, {}) },
+                   icon("reroll"), el("span", { text: "Reroll" })));
+    vary.append(el("button", { class: "btn btn-grey", type: "button", title: "✏️ Change the prompt and make it again",
+                               onclick: () => openRemix(body, job) }, icon("remix"), el("span", { text: "Remix" })));
     body.append(upscale, vary);
   }
 
@@ -380,6 +401,23 @@
     };
   }
 
+  // Finished jobs of this browser session, so a reload (or a restart of the bot) keeps the timeline.
+  async function loadHistory() {
+    let data = null;
+    try {
+      const response = await fetch("/api/history", { credentials: "same-origin" });
+      if (response.ok) data = await response.json();
+    } catch { /* the stream status shows the problem */ }
+    if (!data || !data.jobs) return;
+    for (const result of data.jobs) {
+      const body = message("bot");
+      const when = new Date(result.job.created_at * 1000);
+      body.querySelector(".time").textContent = when.toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+      renderResult(body, result);
+    }
+    scrollDown(true);
+  }
+
   async function start() {
     try {
       const response = await fetch("/api/config", { credentials: "same-origin" });
@@ -397,6 +435,7 @@
         text: "No OPENAI_API_KEY is set, so pictures come from the built-in offline generator." }));
     }
     message("bot", ...welcome);
+    await loadHistory();
     connect();
     input.focus();
   }

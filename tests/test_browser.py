@@ -1,0 +1,136 @@
+"""The playground in a real browser (Debian's Chromium through Playwright) against `imagebot run`."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.images import png
+from tests.test_run import Running, run_env, start, wait_healthy
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LOADED_IMAGES = (
+    "n => [...document.querySelectorAll('.images img')].filter(i => i.complete && i.naturalWidth).length >= n"
+)
+
+
+def require_browser() -> None:
+    """Skip without Playwright or Chromium, except in CI (CI=true), where .ci/run installs both: fail there."""
+    missing = []
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package (pip install -e '.[dev]')")
+    if not CHROMIUM.exists():
+        missing.append(f"{CHROMIUM} (apt-get install chromium)")
+    if missing:
+        reason = "browser test needs " + " and ".join(missing)
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture
+async def bot(tmp_path: Path) -> AsyncIterator[Running]:
+    require_browser()
+    env = run_env(tmp_path)
+    process = await start(env, tmp_path)
+    running = Running(process, f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}")
+    try:
+        await wait_healthy(f"{running.base_url}/healthz", process)
+        yield running
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            await process.communicate()
+
+
+async def test_imagine_vary_and_upload_in_the_browser(bot: Running, tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    problems: list[str] = []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+
+            def console(message: Any) -> None:
+                if message.type == "error" and "status of 400" not in message.text:  # the friendly error below
+                    problems.append(f"console: {message.text}")
+
+            page.on("console", console)
+            await page.goto(bot.base_url + "/")
+            await expect(page.locator("#status")).to_have_attribute("data-state", "online")
+
+            # imagine, with flags
+            await page.locator("#input").fill("/imagine a red fox in the snow --n 2 --size 1536x1024")
+            await page.locator("#input").press("Enter")
+            await page.wait_for_function(LOADED_IMAGES, arg=2)
+            first = page.locator("article.from-bot").filter(has=page.locator(".images")).first
+            await expect(first.locator(".images img")).to_have_count(2)
+            await expect(first.get_by_text("a red fox in the snow", exact=True)).to_be_visible()
+            size = await first.locator(".images img").first.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+            assert size == [1536, 1024]
+
+            # V1: variations of the first image (as many as the job had)
+            await first.get_by_role("button", name="V1").click()
+            await page.wait_for_function(LOADED_IMAGES, arg=4)
+
+            # upload a picture, pick cells on the grid, send without a prompt: variations
+            await page.locator("#file-input").set_input_files(
+                files=[{"name": "photo.png", "mimeType": "image/png", "buffer": png(320, 240, (30, 160, 90))}]
+            )
+            await expect(page.locator("#attachment")).to_be_visible()
+            await page.locator('.cell[data-cell="A1"]').click()
+            await page.locator('.cell[data-cell="B2"]').click()
+            await expect(page.locator("#region-value")).to_have_text("A1:B2")
+            await page.screenshot(path=tmp_path / "composer.png")
+            await page.locator("#region-clear").click()
+            await page.locator("#send").click()
+            await page.wait_for_function(LOADED_IMAGES, arg=5)
+            last = page.locator("article.from-bot").last
+            await expect(last.locator(".note").first).to_contain_text("variations")
+            await expect(page.locator("#attachment")).to_be_hidden()
+
+            # upload again and edit only the top half, picked with a named-region button
+            await page.locator("#file-input").set_input_files(
+                files=[{"name": "photo.png", "mimeType": "image/png", "buffer": png(320, 240, (30, 160, 90))}]
+            )
+            await page.get_by_role("button", name="top-half").click()
+            await page.locator("#input").fill("a dragon in the sky")
+            await page.locator("#input").press("Enter")
+            await page.wait_for_function(LOADED_IMAGES, arg=6)
+            await expect(page.locator("article.from-bot").last.locator(".note").first).to_contain_text("edit")
+
+            # a friendly error with its reference id
+            await page.locator("#input").fill("/imagine --n 2")
+            await page.locator("#input").press("Enter")
+            error = page.locator("article.from-bot .error").last
+            await expect(error).to_contain_text("Please describe the image you want")
+            await expect(error).to_contain_text("(ref ")
+
+            await page.screenshot(path=tmp_path / "playground.png", full_page=False)
+            assert (tmp_path / "playground.png").stat().st_size > 10_000
+
+            # a reload shows this session's results again
+            await page.reload()
+            await page.wait_for_function(LOADED_IMAGES, arg=6)
+        finally:
+            await browser.close()
+    assert problems == []

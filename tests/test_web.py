@@ -1,0 +1,402 @@
+"""The playground's API through aiohttp's test client, on the real core with the offline provider."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from PIL import Image, ImageChops
+
+from adapters.base import Adapter
+from adapters.web.commands import ImagineCommand, parse_imagine
+from adapters.web.playground import SESSION_COOKIE, Playground
+from adapters.web.server import create_app, is_loopback
+from bot.bootstrap import Core, new_http_session, open_core
+from bot.errors import InvalidRequestError
+from bot.models import JobStatus
+from bot.settings import load_settings
+from tests.images import decode, half_white_mask, png
+
+HEADERS = {"X-Imagebot": "1"}
+SOLID = (40, 90, 200)
+
+
+@dataclass
+class Harness:
+    core: Core
+    client: TestClient[web.Request, web.Application]
+    playground: Playground
+
+    async def post(self, path: str, body: Any = None, *, status: int = 200, **kwargs: Any) -> dict[str, Any]:
+        if isinstance(body, aiohttp.FormData):
+            response = await self.client.post(path, data=body, headers=HEADERS, **kwargs)
+        else:
+            response = await self.client.post(path, json=body or {}, headers=HEADERS, **kwargs)
+        data: dict[str, Any] = await response.json()
+        assert response.status == status, data
+        return data
+
+    async def imagine(self, text: str, **kwargs: Any) -> dict[str, Any]:
+        return await self.post("/api/imagine", {"text": text}, **kwargs)
+
+    async def image(self, url: str) -> Image.Image:
+        response = await self.client.get(url)
+        assert response.status == 200
+        return decode(await response.read())
+
+
+async def _harness(tmp_path: Path, *, password: str | None = None, **overrides: Any) -> AsyncIterator[Harness]:
+    settings = load_settings(data_dir=tmp_path / "data", **overrides)
+    async with new_http_session() as session, open_core(settings, session) as core:
+        adapters: list[Adapter] = []
+        app = create_app(core, adapters)
+        playground = Playground(core, password=password)
+        playground.install(app)
+        adapters.append(playground)
+        await playground.start()
+        async with TestClient(TestServer(app)) as client:
+            yield Harness(core, client, playground)
+            await playground.stop()
+
+
+@pytest.fixture
+async def web_bot(tmp_path: Path) -> AsyncIterator[Harness]:
+    async for harness in _harness(tmp_path):
+        yield harness
+
+
+def upload(image: bytes, **fields: str | bytes) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("image", image, filename="upload.png", content_type="image/png")
+    for name, value in fields.items():
+        if isinstance(value, bytes):
+            form.add_field(name, value, filename=f"{name}.png", content_type="image/png")
+        else:
+            form.add_field(name, value)
+    return form
+
+
+def solid_png(width: int = 256, height: int = 256) -> bytes:
+    return png(width, height, SOLID)
+
+
+# --- imagine and its flags ----------------------------------------------------------------------------------
+
+
+async def test_imagine_with_flags_makes_that_many_images_of_that_size(web_bot: Harness) -> None:
+    result = await web_bot.imagine("/imagine a red fox --n 2 --size 1536x1024")
+    assert result["status"] == "done"
+    assert result["job"]["prompt"] == "a red fox"
+    assert [i["index"] for i in result["images"]] == [1, 2]
+    for info in result["images"]:
+        picture = await web_bot.image(info["url"])
+        assert picture.format == "PNG"
+        assert picture.size == (1536, 1024) == (info["width"], info["height"])
+
+
+async def test_plain_text_is_an_imagine_with_the_default_count(web_bot: Harness) -> None:
+    result = await web_bot.imagine("a lighthouse at dusk")
+    assert result["job"]["prompt"] == "a lighthouse at dusk"
+    assert len(result["images"]) == 1
+
+
+def test_flags_are_parsed_and_removed_from_the_prompt() -> None:
+    assert parse_imagine("/imagine a fox --n=3 in snow --quality high --model fast --size 1024x1536") == (
+        ImagineCommand(prompt="a fox in snow", n=3, size="1024x1536", quality="high", model="fast")
+    )
+    assert parse_imagine("a --weird fox").prompt == "a --weird fox"
+
+
+@pytest.mark.parametrize("text", ["/imagine a fox --n", "a fox --n many", "/draw a fox"])
+def test_bad_commands_are_friendly_errors(text: str) -> None:
+    with pytest.raises(InvalidRequestError):
+        parse_imagine(text)
+
+
+async def test_empty_prompt_is_a_friendly_error(web_bot: Harness) -> None:
+    result = await web_bot.imagine("/imagine   --n 2", status=400)
+    assert result["error"]["message"].startswith("Please describe the image you want")
+    assert f"(ref {result['error']['ref']})" in result["error"]["message"]
+
+
+# --- progress -------------------------------------------------------------------------------------------------
+
+
+Event = dict[str, Any]
+
+
+async def read_events(response: aiohttp.ClientResponse, until: Callable[[Event], bool]) -> list[Event]:
+    """SSE ``data:`` lines as dicts, up to and including the first one ``until`` accepts."""
+    seen: list[Event] = []
+    async with asyncio.timeout(10):
+        while True:
+            line = (await response.content.readline()).decode()
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+                if until(seen[-1]):
+                    return seen
+
+
+async def test_progress_events_say_queued_with_position_then_running_then_done(tmp_path: Path) -> None:
+    async for bot in _harness(tmp_path, limits={"max_concurrent": 1}):
+        events = await bot.client.get("/api/events")
+        assert events.headers["Content-Type"].startswith("text/event-stream")
+        async with bot.core.admission.slot("test:someone-else", 1):  # the only slot is busy
+            request = asyncio.create_task(bot.imagine("a queued fox", params={"task": "t1"}))
+            seen = await read_events(events, lambda e: e["status"] == "queued")
+        result = await request
+        seen += await read_events(events, lambda e: e["status"] == "done")
+        events.close()
+        mine = [e for e in seen if e["task"] == "t1"]
+        assert [e["status"] for e in mine] == ["accepted", "queued", "running", "done"]
+        assert mine[1]["position"] == 1
+        assert mine[-1]["job"] == result["job"]["id"]
+
+
+async def test_shutdown_fails_queued_jobs_with_a_restarting_message(tmp_path: Path) -> None:
+    async for bot in _harness(tmp_path, limits={"max_concurrent": 1}):
+        events = await bot.client.get("/api/events")
+        async with bot.core.admission.slot("test:someone-else", 1):
+            request = asyncio.create_task(bot.imagine("a fox", params={"task": "t2"}, status=503))
+            await read_events(events, lambda e: e["status"] == "queued")
+            bot.core.admission.close()
+            result = await request
+        failed = await read_events(events, lambda e: e["status"] == "failed")
+        events.close()
+        assert "restarting" in result["error"]["message"]
+        assert failed[-1]["message"] == result["error"]["message"]
+
+
+# --- buttons --------------------------------------------------------------------------------------------------
+
+
+async def test_v_button_makes_variations_of_that_image(web_bot: Harness) -> None:
+    first = await web_bot.imagine("a castle --n 2")
+    result = await web_bot.post(f"/api/jobs/{first['job']['id']}/vary/2")
+    assert result["job"]["kind"] == "vary"
+    assert result["job"]["id"] != first["job"]["id"]
+    assert len(result["images"]) == 2
+    assert (await web_bot.image(result["images"][0]["url"])).format == "PNG"
+
+
+async def test_reroll_runs_the_same_request_as_a_new_job(web_bot: Harness) -> None:
+    first = await web_bot.imagine("a boat --n 2 --size 1024x1536")
+    result = await web_bot.post(f"/api/jobs/{first['job']['id']}/reroll")
+    assert result["job"]["id"] != first["job"]["id"]
+    assert result["job"]["prompt"] == "a boat"
+    assert [(i["width"], i["height"]) for i in result["images"]] == [(1024, 1536)] * 2
+
+
+async def test_remix_changes_the_prompt(web_bot: Harness) -> None:
+    first = await web_bot.imagine("a boat")
+    result = await web_bot.post(f"/api/jobs/{first['job']['id']}/remix", {"prompt": "a boat at night"})
+    assert result["job"]["prompt"] == "a boat at night"
+    assert result["job"]["id"] != first["job"]["id"]
+
+
+async def test_u_button_serves_the_png_for_viewing_and_for_download(web_bot: Harness) -> None:
+    result = await web_bot.imagine("a lighthouse --n 2")
+    image = result["images"][1]
+    shown = await web_bot.client.get(image["url"])
+    assert shown.headers["Content-Type"] == "image/png"
+    assert shown.headers["Content-Disposition"] == f'inline; filename="{image["filename"]}"'
+    saved = await web_bot.client.get(image["download"])
+    assert saved.headers["Content-Disposition"] == f'attachment; filename="{image["filename"]}"'
+    assert await saved.read() == await shown.read()
+
+
+async def test_serving_the_images_marks_the_job_delivered(web_bot: Harness) -> None:
+    result = await web_bot.imagine("a hill")
+    job_id = result["job"]["id"]
+    assert (await web_bot.core.jobs.store.get(job_id)).status is JobStatus.DONE  # type: ignore[union-attr]
+    await web_bot.image(result["images"][0]["url"])
+    assert (await web_bot.core.jobs.store.get(job_id)).status is JobStatus.DELIVERED  # type: ignore[union-attr]
+
+
+async def test_unknown_job_or_image_is_a_friendly_404(web_bot: Harness) -> None:
+    result = await web_bot.post("/api/jobs/nosuchjob1/reroll", status=404)
+    assert result["error"]["message"].startswith("I can't find that image")
+    first = await web_bot.imagine("a hill")
+    response = await web_bot.client.get(f"/api/jobs/{first['job']['id']}/images/9")
+    assert response.status == 404
+
+
+# --- uploads: edit and vary ---------------------------------------------------------------------------------
+
+
+def changed(before: Image.Image, after: Image.Image, box: tuple[int, int, int, int]) -> bool:
+    """More than JPEG noise apart (opaque uploads reach the provider as quality-95 JPEG)."""
+    difference = ImageChops.difference(before.convert("RGB").crop(box), after.convert("RGB").crop(box))
+    return max(high for _, high in difference.getextrema()) > 4
+
+
+async def test_edit_with_a_region_changes_only_that_region(web_bot: Harness) -> None:
+    source = solid_png()
+    result = await web_bot.post("/api/edit", upload(source, prompt="a dragon", region="A1:B2"))
+    assert result["job"]["kind"] == "edit"
+    after = await web_bot.image(result["images"][0]["url"])
+    before = decode(source)
+    assert after.size == before.size
+    assert changed(before, after, (0, 0, 120, 120))  # inside A1:B2 (the top-left quarter)
+    assert not changed(before, after, (140, 0, 256, 256))  # the right half, away from the soft edge
+    assert not changed(before, after, (0, 140, 256, 256))  # the bottom half
+
+
+async def test_edit_with_a_mask_upload_changes_only_the_masked_part(web_bot: Harness) -> None:
+    source = solid_png()
+    result = await web_bot.post("/api/edit", upload(source, prompt="a dragon", mask=half_white_mask(256, 256)))
+    after = await web_bot.image(result["images"][0]["url"])
+    before = decode(source)
+    assert changed(before, after, (0, 0, 120, 256))  # white = may change
+    assert not changed(before, after, (140, 0, 256, 256))  # black = keep
+
+
+async def test_edit_with_an_unknown_region_is_a_friendly_error(web_bot: Harness) -> None:
+    result = await web_bot.post("/api/edit", upload(solid_png(), prompt="x", region="E9"), status=400)
+    assert result["error"]["message"].startswith("I don't know that region")
+
+
+async def test_vary_of_an_upload(web_bot: Harness) -> None:
+    result = await web_bot.post("/api/vary", upload(solid_png(), n="2"))
+    assert result["job"]["kind"] == "vary"
+    assert len(result["images"]) == 2
+    assert (await web_bot.image(result["images"][1]["url"])).size == (256, 256)
+
+
+async def test_a_text_file_is_refused_with_the_friendly_image_message(web_bot: Harness) -> None:
+    form = aiohttp.FormData()
+    form.add_field("image", b"just some notes\n", filename="notes.txt", content_type="text/plain")
+    result = await web_bot.post("/api/vary", form, status=400)
+    error = result["error"]
+    assert error["kind"] == "invalid_input"
+    assert "image" in error["message"]
+    assert error["message"].endswith(f"(ref {error['ref']})")
+
+
+async def test_an_upload_over_the_limit_is_refused(tmp_path: Path) -> None:
+    async for bot in _harness(tmp_path, imaging={"max_input_bytes": 2000}):
+        result = await bot.post("/api/vary", upload(png(400, 400, (1, 2, 3), mode="RGB") + b"\0" * 4000), status=413)
+        assert "too large" in result["error"]["message"]
+
+
+async def test_an_unexpected_failure_shows_only_the_generic_apology(
+    web_bot: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("database password is sk-secret123")
+
+    monkeypatch.setattr(web_bot.core.jobs, "submit", broken)
+    result = await web_bot.imagine("a fox", status=500)
+    assert result["error"]["message"].startswith("Sorry, something went wrong on my side")
+    assert "sk-secret" not in json.dumps(result)
+
+
+async def test_no_blocking_calls_on_the_loop_while_serving_a_job(web_bot: Harness) -> None:
+    from blockbuster import blockbuster_ctx
+
+    with blockbuster_ctx(["adapters", "bot"]):
+        result = await web_bot.post("/api/edit", upload(solid_png(), prompt="a moon", region="top-half"))
+        await web_bot.image(result["images"][0]["url"])
+
+
+# --- the page, sessions, health and access ------------------------------------------------------------------
+
+
+async def test_the_page_and_its_assets_are_served_and_a_session_cookie_is_set(web_bot: Harness) -> None:
+    page = await web_bot.client.get("/")
+    assert page.status == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert SESSION_COOKIE in page.cookies
+    assert "/static/app.js" in await page.text()
+    for name, kind in (("app.js", "text/javascript"), ("app.css", "text/css")):
+        asset = await web_bot.client.get(f"/static/{name}")
+        assert asset.headers["Content-Type"].startswith(kind)
+    assert (await web_bot.client.get("/static/secret.py")).status == 404
+
+
+async def test_healthz_reports_adapters_provider_and_queue(web_bot: Harness) -> None:
+    response = await web_bot.client.get("/healthz")
+    assert response.status == 200
+    assert await response.json() == {
+        "status": "ok",
+        "adapters": {"playground": "connected"},
+        "provider": "offline",
+        "offline": True,
+        "queue_length": 0,
+        "running": 0,
+    }
+
+
+async def test_healthz_is_503_until_every_adapter_is_connected(web_bot: Harness) -> None:
+    await web_bot.playground.stop()
+    response = await web_bot.client.get("/healthz")
+    assert response.status == 503
+    assert (await response.json())["adapters"] == {"playground": "stopped"}
+
+
+async def test_a_password_is_required_when_configured(tmp_path: Path) -> None:
+    async for bot in _harness(tmp_path, password="hunter2"):
+        assert (await bot.client.get("/")).status == 401
+        assert (await bot.client.get("/api/config")).status == 401
+        wrong = {"Authorization": aiohttp.encode_basic_auth("anyone", "guess")}
+        assert (await bot.client.get("/", headers=wrong)).status == 401
+        right = {"Authorization": aiohttp.encode_basic_auth("anyone", "hunter2")}
+        assert (await bot.client.get("/", headers=right)).status == 200
+        assert (await bot.client.get("/healthz")).status == 200
+
+
+async def test_posts_without_the_playground_header_are_refused(web_bot: Harness) -> None:
+    response = await web_bot.client.post("/api/imagine", json={"text": "a fox"})
+    assert response.status == 400
+    assert await web_bot.core.jobs.store.history(limit=5) == []
+
+
+async def test_other_host_names_are_refused_without_a_password(web_bot: Harness) -> None:
+    response = await web_bot.client.get("/", headers={"Host": "attacker.example:8080"})
+    assert response.status == 421
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("0.0.0.0", False),  # noqa: S104
+        ("192.168.1.5", False),
+    ],
+)
+def test_is_loopback(host: str, local: bool) -> None:
+    assert is_loopback(host) is local
+
+
+async def test_an_expensive_job_waits_for_confirm_and_can_be_cancelled(tmp_path: Path) -> None:
+    async for bot in _harness(tmp_path, jobs={"confirm_above_usd": 0.000001}):
+        held = await bot.imagine("a fox --quality high")
+        assert held["status"] == "awaiting_confirmation"
+        assert held["estimate_usd"] > 0
+        done = await bot.post(f"/api/jobs/{held['job']['id']}/confirm")
+        assert done["status"] == "done"
+        assert len(done["images"]) == 1
+        other = await bot.imagine("a cat --quality high")
+        cancelled = await bot.post(f"/api/jobs/{other['job']['id']}/cancel")
+        assert cancelled["status"] == "cancelled"
+
+
+async def test_history_lists_this_sessions_finished_jobs_for_a_reloaded_page(web_bot: Harness) -> None:
+    first = await web_bot.imagine("a fox --n 2")
+    second = await web_bot.imagine("a cat")
+    response = await web_bot.client.get("/api/history")
+    jobs = (await response.json())["jobs"]
+    assert [j["job"]["id"] for j in jobs] == [first["job"]["id"], second["job"]["id"]]  # oldest first
+    assert jobs[0]["images"] == first["images"]
+    web_bot.client.session.cookie_jar.clear()  # another browser
+    assert (await (await web_bot.client.get("/api/history")).json())["jobs"] == []
