@@ -317,13 +317,14 @@ async def _prune(core: Core, args: argparse.Namespace) -> int:
 
 
 def _run(settings: Settings) -> int:
-    """`imagebot run`: every adapter with credentials (for now: the playground) on one web server and loop."""
+    """`imagebot run`: every adapter with credentials (or else the playground) on one web server and loop."""
     from adapters.web.server import is_loopback
     from bot.redact import register_secrets
 
     password = os.environ.get("IMAGEBOT_WEB_PASSWORD") or None
     register_secrets([password])
-    if password is None and not is_loopback(settings.web_host):
+    playground_only = settings.discord_token is None and settings.slack_bot_token is None
+    if password is None and playground_only and not is_loopback(settings.web_host):
         print(
             f"imagebot: setting IMAGEBOT_WEB_HOST: {settings.web_host} is not a loopback address; "
             "set IMAGEBOT_WEB_PASSWORD to protect the playground, or use 127.0.0.1",
@@ -350,6 +351,8 @@ async def _serve(settings: Settings, password: str | None) -> int:
     import signal
 
     from adapters.base import Adapter
+    from adapters.discord import DiscordAdapter
+    from adapters.slack import SlackAdapter
     from adapters.web.playground import Playground
     from adapters.web.server import SHUTDOWN_GRACE_SECONDS, WebServer, create_app, is_loopback
 
@@ -357,26 +360,22 @@ async def _serve(settings: Settings, password: str | None) -> int:
     stopping = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
-    waiting = [
-        name
-        for name, configured in (
-            ("Discord", settings.discord_token),
-            ("Slack", settings.slack_bot_token or settings.slack_app_token or settings.slack_signing_secret),
-        )
-        if configured
-    ]
-    if waiting:
-        log.warning(
-            "%s credentials are set, but this version has no %s adapter yet; serving the playground only",
-            " and ".join(waiting),
-            " or ".join(waiting),
-        )
+    if settings.slack_bot_token is not None and not SlackAdapter.configured(settings):
+        raise SettingsError("setting SLACK_APP_TOKEN: set it for Socket Mode (or SLACK_SIGNING_SECRET for HTTP mode)")
     async with new_http_session() as session, open_core(settings, session) as core:
         adapters: list[Adapter] = []
         app = create_app(core, adapters)
-        playground = Playground(core, password=password, local_only=is_loopback(settings.web_host))
-        playground.install(app)
-        adapters.append(playground)
+        if settings.discord_token is not None:
+            adapters.append(DiscordAdapter(core, settings))
+        if SlackAdapter.configured(settings):
+            slack = SlackAdapter(core, settings, session)
+            slack.install_routes(app)  # HTTP mode: /slack/events on this server (Socket Mode: nothing)
+            adapters.append(slack)
+        playground: Playground | None = None
+        if not adapters:  # no platform credentials at all: the local playground is the bot
+            playground = Playground(core, password=password, local_only=is_loopback(settings.web_host))
+            playground.install(app)
+            adapters.append(playground)
         server = WebServer(app, settings.web_host, settings.web_port)
         try:
             await server.start()
@@ -384,10 +383,16 @@ async def _serve(settings: Settings, password: str | None) -> int:
             where = f"{settings.web_host}:{settings.web_port}"
             print(f"imagebot: cannot listen on {where}: {exc.strerror or type(exc).__name__}", file=sys.stderr)
             return EXIT_FAILED
+        started: list[Adapter] = []
         try:
             for adapter in adapters:
                 await adapter.start()
-            print(f"imagebot: playground at {server.url}", flush=True)
+                started.append(adapter)
+            if playground is not None:
+                print(f"imagebot: playground at {server.url}", flush=True)
+            else:
+                names = ", ".join(adapter.name for adapter in adapters)
+                print(f"imagebot: running {names}; health at {server.url}healthz", flush=True)
             await stopping.wait()
             log.info(
                 "shutting down: no new jobs; %d running get up to %gs", core.admission.running, SHUTDOWN_GRACE_SECONDS
@@ -401,7 +406,7 @@ async def _serve(settings: Settings, password: str | None) -> int:
                 log.warning(
                     "%d job(s) still running after %gs: interrupting", core.admission.running, SHUTDOWN_GRACE_SECONDS
                 )
-            for adapter in reversed(adapters):
+            for adapter in reversed(started):
                 await adapter.stop()
             await server.stop()
     log.info("stopped")

@@ -356,3 +356,22 @@ async def test_event_loop_stays_responsive_while_generating(provider: OfflineIma
 
     assert len(gaps) >= 3
     assert max(gaps) < 0.25
+
+
+async def test_a_32000_character_prompt_is_captioned_with_few_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caption is cut by binary search: a hostile long prompt must not cost quadratic text layout."""
+    from PIL import ImageFont
+
+    calls = 0
+    real = ImageFont.FreeTypeFont.getlength
+
+    def counting(self: ImageFont.FreeTypeFont, text: str, *args: object, **kwargs: object) -> float:
+        nonlocal calls
+        calls += 1
+        return real(self, text, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ImageFont.FreeTypeFont, "getlength", counting)
+    prompt = "a lighthouse at dusk " * 1600
+    result = await OfflineImages().generate(ProviderGenerate("gpt-image-2", prompt[:32000], 1, "1024x1024", None))
+    assert len(result.images) == 1
+    assert 0 < calls < 40

@@ -586,10 +586,17 @@ def _caption(img: Image.Image, prompt: str) -> None:
         return
     font = ImageFont.load_default(size=max(10, round(min(w, h) / 56)))
     pad = round(min(w, h) / 40)
-    if font.getlength(text) > w - 2 * pad:
-        while text and font.getlength(text + "…") > w - 2 * pad:
-            text = text[:-1]
-        text = text.rstrip() + "…"
+    room = w - 2 * pad
+    if font.getlength(text) > room:
+        # Binary search for the longest prefix that fits: long prompts (up to 32,000 characters) stay cheap.
+        low, high = 0, len(text)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if font.getlength(text[:middle] + "…") <= room:
+                low = middle
+            else:
+                high = middle - 1
+        text = text[:low].rstrip() + "…"
     left, top, _, bottom = font.getbbox(text)
     band = round((bottom - top) * 3)
     img.paste((0, 0, 0), (0, h - band), _ramp(w, band, 0.0, 0.5))

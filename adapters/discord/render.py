@@ -1,0 +1,130 @@
+"""Turn what the core returns (ImageResult, Job) into Discord uploads, message text and buttons."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
+
+import discord
+
+from adapters.discord.components import RESULT_TEMPLATE, ConfirmButton, ResultButton
+from bot import imaging
+from bot.models import GeneratedImage, ImageResult, Job
+
+MESSAGE_LIMIT = 2000
+REQUEST_LIMIT = 25 * 1024 * 1024  # one message's whole upload
+_REQUEST_MARGIN = 64 * 1024  # multipart headers and payload_json
+_ALT_TEXT_LIMIT = 1024
+_JOB_IN_CUSTOM_ID = re.compile(RESULT_TEMPLATE)
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """One Discord message: text, files and the buttons under it."""
+
+    content: str
+    files: list[discord.File]
+    view: discord.ui.View | None
+
+
+def result_buttons(job_id: str, indexes: Sequence[int], *, upscale: bool) -> list[discord.ui.Item[Any]]:
+    """U1..Un (grids only), V1..Vn, 🔄 reroll and ✏️ remix, laid out in rows of at most five."""
+    buttons: list[discord.ui.Item[Any]] = []
+    if upscale:
+        buttons += [ResultButton("u", job_id, i, row=0) for i in indexes]
+    row = 1 if upscale else 0
+    buttons += [ResultButton("v", job_id, i, row=row) for i in indexes]
+    extra_row = row if len(indexes) < 4 else row + 1
+    buttons += [ResultButton("r", job_id, 0, row=extra_row), ResultButton("x", job_id, 0, row=extra_row)]
+    return buttons
+
+
+def view_of(items: Sequence[discord.ui.Item[Any]]) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for item in items:
+        view.add_item(item)
+    return view
+
+
+def confirm_view(job_id: str) -> discord.ui.View:
+    return view_of([ConfirmButton("ok", job_id), ConfirmButton("no", job_id)])
+
+
+def job_in_components(components: Sequence[Any]) -> tuple[str, list[int]] | None:
+    """(job id, image indexes with a V button) from a result message's components (discord.py objects)."""
+    job: str | None = None
+    indexes: list[int] = []
+    stack = list(components)
+    while stack:
+        comp = stack.pop(0)
+        stack.extend(getattr(comp, "children", []) or [])
+        match = _JOB_IN_CUSTOM_ID.fullmatch(getattr(comp, "custom_id", None) or "")
+        if match is None:
+            continue
+        job = job or match["job"]
+        if match["action"] == "v" and match["job"] == job:
+            indexes.append(int(match["index"]))
+    return (job, sorted(indexes)) if job else None
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+
+
+def result_text(prompt: str, user_id: str, result: ImageResult | None = None, *, note: str = "") -> str:
+    """``**prompt** — @user (model)``, never longer than a message may be."""
+    tail = f" — <@{user_id}>"
+    if result is not None and result.model:
+        tail += f" ({result.model})"
+    if result is not None and result.notice:
+        tail += f"\n-# {result.notice}"
+    if note:
+        tail += f"\n{note}"
+    room = MESSAGE_LIMIT - len(tail) - 4
+    return f"**{clip(prompt.replace('*', '＊'), room)}**{tail}"[:MESSAGE_LIMIT]
+
+
+def with_note(text: str, note: str) -> str:
+    """``text`` and a line under it, shortened so both fit in one message."""
+    return f"{clip(text, MESSAGE_LIMIT - len(note) - 1)}\n{note}"[:MESSAGE_LIMIT]
+
+
+async def upload_files(images: Sequence[GeneratedImage], size_limit: int) -> list[discord.File]:
+    """One discord.File per image, each fitted under the per-file and the per-message limit (worker thread)."""
+    per_file = min(size_limit, max(1, (REQUEST_LIMIT - _REQUEST_MARGIN) // max(1, len(images))))
+    files: list[discord.File] = []
+    for image in images:
+        data, info = await asyncio.to_thread(imaging.fit_under, image.data, per_file)
+        filename = image.filename
+        if data is not image.data:
+            filename = str(PurePath(filename).with_suffix("." + info.extension))
+        description = clip(image.alt_text, _ALT_TEXT_LIMIT) if image.alt_text else None
+        files.append(discord.File(io.BytesIO(data), filename=filename, description=description))
+    return files
+
+
+async def render_result(
+    job: Job, result: ImageResult, user_id: str, size_limit: int, *, only: int | None = None
+) -> Rendered:
+    """The result message of ``job``: its images (or image ``only``) with V/U/🔄/✏️ buttons."""
+    if only is not None:
+        images: Sequence[GeneratedImage] = [result.images[only - 1]]
+        indexes = [only]
+    else:
+        images = result.images
+        indexes = list(range(1, len(images) + 1))
+    files = await upload_files(images, size_limit)
+    note = f"Image #{only}" if only is not None else ""
+    view = view_of(result_buttons(job.id, indexes, upscale=only is None and len(indexes) > 1))
+    return Rendered(result_text(result.prompt or job.prompt, user_id, result, note=note), files, view)
+
+
+def render_confirmation(job: Job, user_id: str) -> Rendered:
+    cost = f"about ${job.estimated_cost:.2f}" if job.estimated_cost is not None else "more than usual"
+    note = f"This will cost {cost} ({job.images_requested} image(s)). Go ahead?"
+    return Rendered(result_text(job.prompt or "(variation)", user_id, note=note), [], confirm_view(job.id))

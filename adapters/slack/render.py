@@ -1,0 +1,190 @@
+"""The one place that turns core results into Slack: files_upload_v2 arguments, Block Kit messages and modals."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bot.imaging import REGION_NAMES
+from bot.models import ImageResult, Job
+
+# action ids (buttons carry the job in their value, so they work after a restart)
+VARY = "img_vary"  # + "_<index>": action ids must be unique within a block
+REROLL = "img_reroll"
+REMIX = "img_remix"
+CONFIRM = "img_confirm"
+CANCEL = "img_cancel"
+REMIX_VIEW = "img_remix_modal"
+EDIT_VIEW = "img_edit_modal"
+PROMPT_BLOCK, PROMPT_ACTION = "prompt", "prompt_input"
+REGION_BLOCK, REGION_ACTION = "region", "region_select"
+MASK_BLOCK, MASK_ACTION = "mask", "mask_file"
+METADATA_EVENT = "imagebot_result"
+GRID_RANGES = ("A1:B2", "C1:D2", "A3:B4", "C3:D4", "B2:C3")
+WHOLE_IMAGE = "whole"
+_ALT_MAX = 1000  # files.getUploadURLExternal refuses longer alt_txt
+_TEXT_MAX = 2900  # section text limit is 3000
+_MAX_VARY_BUTTONS = 4
+
+
+def escape(text: str) -> str:
+    """Slack mrkdwn control characters: keeps a prompt from pinging @channel or forming links."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def quote(text: str, limit: int = 1500) -> str:
+    shown = text if len(text) <= limit else text[: limit - 1] + "…"
+    return "\n".join(f"> {line}" for line in escape(shown).splitlines() or [""])
+
+
+def _plain(text: str, limit: int = 75) -> dict[str, Any]:
+    return {"type": "plain_text", "text": text[:limit], "emoji": True}
+
+
+def _button(text: str, action_id: str, value: str, style: str | None = None) -> dict[str, Any]:
+    button: dict[str, Any] = {"type": "button", "text": _plain(text), "action_id": action_id, "value": value}
+    if style:
+        button["style"] = style
+    return button
+
+
+def working_message(prompt: str, position: int | None = None) -> dict[str, Any]:
+    """The ephemeral message carried by the slash command's ack (``position``: expected place in line)."""
+    status = f"Queued — #{position} in line" if position else "Working on it"
+    text = f"{status}: {escape(prompt[:200])}"
+    block = {"type": "context", "elements": [{"type": "mrkdwn", "text": f":hourglass_flowing_sand: {text}"}]}
+    return {"text": text, "blocks": [block], "response_type": "ephemeral"}
+
+
+def queued_text(position: int) -> str:
+    return f":hourglass: Queued — #{position} in line. Your images will appear in the channel."
+
+
+def upload_args(job: Job, result: ImageResult) -> dict[str, Any]:
+    """Arguments of ``files_upload_v2``: every image in one message, alt text per file, credit and prompt."""
+    total = len(result.images)
+    uploads = []
+    for index, image in enumerate(result.images, start=1):
+        title = f"{index}/{total} · {result.prompt[:60]}" if total > 1 else result.prompt[:80]
+        alt = image.alt_text or result.prompt or "AI-generated image"
+        uploads.append({"file": image.data, "filename": image.filename, "title": title, "alt_txt": alt[:_ALT_MAX]})
+    verb = {"generate": "asked for", "edit": "edited an image", "vary": "asked for variations"}.get(job.kind, "asked")
+    comment = f"<@{job.context.user}> {verb}:\n{quote(result.prompt)}" if result.prompt else f"<@{job.context.user}>"
+    details = f"AI-generated · {result.model}" if result.model else "AI-generated"
+    if result.notice:
+        details += f" · {result.notice}"
+    args: dict[str, Any] = {"file_uploads": uploads, "initial_comment": f"{comment}\n_{escape(details)}_"}
+    if job.context.channel:
+        args["channel"] = job.context.channel
+    if job.context.thread:
+        args["thread_ts"] = job.context.thread
+    return args
+
+
+def controls_message(job: Job, result: ImageResult) -> dict[str, Any]:
+    """``chat.postMessage`` arguments of the buttons under a result (job id in values and in metadata)."""
+    count = min(len(result.images), _MAX_VARY_BUTTONS)
+    vary = [
+        _button(f"Vary {i}" if count > 1 else "Vary", f"{VARY}_{i}", f"vary:{job.id}:{i}") for i in range(1, count + 1)
+    ]
+    more = [_button("Reroll", REROLL, f"reroll:{job.id}"), _button("Remix", REMIX, f"remix:{job.id}")]
+    text = "Make more from this result:"
+    blocks = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {"type": "actions", "block_id": f"img_actions:{job.id}", "elements": vary + more},
+    ]
+    args: dict[str, Any] = {"text": text, "blocks": blocks, "unfurl_links": False}
+    args["metadata"] = {"event_type": METADATA_EVENT, "event_payload": {"job": job.id}}
+    if job.context.channel:
+        args["channel"] = job.context.channel
+    if job.context.thread:
+        args["thread_ts"] = job.context.thread
+    return args
+
+
+def confirmation_message(job: Job) -> dict[str, Any]:
+    """An ephemeral question before an expensive job runs."""
+    cost = f"about ${job.estimated_cost:.2f}" if job.estimated_cost is not None else "more than usual"
+    text = f"This request will cost {cost} ({job.images_requested} image(s)). Go ahead?"
+    buttons = [
+        _button("Confirm", CONFIRM, f"confirm:{job.id}", "primary"),
+        _button("Cancel", CANCEL, f"cancel:{job.id}", "danger"),
+    ]
+    blocks = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"{text}\n{quote(job.prompt, 500)}"}},
+        {"type": "actions", "block_id": f"img_confirm:{job.id}", "elements": buttons},
+    ]
+    return {"text": text, "blocks": blocks}
+
+
+def notice(text: str) -> dict[str, Any]:
+    """A short ephemeral notice (errors, refusals, "working on it")."""
+    shown = text[:_TEXT_MAX]
+    return {"text": shown, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": escape(shown)}}]}
+
+
+def _prompt_input(initial: str | None, placeholder: str) -> dict[str, Any]:
+    element: dict[str, Any] = {
+        "type": "plain_text_input",
+        "action_id": PROMPT_ACTION,
+        "multiline": True,
+        "max_length": 3000,
+        "placeholder": _plain(placeholder, 150),
+    }
+    if initial:
+        element["initial_value"] = initial[:3000]
+    return {"type": "input", "block_id": PROMPT_BLOCK, "label": _plain("Prompt"), "element": element}
+
+
+def remix_modal(job: Job, channel: str, thread: str | None) -> dict[str, Any]:
+    """The Remix modal: the job's prompt, pre-filled, to change."""
+    metadata = json.dumps({"job": job.id, "channel": channel, "thread": thread})
+    return {
+        "type": "modal",
+        "callback_id": REMIX_VIEW,
+        "private_metadata": metadata,
+        "title": _plain("Remix", 24),
+        "submit": _plain("Make it", 24),
+        "close": _plain("Cancel", 24),
+        "blocks": [_prompt_input(job.prompt, "Change the prompt")],
+    }
+
+
+def edit_modal(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The Edit image modal: prompt, region to change, optional mask file."""
+    regions = [(WHOLE_IMAGE, "Whole image (or its transparent parts)")]
+    regions += [(name, name.replace("-", " ").capitalize()) for name in REGION_NAMES]
+    regions += [(cells, f"Grid cells {cells}") for cells in GRID_RANGES]
+    options = [{"text": _plain(label), "value": value} for value, label in regions]
+    return {
+        "type": "modal",
+        "callback_id": EDIT_VIEW,
+        "private_metadata": json.dumps(metadata)[:3000],
+        "title": _plain("Edit image", 24),
+        "submit": _plain("Edit", 24),
+        "close": _plain("Cancel", 24),
+        "blocks": [
+            _prompt_input(None, "What should change?"),
+            {
+                "type": "input",
+                "block_id": REGION_BLOCK,
+                "optional": True,
+                "label": _plain("Region to change"),
+                "hint": _plain("A 4x4 grid: columns A–D, rows 1–4.", 150),
+                "element": {
+                    "type": "static_select",
+                    "action_id": REGION_ACTION,
+                    "options": options,
+                    "initial_option": options[0],
+                },
+            },
+            {
+                "type": "input",
+                "block_id": MASK_BLOCK,
+                "optional": True,
+                "label": _plain("Mask (optional)"),
+                "hint": _plain("A PNG: transparent or white = change, black = keep.", 150),
+                "element": {"type": "file_input", "action_id": MASK_ACTION, "filetypes": ["png"], "max_files": 1},
+            },
+        ],
+    }

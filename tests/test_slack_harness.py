@@ -1,0 +1,108 @@
+"""Test support (no tests here): the real Slack adapter, on the real core, against the fake Slack."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from adapters.slack import SlackAdapter
+from bot.bootstrap import Core, new_http_session, open_core
+from bot.models import Job
+from bot.settings import load_settings
+from tests.fakes.slack_server import (
+    APP_TOKEN,
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    FakeSlack,
+    PostedMessage,
+    SlackCall,
+    sign_request,
+)
+
+
+@dataclass
+class SlackBot:
+    fake: FakeSlack
+    core: Core
+    adapter: SlackAdapter
+    http: TestClient[Any, Any] | None = None  # HTTP mode: a client of the web app with /slack/events
+
+    async def post(self, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        """POST a body Slack-signed (or with the given headers) to /slack/events."""
+        assert self.http is not None, "HTTP mode only"
+        async with self.http.post("/slack/events", data=body, headers=headers or sign_request(body)) as resp:
+            return resp.status, await resp.text()
+
+    async def job(self, job_id: str) -> Job:
+        job = await self.core.jobs.store.get(job_id)
+        assert job is not None
+        return job
+
+    async def uploads_done(self, count: int = 1, timeout: float = 10.0) -> SlackCall:
+        """The ``count``-th completed upload, after its controls message was posted too."""
+        call = await self.fake.wait_for_call("files.completeUploadExternal", count, timeout)
+        await self.fake.wait_for(lambda: len(self.controls()) >= count, timeout, f"{count} controls messages")
+        await asyncio.wait_for(self.adapter.idle(), timeout)
+        return call
+
+    def controls(self) -> list[PostedMessage]:
+        """The bot's button messages under results, oldest first."""
+        return [m for m in self.fake.messages if m.method == "chat.postMessage" and _has_vary(m)]
+
+    def image_messages(self, channel: str, thread_ts: str | None = None) -> list[PostedMessage]:
+        return [m for m in self.fake.messages_in(channel, thread_ts) if m.method == "files.completeUploadExternal"]
+
+    def ephemeral_texts(self) -> list[str]:
+        """Everything said privately to users: response_url posts and chat.postEphemeral."""
+        texts = [str(post.body.get("text", "")) for post in self.fake.responses if isinstance(post.body, dict)]
+        return texts + [m.text for m in self.fake.messages if m.ephemeral_to is not None]
+
+
+def _has_vary(message: PostedMessage) -> bool:
+    for block in message.blocks or []:
+        for element in block.get("elements", []):
+            if str(element.get("value", "")).startswith("vary:"):
+                return True
+    return False
+
+
+def button(message: PostedMessage, prefix: str) -> dict[str, Any]:
+    """The button of a message whose value starts with ``prefix`` (e.g. "vary:" or "reroll:")."""
+    for block in message.blocks or []:
+        for element in block.get("elements", []):
+            if element.get("type") == "button" and str(element.get("value", "")).startswith(prefix):
+                return dict(element)
+    raise AssertionError(f"no {prefix} button in {message.blocks}")
+
+
+@contextlib.asynccontextmanager
+async def slack_bot(
+    fake: FakeSlack, data_dir: Path, *, mode: str = "socket", **overrides: Any
+) -> AsyncIterator[SlackBot]:
+    """The adapter started on a fresh core over ``data_dir`` (the same dir again = a restart)."""
+    credentials: dict[str, Any] = {"slack_bot_token": BOT_TOKEN, "slack_api_url": fake.api_url}
+    if mode == "socket":
+        credentials["slack_app_token"] = APP_TOKEN
+    else:
+        credentials["slack_signing_secret"] = SIGNING_SECRET
+    settings = load_settings(data_dir=data_dir, **(credentials | overrides))
+    async with new_http_session() as session, open_core(settings, session) as core:
+        adapter = SlackAdapter(core, settings, session)
+        await adapter.start()
+        try:
+            if mode == "socket":
+                yield SlackBot(fake, core, adapter)
+            else:
+                app = web.Application()
+                adapter.install_routes(app)
+                async with TestClient(TestServer(app, host="127.0.0.1")) as http:
+                    yield SlackBot(fake, core, adapter, http)
+        finally:
+            await adapter.stop()
