@@ -22,22 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from adapters.discord import DiscordAdapter  # noqa: E402
+from bench.common import fake_openai_code  # noqa: E402
 from bot.bootstrap import new_http_session, open_core  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from tests.fakes.openai_server import DEFAULT_KEY  # noqa: E402
-
-OPENAI = """
-import asyncio, sys
-sys.path.insert(0, {root!r})
-from tests.fakes.openai_server import FakeOpenAI
-
-async def main():
-    async with FakeOpenAI(latency={latency}) as fake:
-        print(fake.base_url, flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-
-asyncio.run(main())
-"""
 
 DISCORD = """
 import asyncio, json, sys, time
@@ -100,7 +88,7 @@ def say(process: asyncio.subprocess.Process, text: str) -> None:
 
 
 async def main(interactions: int, latency: float, concurrent: int, spread: float) -> None:
-    openai = await spawn(OPENAI.format(root=str(ROOT), latency=latency))
+    openai = await spawn(fake_openai_code(latency))
     timeout = interactions * latency + 120
     fake = await spawn(DISCORD.format(root=str(ROOT), count=interactions, timeout=timeout, spread=spread))
     try:

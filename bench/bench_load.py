@@ -21,23 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import fake_openai_process, percentile  # noqa: E402
 from bot.bootstrap import build_images, new_http_session  # noqa: E402
 from bot.models import GenerateRequest  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from tests.fakes.openai_server import DEFAULT_KEY  # noqa: E402
-
-SERVER = """
-import asyncio, sys
-sys.path.insert(0, {root!r})
-from tests.fakes.openai_server import FakeOpenAI
-
-async def main():
-    async with FakeOpenAI(latency={latency}) as fake:
-        print(fake.base_url, flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-
-asyncio.run(main())
-"""
 
 
 async def lag_probe(samples: list[float], stop: asyncio.Event, interval: float = 0.005) -> None:
@@ -48,21 +36,12 @@ async def lag_probe(samples: list[float], stop: asyncio.Event, interval: float =
         samples.append(loop.time() - started - interval)
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 async def main(jobs: int, latency: float) -> None:
-    server = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        SERVER.format(root=str(ROOT), latency=latency),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert server.stdout is not None and server.stdin is not None
-    base_url = (await server.stdout.readline()).decode().strip()
+    async with fake_openai_process(latency) as base_url:
+        await measure(jobs, latency, base_url)
+
+
+async def measure(jobs: int, latency: float, base_url: str) -> None:
     os.environ.update(
         {
             "OPENAI_API_KEY": DEFAULT_KEY,
@@ -92,8 +71,6 @@ async def main(jobs: int, latency: float) -> None:
         cpu = time.process_time() - cpu_started
         stop.set()
         await probe
-    server.stdin.close()
-    await server.wait()
     failures = [r for r in results if isinstance(r, BaseException)]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"machine: {platform.platform()}, {os.cpu_count()} cpus, Python {platform.python_version()}")

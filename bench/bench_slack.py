@@ -23,40 +23,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from adapters.slack import SlackAdapter  # noqa: E402
+from bench.common import fake_openai_process, percentile  # noqa: E402
 from bot.bootstrap import new_http_session, open_core  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from tests.fakes.openai_server import DEFAULT_KEY  # noqa: E402
 from tests.fakes.slack_server import APP_TOKEN, BOT_TOKEN, FakeSlack  # noqa: E402
 
-SERVER = """
-import asyncio, sys
-sys.path.insert(0, {root!r})
-from tests.fakes.openai_server import FakeOpenAI
-
-async def main():
-    async with FakeOpenAI(latency={latency}) as fake:
-        print(fake.base_url, flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-
-asyncio.run(main())
-"""
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
 
 async def main(commands: int, latency: float, concurrency: int) -> None:
-    server = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        SERVER.format(root=str(ROOT), latency=latency),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert server.stdout is not None and server.stdin is not None
-    base_url = (await server.stdout.readline()).decode().strip()
+    async with fake_openai_process(latency) as base_url:
+        await measure(commands, latency, concurrency, base_url)
+
+
+async def measure(commands: int, latency: float, concurrency: int, base_url: str) -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         async with FakeSlack() as fake, new_http_session() as session:
             users = [f"U0BENCH{i:04d}" for i in range(commands)]
@@ -87,8 +66,6 @@ async def main(commands: int, latency: float, concurrency: int) -> None:
                 await adapter.stop()
             latencies = [e.latency or 0.0 for e in envelopes]
             errors = list(fake.errors)
-    server.stdin.close()
-    await server.wait()
     uploads = len(fake.calls_to("files.completeUploadExternal"))
     print(f"machine: {platform.platform()}, {os.cpu_count()} cpus, Python {platform.python_version()}")
     print(f"commands: {commands} over Socket Mode in {sent:.2f}s; fake Images API latency {latency:.1f}s, ", end="")

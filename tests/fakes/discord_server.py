@@ -38,6 +38,8 @@ import yarl
 from aiohttp import BodyPartReader, WSMsgType, web
 from PIL import Image
 
+from tests.fakes.loopback import LoopbackServer
+
 T = TypeVar("T")
 Json = dict[str, Any]
 
@@ -274,7 +276,7 @@ def _sniff(data: bytes, filename: str) -> tuple[str, int | None, int | None]:
         return mimetypes.guess_type(filename)[0] or "application/octet-stream", None, None
 
 
-class FakeDiscord:
+class FakeDiscord(LoopbackServer):
     """Discord for one bot: REST under /api/v10, the gateway at ws://127.0.0.1:PORT/, a CDN under /attachments."""
 
     def __init__(
@@ -319,7 +321,6 @@ class FakeDiscord:
         self._tick = asyncio.Event()  # set and replaced on every change: wakes all waiters
         self._last_snowflake = 0
         self._counter = itertools.count()
-        self._runner: web.AppRunner | None = None
         self.port = 0
         self.app = web.Application(client_max_size=64 * 1024**2, middlewares=[self._middleware])
         api = "/api/v10"
@@ -341,29 +342,9 @@ class FakeDiscord:
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
-    async def start(self) -> FakeDiscord:
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def close(self) -> None:
+    async def _before_close(self) -> None:
         for session in list(self._sessions):
             await session.ws.close(code=1001)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeDiscord:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def api_base(self) -> str:

@@ -30,6 +30,8 @@ from aiohttp import BodyPartReader, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from PIL import Image
 
+from tests.fakes.loopback import LoopbackServer
+
 DEFAULT_KEY = "sk-test-0123456789abcdefFAKE"
 # models alive on 2026-11-25 (platform-facts 1.1); anything else answers model_not_found
 DEFAULT_MODELS = frozenset(("gpt-image-1-mini", "gpt-image-1.5", "chatgpt-image-latest", "gpt-image-2"))
@@ -261,7 +263,7 @@ def _render(size: tuple[int, int], colour: tuple[int, int, int], fmt: str, trans
     return data, base64.b64encode(data).decode("ascii")
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     def __init__(
         self,
         api_key: str | None = DEFAULT_KEY,
@@ -280,7 +282,6 @@ class FakeOpenAI:
         self._files: dict[str, bytes] = {}
         self._renders: dict[tuple[Any, ...], asyncio.Future[tuple[bytes, str]]] = {}
         self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
         self.port = 0
         self.app = web.Application(client_max_size=256 * 1024**2)
         self.app.router.add_post("/v1/images/generations", self._generations)
@@ -293,30 +294,11 @@ class FakeOpenAI:
 
     # --- lifecycle and accessors -----------------------------------------------------------------------
 
-    async def start(self) -> FakeOpenAI:
+    async def _before_start(self) -> None:
         self._closing.clear()
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        return self
 
-    async def close(self) -> None:
+    async def _before_close(self) -> None:
         self._closing.set()  # wakes delayed/latency sleeps
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeOpenAI:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def base_url(self) -> str:

@@ -41,6 +41,8 @@ from aiohttp import BodyPartReader, WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from PIL import Image
 
+from tests.fakes.loopback import LoopbackServer
+
 BOT_TOKEN = "xoxb-1111111111-2222222222-FakeBotToken0123456789"
 APP_TOKEN = "xapp-1-A0IMAGEBOT-3333333333-fakeapptoken0123456789abcdef"
 SIGNING_SECRET = "fake0signing0secret0123456789abc"
@@ -278,7 +280,7 @@ def interactive_body(payload: Mapping[str, Any]) -> bytes:
 # --- the fake ------------------------------------------------------------------------------------------------
 
 
-class FakeSlack:
+class FakeSlack(LoopbackServer):
     def __init__(
         self,
         *,
@@ -314,7 +316,6 @@ class FakeSlack:
         self._timers: list[asyncio.TimerHandle] = []
         self._changed = asyncio.Event()
         self._counter = itertools.count(1)
-        self._runner: web.AppRunner | None = None
         self._methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "auth.test": self._auth_test,
             "apps.connections.open": self._connections_open,
@@ -344,31 +345,11 @@ class FakeSlack:
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
-    async def start(self) -> FakeSlack:
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def close(self) -> None:
+    async def _before_close(self) -> None:
         for timer in self._timers:
             timer.cancel()
         for ws in list(self._sockets):
             await ws.close(code=1001)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeSlack:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def api_url(self) -> str:
