@@ -58,6 +58,7 @@ class Admission:
         self._paused_until = 0.0
         self._running = 0
         self._waiting: dict[str, deque[_Ticket]] = {}
+        self._queued = 0  # tickets in all of _waiting (read on every progress report: keep it O(1))
         self._in_flight: dict[str, int] = {}
         self._served: dict[str, int] = {}  # requester -> when (a counter) they last got a turn
         self._serve_clock = itertools.count()
@@ -69,7 +70,7 @@ class Admission:
 
     @property
     def queue_length(self) -> int:
-        return sum(len(q) for q in self._waiting.values())
+        return self._queued
 
     @property
     def running(self) -> int:
@@ -97,6 +98,7 @@ class Admission:
                 )
                 ticket.changed.set()
         self._waiting.clear()
+        self._queued = 0
 
     @contextlib.asynccontextmanager
     async def slot(self, requester: str, images: int, progress: ProgressSink | None = None) -> AsyncIterator[None]:
@@ -128,6 +130,7 @@ class Admission:
         ticket = _Ticket(requester, max(1, images), next(self._arrivals))
         self._in_flight[requester] = self._in_flight.get(requester, 0) + 1
         self._waiting.setdefault(requester, deque()).append(ticket)
+        self._queued += 1
         self._pump()
         return ticket
 
@@ -153,6 +156,7 @@ class Admission:
             queue = self._waiting.get(ticket.requester)
             if queue is not None and ticket in queue:
                 queue.remove(ticket)
+                self._queued -= 1
                 if not queue:
                     del self._waiting[ticket.requester]
         self._release_user(ticket.requester)
@@ -190,6 +194,7 @@ class Admission:
                     break
                 self._tokens -= ticket.images  # may go below zero: a big job borrows from the next minute
             queue.popleft()
+            self._queued -= 1
             if not queue:
                 del self._waiting[requester]
             self._served[requester] = next(self._serve_clock)
