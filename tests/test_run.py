@@ -15,8 +15,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.web.server import SHUTDOWN_GRACE_SECONDS
+from bot.settings import Settings
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
+
+SHUTDOWN_GRACE_SECONDS = float(Settings.model_fields["shutdown_grace"].default)
 
 
 def free_port() -> int:

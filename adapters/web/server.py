@@ -13,7 +13,6 @@ from bot.bootstrap import Core
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_SECONDS = 10.0  # running jobs get this long to finish on SIGTERM (no setting exists for it yet)
 HTTP_SHUTDOWN_SECONDS = 2.0  # then in-flight responses get this long to be written
 UPLOAD_OVERHEAD_BYTES = 1024 * 1024  # multipart headers and text fields around the files
 
