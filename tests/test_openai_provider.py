@@ -158,6 +158,15 @@ async def test_5xx_then_success_uses_backoff(http: aiohttp.ClientSession, fake_o
     assert 0.375 <= sleeps.delays[0] <= 0.5 and 0.75 <= sleeps.delays[1] <= 1.0
 
 
+async def test_x_should_retry_false_stops_retries(http: aiohttp.ClientSession, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(
+        Reply(503, {"error": {"message": "overloaded", "type": "server_error"}}, {"x-should-retry": "false"})
+    )
+    with pytest.raises(errors.ProviderOutageError):
+        await make_provider(http, fake_openai).generate(GENERATE)
+    assert len(fake_openai.image_requests) == 1
+
+
 async def test_persistent_outage_gives_up_after_max_retries(
     http: aiohttp.ClientSession, fake_openai: FakeOpenAI
 ) -> None:

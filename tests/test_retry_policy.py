@@ -85,6 +85,21 @@ def test_should_retry(status: int | None, code: str | None, retry: bool) -> None
 
 
 @pytest.mark.parametrize(
+    ("status", "code", "header", "retry"),
+    [
+        (400, None, "true", True),  # the server's x-should-retry wins over the status...
+        (500, None, "false", False),
+        (503, None, "FALSE ", False),
+        (500, None, "maybe", True),  # ...when it says true or false
+        (429, "insufficient_quota", "true", False),  # but quota, safety and key errors are never retried
+        (400, "moderation_blocked", "true", False),
+    ],
+)
+def test_x_should_retry_header(status: int, code: str | None, header: str, retry: bool) -> None:
+    assert should_retry(status, code, header) is retry
+
+
+@pytest.mark.parametrize(
     ("attempt", "retry_after", "jitter", "expected"),
     [
         (0, None, 0.0, 0.5),

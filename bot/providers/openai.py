@@ -109,10 +109,16 @@ def parse_reset_duration(value: str | None) -> float | None:
     return total if matched else None
 
 
-def should_retry(status: int | None, code: str | None) -> bool:
-    """Whether a failed attempt may succeed if repeated. ``status`` None = no answer (connection, timeout)."""
+def should_retry(status: int | None, code: str | None, server_says: str | None = None) -> bool:
+    """Whether a failed attempt may succeed if repeated. ``status`` None = no answer (connection, timeout).
+
+    ``server_says`` is the ``x-should-retry`` header, which overrides the status (as OpenAI's SDK does),
+    except that quota, safety and key errors are never retried.
+    """
     if code in TERMINAL_CODES:
         return False
+    if server_says is not None and server_says.strip().lower() in {"true", "false"}:
+        return server_says.strip().lower() == "true"
     if status is None:
         return True
     return status in RETRYABLE_STATUSES or status >= 500
@@ -221,6 +227,7 @@ class _Failure:
     status: int | None = None  # None: no answer at all (connection error, timeout)
     code: str | None = None
     retry_after: float | None = None
+    should_retry_header: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +378,7 @@ class OpenAIImages:
             outcome = await self._attempt(path, model, request_kwargs)
             if isinstance(outcome, ProviderImages):
                 return outcome
-            if attempt == attempts - 1 or not should_retry(outcome.status, outcome.code):
+            if attempt == attempts - 1 or not should_retry(outcome.status, outcome.code, outcome.should_retry_header):
                 raise outcome.error
             if outcome.retry_after is not None and outcome.retry_after > self._settings.retry_after_cap:
                 log.warning("not retrying %s: retry-after %.0fs is over the cap", path, outcome.retry_after)
@@ -417,7 +424,8 @@ class OpenAIImages:
         error = translate_error(status, body, model=model, retry_after=retry_after, raw_text=text)
         if status == 429 and self._on_throttle is not None and code not in TERMINAL_CODES:
             self._on_throttle(retry_after if retry_after is not None else 1.0)
-        return _Failure(error, status, code, retry_after)
+        lowered = {k.lower(): v for k, v in headers.items()}
+        return _Failure(error, status, code, retry_after, lowered.get("x-should-retry"))
 
     async def _success(self, raw: bytes, path: str) -> ProviderImages:
         decoded = await asyncio.to_thread(_decode_success, raw)
