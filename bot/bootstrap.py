@@ -85,6 +85,7 @@ def build_images(settings: Settings, session: aiohttp.ClientSession) -> Images:
         imaging_settings=settings.imaging,
         variation_prompt=settings.variation_prompt,
         default_n=settings.default_n,
+        partial_images=settings.openai.partial_images,
     )
     return Images(settings, catalog, admission, provider, service)
 

@@ -277,7 +277,7 @@ class JobService:
         store = self.store
 
         async def track(update: Progress) -> None:
-            if update.status is JobStatus.RUNNING:
+            if update.status is JobStatus.RUNNING and update.preview is None:  # a preview changes no state
                 await store.update(job.id, status=JobStatus.RUNNING)
             if progress is not None:
                 await progress(update)

@@ -112,6 +112,7 @@ class Progress:
     position: int | None = None  # 1-based place in line while queued
     queue_length: int | None = None
     message: str | None = None
+    preview: bytes | None = None  # RUNNING only: an encoded partial image (PNG, JPEG or WebP) while it is made
 
 
 # --- what the service hands to a provider, after validation and normalisation -------------------------
@@ -127,6 +128,7 @@ class ProviderGenerate:
     background: str | None = None
     output_format: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    partial_images: int = 0  # previews to stream while the image is made (0 = no streaming)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,7 @@ class ProviderEdit:
     size: str | None
     quality: str | None
     extra: dict[str, str] = field(default_factory=dict)
+    partial_images: int = 0  # previews to stream while the image is made (0 = no streaming)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from bot.models import (
@@ -16,6 +17,8 @@ from bot.models import (
     Spend,
     UsageRow,
 )
+
+OnPartial = Callable[[bytes], Awaitable[None]]  # receives one encoded preview image while a job runs
 
 
 class ImageProvider(Protocol):
@@ -32,9 +35,11 @@ class ImageProvider(Protocol):
         """True for providers that make images locally (results say so)."""
         ...
 
-    async def generate(self, call: ProviderGenerate) -> ProviderImages: ...
+    async def generate(self, call: ProviderGenerate, *, on_partial: OnPartial | None = None) -> ProviderImages:
+        """Make images; with ``call.partial_images`` > 0, hand each preview to ``on_partial`` as it arrives."""
+        ...
 
-    async def edit(self, call: ProviderEdit) -> ProviderImages: ...
+    async def edit(self, call: ProviderEdit, *, on_partial: OnPartial | None = None) -> ProviderImages: ...
 
     async def vary(self, call: ProviderVary) -> ProviderImages:
         """Only called for models whose capability row has the variations endpoint."""

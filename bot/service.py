@@ -31,7 +31,7 @@ from bot.models import (
     ProviderVary,
     VaryRequest,
 )
-from bot.ports import ImageProvider, ProgressSink
+from bot.ports import ImageProvider, OnPartial, ProgressSink
 from bot.settings import ImagingSettings
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,17 @@ class ImageService:
         imaging_settings: ImagingSettings,
         variation_prompt: str,
         default_n: int = 1,
+        partial_images: int = 0,
         today: Callable[[], dt.date] = dt.date.today,
     ):
+        """``partial_images``: previews to stream per image (models with streaming, one image only)."""
         self.provider = provider
         self.catalog = catalog
         self.admission = admission
         self._imaging = imaging_settings
         self._variation_prompt = variation_prompt
         self._default_n = default_n
+        self._partial_images = partial_images
         self._today = today
 
     # --- public API ---------------------------------------------------------------------------------
@@ -94,8 +97,16 @@ class ImageService:
                 background=_option(plan.model, "background", request.background, spec.backgrounds),
                 output_format=_option(plan.model, "output format", request.output_format, spec.output_formats),
                 extra=_extra(spec),
+                partial_images=self._previews(plan, progress),
             )
-            return plan, await self._admitted(request.requester, plan, progress, lambda: self.provider.generate(call))
+            on_partial = _preview_sink(progress, call.partial_images)
+
+            def run() -> Awaitable[ProviderImages]:
+                if on_partial is None:  # keyword only when used: non-streaming calls stay as they were
+                    return self.provider.generate(call)
+                return self.provider.generate(call, on_partial=on_partial)
+
+            return plan, await self._admitted(request.requester, plan, progress, run)
 
         return await self._run("generate", request.requester, progress, work)
 
@@ -118,8 +129,16 @@ class ImageService:
             images, mask = await asyncio.to_thread(
                 self._prepare_edit, spec, request.images, request.mask, request.region
             )
-            call = ProviderEdit(plan.model, plan.prompt, images, mask, plan.n, size, quality, _extra(spec))
-            return plan, await self._admitted(request.requester, plan, progress, lambda: self.provider.edit(call))
+            previews = self._previews(plan, progress)
+            call = ProviderEdit(plan.model, plan.prompt, images, mask, plan.n, size, quality, _extra(spec), previews)
+            on_partial = _preview_sink(progress, call.partial_images)
+
+            def run() -> Awaitable[ProviderImages]:
+                if on_partial is None:
+                    return self.provider.edit(call)
+                return self.provider.edit(call, on_partial=on_partial)
+
+            return plan, await self._admitted(request.requester, plan, progress, run)
 
         return await self._run("edit", request.requester, progress, work)
 
@@ -158,6 +177,11 @@ class ImageService:
         return plan.model, plan.n, Catalog.estimate_cost(plan.spec, size, quality, plan.n)
 
     # --- the pipeline -------------------------------------------------------------------------------------
+
+    def _previews(self, plan: _Plan, progress: ProgressSink | None) -> int:
+        """Partial images to ask for: when enabled, someone watches, the model streams and one image is made."""
+        wanted = progress is not None and plan.spec.streaming and plan.n == 1
+        return self._partial_images if wanted else 0
 
     def _plan(self, model: str | None, prompt: str, n: int | None) -> _Plan:
         real, spec = self.catalog.resolve(model, today=self._today())
@@ -308,6 +332,17 @@ def _option(model: str, what: str, value: str | None, allowed: tuple[str, ...]) 
 
 def _extra(spec: ModelSpec) -> dict[str, str]:
     return {"response_format": "b64_json"} if spec.response_format else {}
+
+
+def _preview_sink(progress: ProgressSink | None, previews: int) -> OnPartial | None:
+    """Previews from the provider, reported as RUNNING updates that carry the image (None: none wanted)."""
+    if progress is None or previews < 1:
+        return None
+
+    async def report(preview: bytes) -> None:
+        await _report(progress, Progress(JobStatus.RUNNING, preview=preview))
+
+    return report
 
 
 async def _report(progress: ProgressSink | None, update: Progress) -> None:

@@ -47,6 +47,7 @@ class OpenAISettings(BaseModel):
     max_retries: int = Field(2, ge=0, le=10)
     retry_after_cap: float = Field(60.0, ge=0)
     max_download_bytes: int = Field(50 * 1024 * 1024, gt=0)
+    partial_images: int = Field(0, ge=0, le=3)
 
 
 class LimitsSettings(BaseModel):

@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 
 from adapters.discord import DiscordAdapter
+from adapters.discord.adapter import ProgressUpdater
 from bot.bootstrap import open_core
 from bot.errors import ConfigurationError
-from bot.models import GenerateRequest, JobContext
+from bot.models import GenerateRequest, JobContext, JobStatus, Progress
 from bot.settings import Settings, load_settings
 from tests.fakes.discord_server import CHANNEL_ID, GUILD_ID, FakeDiscord, SentMessage, make_user
 from tests.fakes.openai_server import (
@@ -201,6 +202,52 @@ async def test_defer_is_fast_while_fifty_jobs_are_in_flight(fake: FakeDiscord, t
             fake.assert_no_errors()
         # stopping here cuts the 51 jobs short (`imagebot run` drains them first): no error may come of it
     fake.assert_no_errors()
+
+
+async def test_streamed_previews_edit_the_response_before_the_result(fake: FakeDiscord, tmp_path: Path) -> None:
+    async with FakeOpenAI(latency=0.6) as openai:  # 0.2 s between the 2 previews and the result
+        async with running(openai_settings(fake, openai, tmp_path, openai={"partial_images": 2})):
+            inter = await fake.dispatch_slash_command("imagine", {"prompt": "a streamed fox"})
+            previews: list[SentMessage] = []
+            while not (sent := await fake.next_webhook_message(inter.id, timeout=10)).components:
+                if sent.files:
+                    previews.append(sent)
+        assert openai.last.json["stream"] is True and openai.last.json["partial_images"] == 2
+    assert previews, "no progress edit carried a preview"
+    for preview in previews:
+        assert [f.filename for f in preview.files] == ["preview.png"]
+        assert decode(preview.files[0].data).width < 1024
+    assert [f.filename for f in sent.files] == ["a_streamed_fox-1.png"]
+    assert [a["filename"] for a in sent.message["attachments"]] == ["a_streamed_fox-1.png"]  # the preview is gone
+    assert decode(sent.files[0].data).size == (1024, 1024)
+    fake.assert_no_errors()
+
+
+class _Shown:
+    """A Target that records progress edits."""
+
+    size_limit = 10 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.edits: list[tuple[str, bytes | None]] = []
+
+    async def progress(self, text: str, preview: bytes | None = None) -> None:
+        self.edits.append((text, preview))
+
+    async def finish(self, rendered: Any) -> None: ...
+
+    async def fail(self, text: str) -> None: ...
+
+
+async def test_previews_in_one_interval_make_one_edit_with_the_latest() -> None:
+    target = _Shown()
+    updater = ProgressUpdater(target, "**a fox**", interval=0.05)
+    await updater(Progress(JobStatus.RUNNING))
+    for preview in (b"first", b"second", b"third"):
+        await updater(Progress(JobStatus.RUNNING, preview=preview))
+    await asyncio.sleep(0.15)
+    await updater.close()
+    assert [preview for _, preview in target.edits] == [b"third"]
 
 
 async def test_edit_with_mask_sends_image_and_mask_of_the_same_size(fake: FakeDiscord, tmp_path: Path) -> None:

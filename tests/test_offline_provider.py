@@ -375,3 +375,30 @@ async def test_a_32000_character_prompt_is_captioned_with_few_measurements(monke
     result = await OfflineImages().generate(ProviderGenerate("gpt-image-2", prompt[:32000], 1, "1024x1024", None))
     assert len(result.images) == 1
     assert 0 < calls < 40
+
+
+# --- previews ---------------------------------------------------------------------------------------------------
+
+
+async def test_a_preview_is_sent_before_the_image_when_partial_images_are_asked_for(provider: OfflineImages) -> None:
+    previews: list[bytes] = []
+
+    async def on_partial(image: bytes) -> None:
+        previews.append(image)
+
+    result = await provider.generate(generate_call(partial_images=2), on_partial=on_partial)
+    assert len(previews) == 1
+    assert opened(previews[0]).size == (256, 256)  # a quarter of the 1024x1024 result, cheap to make
+    assert opened(result.images[0]).size == (1024, 1024)
+    await provider.edit(edit_call(png(photo(1)), partial_images=1), on_partial=on_partial)
+    assert len(previews) == 2 and opened(previews[1]).size == (96, 96)
+
+
+async def test_no_preview_without_partial_images(provider: OfflineImages) -> None:
+    previews: list[bytes] = []
+
+    async def on_partial(image: bytes) -> None:
+        previews.append(image)
+
+    await provider.generate(generate_call(), on_partial=on_partial)
+    assert previews == []

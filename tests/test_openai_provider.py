@@ -7,7 +7,7 @@ import pytest
 
 from bot import errors
 from bot.models import ProviderEdit, ProviderGenerate, ProviderVary
-from bot.providers.openai import OpenAIImages
+from bot.providers.openai import OpenAIImages, SSEEvent, parse_sse_lines
 from bot.settings import OpenAISettings
 from tests.fakes.openai_server import (
     BILLING_HARD_LIMIT,
@@ -24,6 +24,8 @@ from tests.fakes.openai_server import (
     org_not_verified,
     rate_limited,
     server_error,
+    stream_cut,
+    stream_error,
     wrong_key,
 )
 from tests.images import decode, png
@@ -278,3 +280,138 @@ async def test_check_reports_an_unknown_model(http: aiohttp.ClientSession, fake_
 async def test_check_with_a_bad_key_raises_authentication(http: aiohttp.ClientSession, fake_openai: FakeOpenAI) -> None:
     with pytest.raises(errors.AuthenticationError):
         await make_provider(http, fake_openai, key="sk-nope-000000").check("gpt-image-2")
+
+
+# --- streaming: partial previews -------------------------------------------------------------------------------
+
+STREAMED = ProviderGenerate(model="gpt-image-2", prompt="a fox", n=1, size="1024x1024", quality="low", partial_images=2)
+
+
+class Previews:
+    """An ``on_partial`` that keeps what it is given (and can be told to fail)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.images: list[bytes] = []
+        self.fail = fail
+
+    async def __call__(self, image: bytes) -> None:
+        self.images.append(image)
+        if self.fail:
+            raise RuntimeError("the chat platform is down")
+
+
+@pytest.mark.parametrize(
+    ("lines", "events"),
+    [
+        (["event: a", "data: {}", ""], [SSEEvent("a", "{}")]),
+        (['data: {"type": "x"}', "", "data: [DONE]", ""], [SSEEvent(None, '{"type": "x"}'), SSEEvent(None, "[DONE]")]),
+        ([": keep-alive", "", "event: b\r\n", "data:1\n", "data: 2", "\r\n"], [SSEEvent("b", "1\n2")]),
+        (["event: lonely", ""], []),  # no data: nothing to dispatch
+        (["event: c", "data: cut"], [SSEEvent("c", "cut")]),  # the stream ended without the blank line
+        (["id: 7", "retry: 10", "data: x", ""], [SSEEvent(None, "x")]),
+    ],
+)
+def test_parse_sse_lines(lines: list[str], events: list[SSEEvent]) -> None:
+    assert parse_sse_lines(lines) == events
+
+
+async def test_streaming_generate_asks_for_a_stream_with_partial_images(
+    http: aiohttp.ClientSession, fake_openai: FakeOpenAI
+) -> None:
+    await make_provider(http, fake_openai).generate(STREAMED, on_partial=Previews())
+    assert fake_openai.last.json["stream"] is True
+    assert fake_openai.last.json["partial_images"] == 2
+
+
+async def test_no_stream_is_asked_for_without_partial_images(
+    http: aiohttp.ClientSession, fake_openai: FakeOpenAI
+) -> None:
+    await make_provider(http, fake_openai).generate(GENERATE, on_partial=Previews())
+    assert "stream" not in fake_openai.last.json and "partial_images" not in fake_openai.last.json
+
+
+async def test_streamed_previews_reach_on_partial_before_the_call_returns(
+    http: aiohttp.ClientSession, fake_openai: FakeOpenAI
+) -> None:
+    previews = Previews()
+    result = await make_provider(http, fake_openai).generate(STREAMED, on_partial=previews)
+    assert len(previews.images) == 2
+    assert all(decode(image).format == "PNG" for image in previews.images)
+    assert all(image not in result.images for image in previews.images)
+
+
+async def test_a_streamed_result_has_the_final_image_and_usage(
+    http: aiohttp.ClientSession, fake_openai: FakeOpenAI
+) -> None:
+    result = await make_provider(http, fake_openai).generate(STREAMED, on_partial=Previews())
+    assert len(result.images) == 1
+    assert decode(result.images[0]).size == (1024, 1024)
+    assert result.usage is not None and result.usage.output_tokens == 1056 and result.usage.total_tokens == 1106
+
+
+async def test_a_streaming_edit_sends_stream_and_partial_images_as_form_fields(
+    http: aiohttp.ClientSession, fake_openai: FakeOpenAI
+) -> None:
+    call = ProviderEdit("gpt-image-2", "add a moon", (png(64, 64),), None, 1, None, None, partial_images=1)
+    previews = Previews()
+    result = await make_provider(http, fake_openai).edit(call, on_partial=previews)
+    assert fake_openai.last.form["stream"] == ["true"]
+    assert fake_openai.last.form["partial_images"] == ["1"]
+    assert len(previews.images) == 1 and len(result.images) == 1
+
+
+async def test_a_stream_cut_before_completed_is_a_response_error(
+    http: aiohttp.ClientSession, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script(stream_cut())
+    previews = Previews()
+    with pytest.raises(errors.ProviderResponseError):
+        await make_provider(http, fake_openai).generate(STREAMED, on_partial=previews)
+    assert len(previews.images) == 1
+    assert len(fake_openai.image_requests) == 1  # previews were shown: no second, different picture
+
+
+async def test_a_failing_preview_handler_does_not_break_the_job(
+    http: aiohttp.ClientSession, fake_openai: FakeOpenAI
+) -> None:
+    previews = Previews(fail=True)
+    result = await make_provider(http, fake_openai).generate(STREAMED, on_partial=previews)
+    assert len(previews.images) == 2
+    assert len(result.images) == 1
+
+
+async def test_an_error_event_before_any_preview_is_retried(
+    http: aiohttp.ClientSession, fake_openai: FakeOpenAI
+) -> None:
+    sleeps = Sleeps()
+    fake_openai.script(stream_error("server_error"))
+    result = await make_provider(http, fake_openai, sleeps=sleeps).generate(STREAMED, on_partial=Previews())
+    assert len(result.images) == 1
+    assert len(fake_openai.image_requests) == 2 and len(sleeps.delays) == 1
+
+
+async def test_an_error_event_is_translated_like_an_error_answer(
+    http: aiohttp.ClientSession, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script(stream_error("moderation_blocked", "Your request was rejected by the safety system."))
+    with pytest.raises(errors.SafetyRefusalError):
+        await make_provider(http, fake_openai).generate(STREAMED, on_partial=Previews())
+    assert len(fake_openai.image_requests) == 1
+
+
+async def test_an_error_status_before_the_stream_is_retried_as_usual(
+    http: aiohttp.ClientSession, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script(rate_limited(retry_after=1))
+    previews = Previews()
+    result = await make_provider(http, fake_openai).generate(STREAMED, on_partial=previews)
+    assert len(result.images) == 1 and len(previews.images) == 2
+    assert len(fake_openai.image_requests) == 2
+
+
+async def test_reading_a_stream_does_not_block_the_loop(http: aiohttp.ClientSession, fake_openai: FakeOpenAI) -> None:
+    from blockbuster import blockbuster_ctx
+
+    with blockbuster_ctx(["bot"]):
+        result = await make_provider(http, fake_openai).generate(STREAMED, on_partial=Previews())
+    assert len(result.images) == 1

@@ -47,7 +47,9 @@ def provider() -> FakeImages:
     return FakeImages()
 
 
-def make_service(provider: FakeImages, today: dt.date = dt.date(2026, 11, 25)) -> ImageService:
+def make_service(
+    provider: FakeImages, today: dt.date = dt.date(2026, 11, 25), *, partial_images: int = 0
+) -> ImageService:
     settings = load_settings()
     admission = Admission(max_concurrent=2, images_per_minute=0, per_user_jobs=5, max_queue=10)
     return ImageService(
@@ -56,6 +58,7 @@ def make_service(provider: FakeImages, today: dt.date = dt.date(2026, 11, 25)) -
         admission=admission,
         imaging_settings=settings.imaging,
         variation_prompt=settings.variation_prompt,
+        partial_images=partial_images,
         today=lambda: today,
     )
 
@@ -186,6 +189,47 @@ async def test_progress_reports_the_place_in_line_while_queued(provider: FakeIma
     release.set()
     await asyncio.gather(*busy, waiting)
     assert [u.status for u in progress.updates] == [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DONE]
+
+
+async def test_previews_are_reported_as_running_updates_before_done(provider: FakeImages) -> None:
+    progress = Recorder()
+    await make_service(provider, partial_images=2).generate(GenerateRequest(prompt="a fox"), progress)
+    call = provider.calls[0]
+    assert isinstance(call, ProviderGenerate) and call.partial_images == 2
+    statuses = [(u.status, u.preview is not None) for u in progress.updates]
+    assert statuses == [
+        (JobStatus.RUNNING, False),
+        (JobStatus.RUNNING, True),
+        (JobStatus.RUNNING, True),
+        (JobStatus.DONE, False),
+    ]
+    assert decode(progress.updates[1].preview or b"").format == "PNG"
+
+
+async def test_an_edit_asks_for_previews_too(provider: FakeImages) -> None:
+    progress = Recorder()
+    request = EditRequest(images=(png(64, 64),), prompt="add a moon")
+    await make_service(provider, partial_images=1).edit(request, progress)
+    call = provider.calls[0]
+    assert isinstance(call, ProviderEdit) and call.partial_images == 1
+    assert sum(u.preview is not None for u in progress.updates) == 1
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        GenerateRequest(prompt="a fox", n=2),  # several images: no previews
+        GenerateRequest(prompt="a fox", model="dall-e-3"),  # the model cannot stream
+    ],
+)
+async def test_no_partial_images_for_several_images_or_a_model_without_streaming(
+    provider: FakeImages, request_: GenerateRequest
+) -> None:
+    progress = Recorder()
+    await make_service(provider, partial_images=2).generate(request_, progress)
+    call = provider.calls[0]
+    assert isinstance(call, ProviderGenerate) and call.partial_images == 0
+    assert all(u.preview is None for u in progress.updates)
 
 
 async def test_progress_reports_failure_with_the_friendly_message(service: ImageService) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -159,6 +160,25 @@ async def test_progress_events_say_queued_with_position_then_running_then_done(t
         assert [e["status"] for e in mine] == ["accepted", "queued", "running", "done"]
         assert mine[1]["position"] == 1
         assert mine[-1]["job"] == result["job"]["id"]
+
+
+async def test_a_preview_reaches_the_event_stream_before_the_result(tmp_path: Path) -> None:
+    async for bot in _harness(tmp_path, openai={"partial_images": 1}):
+        events = await bot.client.get("/api/events")
+        request = asyncio.create_task(bot.imagine("a fox at dawn", params={"task": "t3"}))
+        seen = await read_events(events, lambda e: e["task"] == "t3" and e["status"] == "done")
+        await request
+        events.close()
+        mine = [e for e in seen if e["task"] == "t3"]
+        assert [(e["status"], "preview" in e) for e in mine] == [
+            ("accepted", False),
+            ("running", False),
+            ("running", True),
+            ("done", False),
+        ]
+        header, _, data = mine[2]["preview"].partition(",")
+        assert header == "data:image/png;base64"
+        assert decode(base64.b64decode(data)).size == (256, 256)
 
 
 async def test_shutdown_fails_queued_jobs_with_a_restarting_message(tmp_path: Path) -> None:

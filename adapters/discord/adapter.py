@@ -95,7 +95,9 @@ class Target(Protocol):
 
     size_limit: int
 
-    async def progress(self, text: str) -> None: ...
+    async def progress(self, text: str, preview: bytes | None = None) -> None:
+        """Show a status line (and, if given, a preview image in place of any earlier one)."""
+        ...
 
     async def finish(self, rendered: render.Rendered) -> None: ...
 
@@ -116,9 +118,14 @@ class InteractionTarget:
         age = (discord.utils.utcnow() - self.interaction.created_at).total_seconds()
         return age > self.adapter.token_lifetime
 
-    async def progress(self, text: str) -> None:
-        if not self.expired:
+    async def progress(self, text: str, preview: bytes | None = None) -> None:
+        if self.expired:
+            return
+        if preview is None:
             await self.interaction.edit_original_response(content=text)
+            return
+        file = await render.preview_file(preview, self.size_limit)
+        await self.interaction.edit_original_response(content=text, attachments=[file])
 
     async def finish(self, rendered: render.Rendered) -> None:
         if not self.expired:
@@ -159,7 +166,7 @@ class MessageTarget:
         guild = message.guild
         self.size_limit = guild.filesize_limit if guild is not None else discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
 
-    async def progress(self, text: str) -> None:
+    async def progress(self, text: str, preview: bytes | None = None) -> None:
         return None
 
     async def finish(self, rendered: render.Rendered) -> None:
@@ -179,7 +186,8 @@ class MessageTarget:
 class ProgressUpdater:
     """A ProgressSink that edits the target with the latest status, at most once per ``interval`` seconds.
 
-    The core awaits it inline, so it never waits on Discord: edits happen in a background task.
+    The core awaits it inline, so it never waits on Discord: edits happen in a background task. Previews
+    ride on the same edits: when several arrive within one interval, only the latest is shown.
     """
 
     def __init__(self, target: Target, header: str, interval: float) -> None:
@@ -187,6 +195,7 @@ class ProgressUpdater:
         self.header = header
         self.interval = interval
         self._latest: str | None = None
+        self._preview: bytes | None = None
         self._shown: str | None = None
         # the first edit also waits an interval: "thinking…" is shown meanwhile, and a burst of new
         # interactions gets its defers out before any progress edit competes with them
@@ -203,6 +212,8 @@ class ProgressUpdater:
         else:
             return
         self._latest = text
+        if update.preview is not None:
+            self._preview = update.preview
         if not self._closed and (self._task is None or self._task.done()):
             self._task = asyncio.create_task(self._flush(), name="discord-progress")
 
@@ -213,13 +224,16 @@ class ProgressUpdater:
             if wait > 0:
                 await asyncio.sleep(wait)
             text, self._latest = self._latest, None
-            if text is None or text == self._shown or self._closed:
+            preview, self._preview = self._preview, None
+            if text is None or (text == self._shown and preview is None) or self._closed:
                 continue
             self._last, self._shown, self._sending = loop.time(), text, True
             try:
-                await self.target.progress(render.with_note(self.header, f"-# {text}"))
+                await self.target.progress(render.with_note(self.header, f"-# {text}"), preview)
             except discord.HTTPException as exc:
                 log.debug("discord: progress edit failed: %s", exc.status)
+            except ImageBotError as exc:  # a preview that cannot be shown is skipped, the job goes on
+                log.debug("discord: preview not shown: %s", exc.log_line())
             finally:
                 self._sending = False
 

@@ -108,6 +108,12 @@ async def upload_files(images: Sequence[GeneratedImage], size_limit: int) -> lis
     return files
 
 
+async def preview_file(data: bytes, size_limit: int) -> discord.File:
+    """A partial image as the one attachment of a progress edit, fitted under the upload limit (worker thread)."""
+    fitted, info = await asyncio.to_thread(imaging.fit_under, data, min(size_limit, REQUEST_LIMIT - _REQUEST_MARGIN))
+    return discord.File(io.BytesIO(fitted), filename=f"preview.{info.extension}", description="Preview in progress")
+
+
 async def render_result(
     job: Job, result: ImageResult, user_id: str, size_limit: int, *, only: int | None = None
 ) -> Rendered:

@@ -48,6 +48,7 @@ SESSION_COOKIE = "imagebot_session"
 CSRF_HEADER = "X-Imagebot"  # a custom header: a cross-site form or img tag cannot send it without CORS
 HEARTBEAT_SECONDS = 15.0
 HISTORY_LIMIT = 30  # finished jobs shown again when a page is reloaded
+PREVIEW_LIMIT = 1_500_000  # bytes: a larger preview is not sent to the page (it would clog the event stream)
 STATIC_DIR = Path(__file__).parent / "static"
 _ASSETS = {"index.html": "text/html", "app.css": "text/css", "app.js": "text/javascript"}
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -263,6 +264,10 @@ class Playground:
                 if update.position is not None:
                     event["position"] = update.position
                     event["queue_length"] = update.queue_length
+                if update.preview is not None:
+                    if len(update.preview) > PREVIEW_LIMIT:
+                        return
+                    event["preview"] = await asyncio.to_thread(_data_url, update.preview)
                 self._publish(user, event)
 
         return report
@@ -467,6 +472,12 @@ class Playground:
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
+
+
+def _data_url(image: bytes) -> str:
+    """A ``data:`` URL for a preview image (base64 in a worker thread)."""
+    mime = imaging.MIME.get(imaging.sniff_format(image) or "png", "image/png")
+    return f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}"
 
 
 def _read_assets() -> dict[str, bytes]:

@@ -25,6 +25,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps
 from bot.catalog import parse_size
 from bot.errors import ImageBotError, InvalidImageError, InvalidRequestError, UnexpectedError
 from bot.models import ProviderEdit, ProviderGenerate, ProviderHealth, ProviderImages, ProviderVary, Usage
+from bot.ports import OnPartial
 
 log = logging.getLogger(__name__)
 
@@ -765,6 +766,24 @@ def _edit_encoded(images: tuple[bytes, ...], mask: bytes | None, prompt: str, in
     return _encode(_edit_one(images, mask, prompt, index, detail), "png")
 
 
+def _quarter(size: tuple[int, int]) -> tuple[int, int]:
+    return max(16, size[0] // 4), max(16, size[1] // 4)
+
+
+def _blurred(img: Image.Image) -> bytes:
+    """A blurred PNG: what a streaming service's first partial image looks like."""
+    return _encode(img.convert("RGB").filter(ImageFilter.GaussianBlur(3)), "png")
+
+
+def _generate_preview(prompt: str, size: tuple[int, int], detail: Detail) -> bytes:
+    return _blurred(_paint(prompt, 0, _quarter(size), detail, transparent=False, caption=False))
+
+
+def _edit_preview(image: bytes) -> bytes:
+    source = _decode(image, "image")
+    return _blurred(source.resize(_quarter(source.size), BILINEAR))
+
+
 class OfflineImages:
     """An ``ImageProvider`` that paints procedural pictures locally: no network, no key, no cost.
 
@@ -782,16 +801,20 @@ class OfflineImages:
     def offline(self) -> bool:
         return True
 
-    async def generate(self, call: ProviderGenerate) -> ProviderImages:
+    async def generate(self, call: ProviderGenerate, *, on_partial: OnPartial | None = None) -> ProviderImages:
         size, detail, fmt = _size(call.size), _detail(call.quality), _format(call.output_format)
         transparent = (call.background or "").strip().lower() == "transparent"
+        if call.partial_images > 0 and on_partial is not None:
+            await self._preview(on_partial, functools.partial(_generate_preview, call.prompt, size, detail))
         jobs = [functools.partial(_generate_one, call.prompt, i, size, detail, transparent, fmt) for i in range(call.n)]
         return await self._run("generate", jobs)
 
-    async def edit(self, call: ProviderEdit) -> ProviderImages:
+    async def edit(self, call: ProviderEdit, *, on_partial: OnPartial | None = None) -> ProviderImages:
         if not call.images:
             raise InvalidImageError(detail="offline provider: edit without an image")
         detail = _detail(call.quality)
+        if call.partial_images > 0 and on_partial is not None:
+            await self._preview(on_partial, functools.partial(_edit_preview, call.images[0]))
         jobs = [functools.partial(_edit_encoded, call.images, call.mask, call.prompt, i, detail) for i in range(call.n)]
         return await self._run("edit", jobs)
 
@@ -804,6 +827,15 @@ class OfflineImages:
 
     async def check(self, model: str) -> ProviderHealth:
         return ProviderHealth(reachable=True, model_known=True, detail=HEALTH_DETAIL)
+
+    @staticmethod
+    async def _preview(on_partial: OnPartial, make: Callable[[], bytes]) -> None:
+        """One cheap preview before the real work; a failing receiver does not stop the job."""
+        preview = await asyncio.to_thread(_guarded, make)
+        try:
+            await on_partial(preview)
+        except Exception:
+            log.exception("offline: a preview handler failed (the job goes on)")
 
     async def _run(self, operation: str, jobs: list[functools.partial[bytes]]) -> ProviderImages:
         if not jobs:

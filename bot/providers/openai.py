@@ -15,7 +15,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,7 @@ from bot.models import (
     ProviderVary,
     Usage,
 )
+from bot.ports import OnPartial
 from bot.settings import OpenAISettings
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ INITIAL_BACKOFF = 0.5
 MAX_BACKOFF = 8.0
 _SAFETY_LIST = re.compile(r"safety_violations=\[([^\]]*)\]")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_STREAM_CHUNK = 256 * 1024
 
 
 # --- pure decisions (table-tested) ----------------------------------------------------------------------
@@ -130,6 +132,50 @@ def backoff_delay(attempt: int, retry_after: float | None, *, jitter: float) -> 
         return float(retry_after)
     base = min(INITIAL_BACKOFF * 2.0**attempt, MAX_BACKOFF)
     return base * (1 - 0.25 * jitter)
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One server-sent event: its ``event:`` name (None if the server sent none) and its joined ``data:``."""
+
+    event: str | None
+    data: str
+
+
+class SSEDecoder:
+    """Incremental SSE framing: feed it lines, get an event at each blank line that ends one."""
+
+    def __init__(self) -> None:
+        self._event: str | None = None
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> SSEEvent | None:
+        line = line.rstrip("\r\n")
+        if not line:
+            return self.flush()
+        if line.startswith(":"):  # a comment (keep-alive)
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        return None
+
+    def flush(self) -> SSEEvent | None:
+        """The event being read, if it has data (a stream may end without the final blank line)."""
+        event, data = self._event, self._data
+        self._event, self._data = None, []
+        return SSEEvent(event, "\n".join(data)) if data else None
+
+
+def parse_sse_lines(lines: Iterable[str]) -> list[SSEEvent]:
+    """Every event in ``lines`` (``event:``/``data:`` fields, blank-line separated, ``:`` comments skipped)."""
+    decoder = SSEDecoder()
+    events = [event for line in lines if (event := decoder.feed(line)) is not None]
+    tail = decoder.flush()
+    return [*events, tail] if tail is not None else events
 
 
 def translate_error(
@@ -228,6 +274,59 @@ class _Failure:
     code: str | None = None
     retry_after: float | None = None
     should_retry_header: str | None = None
+    retryable: bool = True  # False once previews were streamed: a retry would show the user a new picture
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamItem:
+    """One decoded stream event: a preview, a finished image (with usage), an error body, or nothing."""
+
+    kind: str  # "partial", "completed", "error", "other"
+    image: bytes = b""
+    usage: Usage | None = None
+    body: Any = None
+
+
+def _decode_stream_event(event: SSEEvent) -> _StreamItem:
+    """Parse one SSE event of an image stream and base64-decode its image (worker thread)."""
+    if event.data.strip() == "[DONE]":
+        return _StreamItem("other")
+    try:
+        body = json.loads(event.data)
+    except ValueError as exc:
+        raise ProviderResponseError(detail=f"stream event is not JSON ({len(event.data)} chars): {exc}") from None
+    if not isinstance(body, dict):
+        raise ProviderResponseError(detail=f"stream event is not an object: {event.data[:200]}")
+    kind = str(body.get("type") or event.event or "")
+    if kind == "error" or isinstance(body.get("error"), dict):
+        return _StreamItem("error", body=body)
+    if kind.endswith((".partial_image", ".completed")):
+        b64 = body.get("b64_json")
+        if not isinstance(b64, str):
+            raise ProviderResponseError(detail=f"stream event {kind} has no b64_json")
+        try:
+            image = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProviderResponseError(detail=f"stream event {kind}: b64_json is not valid base64") from None
+        if kind.endswith(".partial_image"):
+            return _StreamItem("partial", image)
+        return _StreamItem("completed", image, parse_usage(body))
+    return _StreamItem("other")
+
+
+def _stream_error_status(body: Any) -> int:
+    """The HTTP status an error event would have had (a stream's own status was already 200)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    error = error if isinstance(error, dict) else {}
+    code, etype = str(error.get("code") or ""), str(error.get("type") or "")
+    if code in {"rate_limit_exceeded", "insufficient_quota"} or etype in {"requests", "tokens"}:
+        return 429
+    if code in {"server_error", "server_is_overloaded", "slow_down"} or etype in {
+        "server_error",
+        "service_unavailable_error",
+    }:
+        return 500
+    return 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +401,7 @@ class OpenAIImages:
 
     # --- ImageProvider ------------------------------------------------------------------------------
 
-    async def generate(self, call: ProviderGenerate) -> ProviderImages:
+    async def generate(self, call: ProviderGenerate, *, on_partial: OnPartial | None = None) -> ProviderImages:
         body: dict[str, Any] = {"model": call.model, "prompt": call.prompt, "n": call.n}
         optional = {
             "size": call.size,
@@ -312,11 +411,19 @@ class OpenAIImages:
         }
         body.update({k: v for k, v in optional.items() if v})
         body.update(call.extra)
-        return await self._images("/images/generations", call.model, lambda: {"json": body})
+        stream = call.partial_images > 0
+        if stream:
+            body.update({"stream": True, "partial_images": call.partial_images})
+        return await self._images(
+            "/images/generations", call.model, lambda: {"json": body}, stream=stream, on_partial=on_partial
+        )
 
-    async def edit(self, call: ProviderEdit) -> ProviderImages:
+    async def edit(self, call: ProviderEdit, *, on_partial: OnPartial | None = None) -> ProviderImages:
         fields = {"model": call.model, "prompt": call.prompt, "n": str(call.n), "size": call.size}
         fields.update({"quality": call.quality, **call.extra})
+        stream = call.partial_images > 0
+        if stream:
+            fields.update({"stream": "true", "partial_images": str(call.partial_images)})
 
         def form() -> dict[str, Any]:
             data = aiohttp.FormData()
@@ -331,7 +438,7 @@ class OpenAIImages:
                 data.add_field("mask", call.mask, filename="mask.png", content_type="image/png")
             return {"data": data}
 
-        return await self._images("/images/edits", call.model, form)
+        return await self._images("/images/edits", call.model, form, stream=stream, on_partial=on_partial)
 
     async def vary(self, call: ProviderVary) -> ProviderImages:
         fields = {"model": call.model, "n": str(call.n), "size": call.size, **call.extra}
@@ -372,13 +479,25 @@ class OpenAIImages:
         settings = self._settings
         return aiohttp.ClientTimeout(total=min(30.0, settings.request_timeout), sock_connect=settings.connect_timeout)
 
-    async def _images(self, path: str, model: str, request_kwargs: Callable[[], dict[str, Any]]) -> ProviderImages:
+    async def _images(
+        self,
+        path: str,
+        model: str,
+        request_kwargs: Callable[[], dict[str, Any]],
+        *,
+        stream: bool = False,
+        on_partial: OnPartial | None = None,
+    ) -> ProviderImages:
         attempts = self._settings.max_retries + 1
         for attempt in range(attempts):
-            outcome = await self._attempt(path, model, request_kwargs)
+            outcome = await self._attempt(path, model, request_kwargs, stream=stream, on_partial=on_partial)
             if isinstance(outcome, ProviderImages):
                 return outcome
-            if attempt == attempts - 1 or not should_retry(outcome.status, outcome.code, outcome.should_retry_header):
+            if (
+                attempt == attempts - 1
+                or not outcome.retryable
+                or not should_retry(outcome.status, outcome.code, outcome.should_retry_header)
+            ):
                 raise outcome.error
             if outcome.retry_after is not None and outcome.retry_after > self._settings.retry_after_cap:
                 log.warning("not retrying %s: retry-after %.0fs is over the cap", path, outcome.retry_after)
@@ -396,22 +515,35 @@ class OpenAIImages:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(
-        self, path: str, model: str, request_kwargs: Callable[[], dict[str, Any]]
+        self,
+        path: str,
+        model: str,
+        request_kwargs: Callable[[], dict[str, Any]],
+        *,
+        stream: bool = False,
+        on_partial: OnPartial | None = None,
     ) -> ProviderImages | _Failure:
         """One HTTP round trip: the images, or what went wrong and whether the server said when to retry."""
         started = time.monotonic()
+        previews: list[int] = []  # previews handed on in this attempt (a failure after one is not retried)
         try:
             async with self._session.post(
                 self._base + path, headers=self._headers, timeout=self._timeout, **request_kwargs()
             ) as resp:
                 status = resp.status
                 headers = dict(resp.headers)
+                if stream and 200 <= status < 300 and resp.content_type == "text/event-stream":
+                    log.info("POST %s -> %s streaming (request %s)", path, status, headers.get("x-request-id", "-"))
+                    self._note_rate_headers(headers)
+                    return await self._read_stream(resp, path, model, on_partial, previews)
                 raw = await resp.read()
         except TimeoutError:
             elapsed = time.monotonic() - started
-            return _Failure(ProviderTimeoutError(detail=f"POST {path} timed out after {elapsed:.1f}s"))
+            timed_out = ProviderTimeoutError(detail=f"POST {path} timed out after {elapsed:.1f}s")
+            return _Failure(timed_out, retryable=not previews)
         except aiohttp.ClientError as exc:
-            return _Failure(ProviderOutageError(detail=f"POST {path} failed: {type(exc).__name__}: {exc}"))
+            outage = ProviderOutageError(detail=f"POST {path} failed: {type(exc).__name__}: {exc}")
+            return _Failure(outage, retryable=not previews)
         elapsed = time.monotonic() - started
         log.info("POST %s -> %s in %.2fs (request %s)", path, status, elapsed, headers.get("x-request-id", "-"))
         self._note_rate_headers(headers)
@@ -426,6 +558,69 @@ class OpenAIImages:
             self._on_throttle(retry_after if retry_after is not None else 1.0)
         lowered = {k.lower(): v for k, v in headers.items()}
         return _Failure(error, status, code, retry_after, lowered.get("x-should-retry"))
+
+    async def _read_stream(
+        self,
+        resp: aiohttp.ClientResponse,
+        path: str,
+        model: str,
+        on_partial: OnPartial | None,
+        previews: list[int],
+    ) -> ProviderImages | _Failure:
+        """Read an image event stream: previews go to ``on_partial``, completed events make the result."""
+        images: list[bytes] = []
+        usage: Usage | None = None
+        decoder = SSEDecoder()
+        async for line in self._lines(resp):
+            event = decoder.feed(line)
+            if event is None:
+                continue
+            item = await asyncio.to_thread(_decode_stream_event, event)
+            if item.kind == "error":
+                status = _stream_error_status(item.body)
+                error = translate_error(status, item.body, model=model, raw_text=event.data)
+                return _Failure(error, status, _error_code(item.body), retryable=not previews)
+            if item.kind == "partial":
+                previews.append(len(item.image))
+                await self._hand_on(on_partial, item.image, path)
+            elif item.kind == "completed":
+                images.append(item.image)
+                usage = item.usage or usage
+        if not images:
+            return _Failure(
+                ProviderResponseError(detail=f"POST {path}: the stream ended without a completed image"),
+                retryable=False,
+            )
+        log.info("POST %s: stream finished with %d preview(s) and %d image(s)", path, len(previews), len(images))
+        return ProviderImages(tuple(images), usage, (None,) * len(images))
+
+    async def _lines(self, resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
+        """The body's lines, read as they arrive (a line holding a base64 image can be megabytes long)."""
+        limit = self._settings.max_download_bytes * 2
+        buffer = bytearray()
+        async for chunk in resp.content.iter_chunked(_STREAM_CHUNK):
+            searched = len(buffer)  # only the new bytes can hold the next newline
+            buffer += chunk
+            while (end := buffer.find(b"\n", searched)) >= 0:
+                line = bytes(buffer[: end + 1])
+                del buffer[: end + 1]
+                searched = 0
+                yield line.decode("utf-8", "replace")
+            if len(buffer) > limit:
+                raise aiohttp.ClientPayloadError(f"a stream line is over {limit} bytes")
+        if buffer:
+            yield bytes(buffer).decode("utf-8", "replace")
+        yield ""  # end any event the server did not close with a blank line
+
+    @staticmethod
+    async def _hand_on(on_partial: OnPartial | None, image: bytes, path: str) -> None:
+        """Give a preview to the caller; its failure must not cost the job."""
+        if on_partial is None:
+            return
+        try:
+            await on_partial(image)
+        except Exception:
+            log.exception("POST %s: a preview handler failed (the job goes on)", path)
 
     async def _success(self, raw: bytes, path: str) -> ProviderImages:
         decoded = await asyncio.to_thread(_decode_success, raw)

@@ -225,6 +225,19 @@ def timeout(delay: float) -> Reply:
     return Reply(200, delay=delay, success=True)
 
 
+def stream_cut(kind: str = "image_generation") -> Reply:
+    """A 200 event stream that stops after one preview, without the completed event."""
+    partial = {"type": f"{kind}.partial_image", "b64_json": _render((16, 16), (9, 9, 9), "png", False)[1]}
+    text = f"event: {kind}.partial_image\ndata: {json.dumps(partial)}\n\n"
+    return Reply(200, text=text, headers={"Content-Type": "text/event-stream"})
+
+
+def stream_error(code: str = "server_error", message: str = "The server had an error while streaming.") -> Reply:
+    """A 200 event stream whose only event is an ``error`` (how a failure looks once a stream has started)."""
+    body = {"type": "error", **error_body(message, "server_error", code=code)}
+    return Reply(200, text=f"event: error\ndata: {json.dumps(body)}\n\n", headers={"Content-Type": "text/event-stream"})
+
+
 def _bad(message: str, param: str | None = None, code: str | None = None) -> Reply:
     return Reply(400, error_body(message, param=param, code=code))
 
@@ -261,6 +274,16 @@ def _render(size: tuple[int, int], colour: tuple[int, int, int], fmt: str, trans
     img.save(buf, format=_FORMATS[fmt], **options)
     data = buf.getvalue()
     return data, base64.b64encode(data).decode("ascii")
+
+
+@functools.lru_cache(maxsize=64)
+def _preview(b64: str, index: int) -> str:
+    """A partial image: the final picture as a thumbnail, a little larger for each later preview (base64 PNG)."""
+    img = Image.open(io.BytesIO(base64.b64decode(b64)))
+    img.thumbnail((16 * (index + 1), 16 * (index + 1)))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 class FakeOpenAI(LoopbackServer):
@@ -386,7 +409,7 @@ class FakeOpenAI(LoopbackServer):
             return wrong_key(key.strip())
         return None
 
-    async def _image_endpoint(self, request: web.Request, kind: str) -> web.Response:
+    async def _image_endpoint(self, request: web.Request, kind: str) -> web.StreamResponse:
         rec = await self._record(request)
         scripted = self._script.popleft() if self._script else None
         if scripted is not None:
@@ -399,6 +422,8 @@ class FakeOpenAI(LoopbackServer):
             result = await self._images(rec, kind)
             if isinstance(result, Reply):
                 problem = result
+            elif str(rec.param("stream")).lower() == "true":
+                return await self._stream(request, rec, kind, result, ok)
             else:
                 await self._sleep(self.latency)
                 return self._respond(rec, Reply(ok.status, result, ok.headers))
@@ -470,6 +495,39 @@ class FakeOpenAI(LoopbackServer):
             "background": "transparent" if transparent else "opaque",
         }
 
+    async def _stream(
+        self, request: web.Request, rec: RecordedRequest, kind: str, answer: dict[str, Any], ok: Reply
+    ) -> web.StreamResponse:
+        """``stream: true``: ``partial_images`` previews per image, then one completed event per image (SSE)."""
+        prefix = "image_generation" if kind == "generations" else "image_edit"
+        try:
+            partials = max(0, min(3, int(rec.param("partial_images") or 0)))
+        except ValueError:
+            partials = 0
+        common = {k: answer[k] for k in ("background", "output_format", "quality", "size")}
+        events: list[tuple[str, dict[str, Any]]] = []
+        for item in answer["data"]:
+            b64 = item.get("b64_json") or base64.b64encode(self._files[item["url"].rpartition("/")[2]]).decode()
+            for index in range(partials):
+                preview = await asyncio.to_thread(_preview, b64, index)
+                event = {"b64_json": preview, "partial_image_index": index, "created_at": answer["created"]}
+                events.append((f"{prefix}.partial_image", {**event, **common}))
+            done = {"b64_json": b64, "created_at": answer["created"], "usage": answer["usage"]}
+            events.append((f"{prefix}.completed", {**done, **common}))
+        headers = CIMultiDict(ok.headers or {})
+        headers.setdefault("x-request-id", f"req_{uuid.uuid4().hex}")
+        headers["Content-Type"] = "text/event-stream"
+        headers["Cache-Control"] = "no-cache"
+        response = web.StreamResponse(status=ok.status, headers=headers)
+        rec.status = ok.status
+        await response.prepare(request)
+        for name, body in events:
+            await self._sleep(self.latency / len(events))
+            payload = {"type": name, **body}
+            await response.write(f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode())
+        await response.write_eof()
+        return response
+
     async def _render(
         self, size: tuple[int, int], colour: tuple[int, int, int], fmt: str, transparent: bool
     ) -> tuple[bytes, str]:
@@ -482,13 +540,13 @@ class FakeOpenAI(LoopbackServer):
 
     # --- handlers -----------------------------------------------------------------------------------------
 
-    async def _generations(self, request: web.Request) -> web.Response:
+    async def _generations(self, request: web.Request) -> web.StreamResponse:
         return await self._image_endpoint(request, "generations")
 
-    async def _edits(self, request: web.Request) -> web.Response:
+    async def _edits(self, request: web.Request) -> web.StreamResponse:
         return await self._image_endpoint(request, "edits")
 
-    async def _variations(self, request: web.Request) -> web.Response:
+    async def _variations(self, request: web.Request) -> web.StreamResponse:
         return await self._image_endpoint(request, "variations")
 
     async def _models(self, request: web.Request) -> web.Response:

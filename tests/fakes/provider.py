@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from bot.models import ProviderEdit, ProviderGenerate, ProviderHealth, ProviderImages, ProviderVary, Usage
+from bot.ports import OnPartial
 from tests.images import png
 
 
@@ -30,11 +31,20 @@ class FakeImages:
         image = self.answer if self.answer is not None else png(32, 32)
         return ProviderImages(tuple(image for _ in range(n)), self.usage, ())
 
-    async def generate(self, call: ProviderGenerate) -> ProviderImages:
+    async def generate(self, call: ProviderGenerate, *, on_partial: OnPartial | None = None) -> ProviderImages:
+        await self._preview(call.partial_images, on_partial)
         return await self._answer(call, call.n)
 
-    async def edit(self, call: ProviderEdit) -> ProviderImages:
+    async def edit(self, call: ProviderEdit, *, on_partial: OnPartial | None = None) -> ProviderImages:
+        await self._preview(call.partial_images, on_partial)
         return await self._answer(call, call.n)
+
+    async def _preview(self, count: int, on_partial: OnPartial | None) -> None:
+        """Like a streaming service: ``count`` small previews before the answer."""
+        if on_partial is None:
+            return
+        for _ in range(count):
+            await on_partial(png(8, 8))
 
     async def vary(self, call: ProviderVary) -> ProviderImages:
         return await self._answer(call, call.n)

@@ -107,7 +107,18 @@
     const progress = el("div", { class: "progress" }, el("span", { class: "spinner", "aria-hidden": "true" }), label);
     const body = message("bot", progress);
     let timer = null;
+    let preview = null;
     let finished = false;
+
+    // A partial image while the real one is made: shown blurred until the result replaces it.
+    function showPreview(url) {
+      if (!preview) {
+        preview = el("img", { class: "partial", alt: "Preview of the image being made",
+                              onload: () => { preview.classList.add("shown"); scrollDown(false); } });
+        body.append(preview);
+      }
+      preview.src = url;
+    }
 
     function running(since) {
       clearInterval(timer);
@@ -123,7 +134,8 @@
         if (event.status === "queued") {
           clearInterval(timer);
           label.textContent = event.position ? `Queued — #${event.position} in line` : "Queued…";
-        } else if (event.status === "running") running(Date.now());
+        } else if (event.status === "running" && event.preview) showPreview(event.preview);
+        else if (event.status === "running") running(Date.now());
       },
       finish(result) {
         if (finished) return;
@@ -131,6 +143,7 @@
         clearInterval(timer);
         tasks.delete(task);
         progress.remove();
+        if (preview) preview.remove();
         if (result.error) body.append(el("div", { class: "error", role: "alert", text: result.error }));
         else if (result.status === "awaiting_confirmation") renderConfirmation(body, result);
         else if (result.status === "done") renderResult(body, result);
