@@ -295,7 +295,7 @@ async def _usage(core: Core, args: argparse.Namespace) -> int:
 
 
 async def _history(core: Core, args: argparse.Namespace) -> int:
-    jobs = await core.jobs.store.history(user=args.user, limit=args.limit)
+    jobs = await core.jobs.history(user=args.user, limit=args.limit)
     print(f"{'job':<10}  {'created (UTC)':<16}  {'status':<21}  {'kind':<8}  {'n':>2}  {'cost':>8}  prompt")
     for job in jobs:
         created = dt.datetime.fromtimestamp(job.created_at, dt.UTC)

@@ -253,8 +253,18 @@ class JobService:
 
     # --- internals --------------------------------------------------------------------------------------------
 
+    async def find(self, job_id: str) -> Job | None:
+        """The job with this id (as a button or link carries it), or None for unknown or malformed ids."""
+        if not job_id.isalnum() or len(job_id) > 40:
+            return None
+        return await self.store.get(job_id)
+
+    async def history(self, *, user: str | None = None, limit: int = 20) -> list[Job]:
+        """The newest jobs, of one user (``platform:id``) or of everyone."""
+        return await self.store.history(user=user, limit=limit)
+
     async def _job(self, job_id: str) -> Job:
-        job = await self.store.get(job_id) if job_id.isalnum() else None
+        job = await self.find(job_id)
         if job is None:
             raise JobNotFoundError(detail=f"no job {job_id[:20]!r}")
         return job

@@ -587,7 +587,7 @@ class DiscordAdapter:
     async def _pressable_job(self, interaction: discord.Interaction, job_id: str) -> Job | None:
         """The job behind a button, or None after telling the presser (ephemerally) why not."""
         reason = self.refusal(interaction)
-        job = None if reason else await self.core.jobs.store.get(job_id)
+        job = None if reason else await self.core.jobs.find(job_id)
         if reason is None and job is None:
             reason = JobNotFoundError().friendly()
         if reason is None and job is not None:

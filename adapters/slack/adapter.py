@@ -319,7 +319,7 @@ class SlackAdapter:
         if await self._refused(target):
             return
         job_id, _ = _job_value(action, "remix")
-        job = await self.core.jobs.store.get(job_id)  # one local read: the trigger_id is still fresh
+        job = await self.core.jobs.find(job_id)  # one local read: the trigger_id is still fresh
         if job is None:
             raise JobNotFoundError(detail=f"remix of unknown job {job_id}")
         view = render.remix_modal(job, target.channel or "", target.thread)

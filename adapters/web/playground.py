@@ -319,7 +319,7 @@ class Playground:
 
     async def _history(self, request: web.Request) -> web.StreamResponse:
         """This session's recent finished jobs, oldest first: the page shows them again after a reload."""
-        jobs = await self.core.jobs.store.history(user=f"web:{request[USER_KEY]}", limit=HISTORY_LIMIT)
+        jobs = await self.core.jobs.history(user=f"web:{request[USER_KEY]}", limit=HISTORY_LIMIT)
         shown = [
             job
             for job in reversed(jobs)
@@ -429,7 +429,7 @@ class Playground:
 
     async def _web_job(self, request: web.Request) -> Job:
         job_id = request.match_info["job"]
-        job = await self.core.jobs.store.get(job_id) if job_id.isalnum() and len(job_id) <= 40 else None
+        job = await self.core.jobs.find(job_id)
         if job is None or job.context.platform != "web":
             raise JobNotFoundError(detail=f"no playground job {job_id[:20]!r}")
         return job
