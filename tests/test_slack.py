@@ -34,7 +34,7 @@ from tests.fakes.slack_server import (
     sign_request,
 )
 from tests.images import decode, png
-from tests.test_slack_harness import SlackBot, button, slack_bot
+from tests.slack_harness import SlackBot, button, slack_bot
 
 
 @pytest.fixture

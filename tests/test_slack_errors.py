@@ -29,7 +29,7 @@ from tests.fakes.slack_server import (
     FakeSlack,
 )
 from tests.images import png
-from tests.test_slack_harness import SlackBot, slack_bot
+from tests.slack_harness import SlackBot, slack_bot
 
 SECRETS = (BOT_TOKEN, APP_TOKEN, SIGNING_SECRET, DEFAULT_KEY, "sk-", "org-", "req_", "xox")
 
