@@ -32,6 +32,7 @@ from bot.models import (
     Progress,
     StoredImage,
     VaryRequest,
+    WriteAhead,
 )
 from bot.ports import JobStore, ProgressSink
 from bot.service import ImageService
@@ -91,11 +92,41 @@ class JobService:
         self._admission_lock = asyncio.Lock()  # budget check + insert happen as one step
 
     async def start(self) -> list[Job]:
-        """Call once at start-up: jobs a previous process left queued or running become interrupted."""
-        interrupted = await self.store.interrupt_unfinished()
-        for job in interrupted:
+        """Call once at start-up, before serving: finish or interrupt what a previous process left unfinished.
+
+        A job whose upstream answer reached its spool is finished from it (decoded, stored, charged its actual
+        cost) and becomes ``done``, so the adapters' ``undelivered`` posts it; any other queued or running job
+        never got a paid answer and becomes ``interrupted`` at no cost. Returns the interrupted jobs.
+        """
+        interrupted: list[Job] = []
+        for job in await self.store.unfinished():
+            if await asyncio.to_thread(self.files.spool(job.id).exists) and await self._recover(job):
+                continue
+            job = await self.store.update(job.id, status=JobStatus.INTERRUPTED)
+            await asyncio.to_thread(self.files.discard_spool, job.id)
             log.warning("job %s (%s for %s) was interrupted by a restart", job.id, job.kind, job.context.requester)
+            interrupted.append(job)
         return interrupted
+
+    async def _recover(self, job: Job) -> bool:
+        """Finish a job from its spool; False if the spool holds no usable answer."""
+        options = job.request
+        try:
+            result = await self.images.recover(
+                model=job.model or "",
+                prompt=job.prompt,
+                n=job.images_requested,
+                size=_text(options.get("size")),
+                quality=_text(options.get("quality")),
+                requester=job.context.requester,
+                spool=self._write_ahead(job.id),
+            )
+        except ImageBotError as exc:
+            log.warning("job %s: its spooled answer can't be used: %s", job.id, exc.log_line())
+            return False
+        await self._store_result(job.id, result)
+        log.info("job %s: finished from its spool after a restart (%d image(s))", job.id, len(result.images))
+        return True
 
     # --- submitting -----------------------------------------------------------------------------------------
 
@@ -293,35 +324,58 @@ class JobService:
                 await progress(update)
 
         try:
-            result = await self._call(request, track)
-            stored = await asyncio.to_thread(self._save, job.id, result)
-            job = await store.update(
-                job.id,
-                status=JobStatus.DONE,
-                results=stored,
-                actual_cost=result.cost_usd,
-                model=result.model,
-                provider=result.provider,
-            )
+            result = await self._call(request, track, self._write_ahead(job.id))
+            job = await self._store_result(job.id, result)
             future.set_result(result)
             return JobOutcome(job, result)
         except ImageBotError as exc:
             await store.update(job.id, status=JobStatus.FAILED, error_ref=exc.ref, error_message=exc.user_message)
+            await asyncio.to_thread(self.files.discard_spool, job.id)
             future.set_exception(exc)
             raise
         except BaseException as exc:  # cancelled (shutdown) or a bug below the service: never leave it "running"
-            await asyncio.shield(store.update(job.id, status=JobStatus.INTERRUPTED))
+            await asyncio.shield(self._cut_off(job.id))
             future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
             raise
         finally:
             self._inflight.pop(job.id, None)
 
-    async def _call(self, request: Request, progress: ProgressSink) -> ImageResult:
+    async def _cut_off(self, job_id: str) -> None:
+        """A job stopped before its result was stored: interrupted, unless its paid answer is already spooled,
+        in which case it stays unfinished for the next start-up to finish and deliver."""
+        if await asyncio.to_thread(self.files.spool(job_id).exists):
+            log.warning("job %s stopped after its answer was spooled: the next start finishes it", job_id)
+            return
+        await self.store.update(job_id, status=JobStatus.INTERRUPTED)
+
+    async def _call(self, request: Request, progress: ProgressSink, spool: WriteAhead) -> ImageResult:
         if isinstance(request, GenerateRequest):
-            return await self.images.generate(request, progress)
+            return await self.images.generate(request, progress, spool=spool)
         if isinstance(request, EditRequest):
-            return await self.images.edit(request, progress)
-        return await self.images.vary(request, progress)
+            return await self.images.edit(request, progress, spool=spool)
+        return await self.images.vary(request, progress, spool=spool)
+
+    def _write_ahead(self, job_id: str) -> WriteAhead:
+        """The job's spool, and the ledger entry made the moment its answer is known to hold images."""
+
+        async def paid(cost: float | None) -> None:
+            await self.store.update(job_id, paid_at=self._clock(), actual_cost=cost)
+
+        return WriteAhead(self.files.spool(job_id), paid)
+
+    async def _store_result(self, job_id: str, result: ImageResult) -> Job:
+        """Results to disk, then the job ``done`` (ready to deliver), then the spool is no longer needed."""
+        stored = await asyncio.to_thread(self._save, job_id, result)
+        job = await self.store.update(
+            job_id,
+            status=JobStatus.DONE,
+            results=stored,
+            actual_cost=result.cost_usd,
+            model=result.model,
+            provider=result.provider,
+        )
+        await asyncio.to_thread(self.files.discard_spool, job_id)
+        return job
 
     def _save(self, job_id: str, result: ImageResult) -> tuple[StoredImage, ...]:
         """Write the images before anyone delivers them: a paid result survives a crash (worker thread)."""
@@ -398,6 +452,10 @@ def _describe(request: Request) -> tuple[str, dict[str, object], dict[str, bytes
         return "edit", options, inputs
     options = {"prompt": request.prompt, "n": request.n, "size": request.size, "model": request.model}
     return "vary", options, {_input_name(1, request.image): request.image}
+
+
+def _text(value: object) -> str | None:
+    return str(value) if value is not None else None
 
 
 def _extension(data: bytes) -> str:

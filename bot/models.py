@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,7 @@ class ProviderGenerate:
     output_format: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
     partial_images: int = 0  # previews to stream while the image is made (0 = no streaming)
+    spool: Path | None = None  # write-ahead: a paid answer is written here before it is decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +148,7 @@ class ProviderEdit:
     quality: str | None
     extra: dict[str, str] = field(default_factory=dict)
     partial_images: int = 0  # previews to stream while the image is made (0 = no streaming)
+    spool: Path | None = None  # write-ahead: a paid answer is written here before it is decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +160,20 @@ class ProviderVary:
     n: int
     size: str | None
     extra: dict[str, str] = field(default_factory=dict)
+    spool: Path | None = None  # write-ahead: a paid answer is written here before it is decoded
+
+
+@dataclass(frozen=True, slots=True)
+class WriteAhead:
+    """A job's write-ahead record for one provider call.
+
+    The provider streams the upstream's answer to ``path`` and renames it into place once the whole body
+    has arrived: from then on a crash loses nothing (a restart decodes the spool). ``paid`` is told the
+    cost as soon as the answer is known to hold images, before anything else is done with them.
+    """
+
+    path: Path
+    paid: Callable[[float | None], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +242,7 @@ class Job:
     results: tuple[StoredImage, ...] = ()
     delivered_at: float | None = None
     results_pruned: bool = False
+    paid_at: float | None = None  # when the upstream's answer with images arrived (None: nothing was paid)
 
     @property
     def prompt(self) -> str:
@@ -231,12 +250,13 @@ class Job:
 
     @property
     def cost(self) -> float:
-        """What counts against budgets: the actual cost once known, else the estimate (nothing if failed)."""
-        if self.status is JobStatus.FAILED:
-            return self.actual_cost or 0.0
-        if self.actual_cost is not None:
-            return self.actual_cost
-        return self.estimated_cost or 0.0
+        """What counts against budgets: a paid job its actual cost (the estimate if none was reported), a
+        job still waiting or running its estimate (a reservation), anything else nothing."""
+        if self.paid_at is not None:
+            return self.actual_cost if self.actual_cost is not None else (self.estimated_cost or 0.0)
+        if self.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            return self.estimated_cost or 0.0
+        return 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from bot.models import (
@@ -49,6 +50,13 @@ class ImageProvider(Protocol):
         """Is the provider reachable, are we allowed in, does it know ``model``?"""
         ...
 
+    async def recover(self, spool: Path) -> ProviderImages:
+        """Decode an answer a previous process wrote to its spool (a call's ``spool``) but never finished.
+
+        Providers that never spool (nothing was paid) raise ``ProviderResponseError``.
+        """
+        ...
+
 
 class ProgressSink(Protocol):
     """Receives status changes of one job (queued with position, running, done, failed)."""
@@ -67,7 +75,9 @@ class JobStore(Protocol):
 
     async def get(self, job_id: str) -> Job | None: ...
 
-    async def interrupt_unfinished(self) -> list[Job]: ...
+    async def unfinished(self) -> list[Job]:
+        """Jobs left queued or running (by a process that stopped): start-up recovers or interrupts them."""
+        ...
 
     async def undelivered(self, platform: str) -> list[Job]: ...
 

@@ -7,6 +7,7 @@ and raises only ``ImageBotError`` (anything else is logged with a reference id a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -30,6 +31,7 @@ from bot.models import (
     ProviderImages,
     ProviderVary,
     VaryRequest,
+    WriteAhead,
 )
 from bot.ports import ImageProvider, OnPartial, ProgressSink
 from bot.settings import ImagingSettings
@@ -53,6 +55,8 @@ class _Plan:
     spec: ModelSpec
     n: int
     prompt: str
+    size: str | None = None  # as sent (after checks), for the cost when the provider reports no usage
+    quality: str | None = None
 
 
 class ImageService:
@@ -82,22 +86,30 @@ class ImageService:
 
     # --- public API ---------------------------------------------------------------------------------
 
-    async def generate(self, request: GenerateRequest, progress: ProgressSink | None = None) -> ImageResult:
-        """Make new images from a prompt."""
+    async def generate(
+        self, request: GenerateRequest, progress: ProgressSink | None = None, *, spool: WriteAhead | None = None
+    ) -> ImageResult:
+        """Make new images from a prompt (``spool``: where a paid answer is written first, and whom to tell)."""
 
         async def work() -> tuple[_Plan, ProviderImages]:
             plan = self._plan(request.model, request.prompt, request.n)
             spec = plan.spec
+            plan = dataclasses.replace(
+                plan,
+                size=self.catalog.check_size(plan.model, spec, request.size),
+                quality=_option(plan.model, "quality", request.quality, spec.qualities),
+            )
             call = ProviderGenerate(
                 model=plan.model,
                 prompt=plan.prompt,
                 n=plan.n,
-                size=self.catalog.check_size(plan.model, spec, request.size),
-                quality=_option(plan.model, "quality", request.quality, spec.qualities),
+                size=plan.size,
+                quality=plan.quality,
                 background=_option(plan.model, "background", request.background, spec.backgrounds),
                 output_format=_option(plan.model, "output format", request.output_format, spec.output_formats),
                 extra=_extra(spec),
                 partial_images=self._previews(plan, progress),
+                spool=spool.path if spool else None,
             )
             on_partial = _preview_sink(progress, call.partial_images)
 
@@ -108,9 +120,11 @@ class ImageService:
 
             return plan, await self._admitted(request.requester, plan, progress, run)
 
-        return await self._run("generate", request.requester, progress, work)
+        return await self._run("generate", request.requester, progress, work, spool)
 
-    async def edit(self, request: EditRequest, progress: ProgressSink | None = None) -> ImageResult:
+    async def edit(
+        self, request: EditRequest, progress: ProgressSink | None = None, *, spool: WriteAhead | None = None
+    ) -> ImageResult:
         """Change images according to a prompt, inside a mask, a named region or the image's transparency."""
 
         async def work() -> tuple[_Plan, ProviderImages]:
@@ -126,11 +140,23 @@ class ImageService:
                 raise InvalidRequestError(f"{plan.model} can't edit only part of an image (no masks).")
             size = self.catalog.check_size(plan.model, spec, request.size)
             quality = _option(plan.model, "quality", request.quality, spec.qualities)
+            plan = dataclasses.replace(plan, size=size, quality=quality)
             images, mask = await asyncio.to_thread(
                 self._prepare_edit, spec, request.images, request.mask, request.region
             )
             previews = self._previews(plan, progress)
-            call = ProviderEdit(plan.model, plan.prompt, images, mask, plan.n, size, quality, _extra(spec), previews)
+            call = ProviderEdit(
+                plan.model,
+                plan.prompt,
+                images,
+                mask,
+                plan.n,
+                size,
+                quality,
+                _extra(spec),
+                previews,
+                spool=spool.path if spool else None,
+            )
             on_partial = _preview_sink(progress, call.partial_images)
 
             def run() -> Awaitable[ProviderImages]:
@@ -140,9 +166,11 @@ class ImageService:
 
             return plan, await self._admitted(request.requester, plan, progress, run)
 
-        return await self._run("edit", request.requester, progress, work)
+        return await self._run("edit", request.requester, progress, work, spool)
 
-    async def vary(self, request: VaryRequest, progress: ProgressSink | None = None) -> ImageResult:
+    async def vary(
+        self, request: VaryRequest, progress: ProgressSink | None = None, *, spool: WriteAhead | None = None
+    ) -> ImageResult:
         """Variations of an image: the variations endpoint where the model has one, else an edit with a prompt."""
 
         async def work() -> tuple[_Plan, ProviderImages]:
@@ -154,16 +182,40 @@ class ImageService:
                 raise InvalidRequestError(f"The model {plan.model} can't make variations. Pick another model.")
             size = self.catalog.check_size(plan.model, spec, request.size)
             png = await asyncio.to_thread(self._prepare_image, spec, request.image)
+            path = spool.path if spool else None
             if spec.variations_endpoint and not steer:
-                vary_call = ProviderVary(plan.model, png.data, plan.n, size, _extra(spec))
+                vary_call = ProviderVary(plan.model, png.data, plan.n, size, _extra(spec), spool=path)
                 raw = await self._admitted(request.requester, plan, progress, lambda: self.provider.vary(vary_call))
             else:
-                edit_call = ProviderEdit(plan.model, plan.prompt, (png.data,), None, plan.n, size, None, _extra(spec))
+                edit_call = ProviderEdit(
+                    plan.model, plan.prompt, (png.data,), None, plan.n, size, None, _extra(spec), spool=path
+                )
                 raw = await self._admitted(request.requester, plan, progress, lambda: self.provider.edit(edit_call))
-            shown = _Plan(plan.model, spec, plan.n, steer or "variation")
+            shown = _Plan(plan.model, spec, plan.n, steer or "variation", size)
             return shown, raw
 
-        return await self._run("vary", request.requester, progress, work)
+        return await self._run("vary", request.requester, progress, work, spool)
+
+    async def recover(
+        self,
+        *,
+        model: str,
+        prompt: str,
+        n: int,
+        size: str | None,
+        quality: str | None,
+        requester: str,
+        spool: WriteAhead,
+    ) -> ImageResult:
+        """Finish a job a previous process was cut off from after the upstream's answer was spooled."""
+
+        async def work() -> tuple[_Plan, ProviderImages]:
+            # The answer is paid for: finish it even if the model was retired since.
+            real, spec = self.catalog.resolve(model, today=dt.date.min)
+            plan = _Plan(real, spec, n, " ".join(prompt.split()) or "variation", size, quality)
+            return plan, await self.provider.recover(spool.path)
+
+        return await self._run("recover", requester, None, work, spool)
 
     def estimate(self, request: GenerateRequest | EditRequest | VaryRequest) -> tuple[str, int, float | None]:
         """Check the request's model, count and size, and estimate its cost: (model, images, USD or None).
@@ -173,7 +225,9 @@ class ImageService:
         prompt = request.prompt if isinstance(request, GenerateRequest | EditRequest) else "variation"
         plan = self._plan(request.model, prompt or "variation", request.n)
         size = self.catalog.check_size(plan.model, plan.spec, request.size)
-        quality = request.quality if isinstance(request, GenerateRequest | EditRequest) else None
+        quality = None
+        if isinstance(request, GenerateRequest | EditRequest):  # as it will be sent ("Low" prices as "low")
+            quality = _option(plan.model, "quality", request.quality, plan.spec.qualities)
         return plan.model, plan.n, Catalog.estimate_cost(plan.spec, size, quality, plan.n)
 
     # --- the pipeline -------------------------------------------------------------------------------------
@@ -215,12 +269,16 @@ class ImageService:
         requester: str,
         progress: ProgressSink | None,
         work: Callable[[], Awaitable[tuple[_Plan, ProviderImages]]],
+        spool: WriteAhead | None = None,
     ) -> ImageResult:
         started = time.monotonic()
         try:
             plan, raw = await work()
             if not raw.images:
                 raise InvalidRequestError("The image service returned no images for that request.")
+            cost = self._cost(plan, raw)
+            if spool is not None:
+                await spool.paid(cost)  # before anything else can fail: the answer is paid for
             images = await asyncio.to_thread(self._finish, plan, raw)
         except ImageBotError as exc:
             log.warning("%s for %s failed: %s", kind, requester, exc.log_line())
@@ -231,9 +289,6 @@ class ImageService:
             log.exception("%s for %s failed unexpectedly (ref %s)", kind, requester, wrapped.ref)
             await _report(progress, Progress(JobStatus.FAILED, message=wrapped.friendly()))
             raise wrapped from None
-        cost = 0.0 if self.provider.offline else Catalog.actual_cost(plan.spec, raw.usage)
-        if cost is None:
-            cost = Catalog.estimate_cost(plan.spec, None, None, len(images))
         result = ImageResult(
             images=images,
             model=plan.model,
@@ -255,6 +310,15 @@ class ImageService:
         )
         await _report(progress, Progress(JobStatus.DONE))
         return result
+
+    def _cost(self, plan: _Plan, raw: ProviderImages) -> float | None:
+        """USD from the reported usage, else the estimate for what was asked (size, quality, images received)."""
+        if self.provider.offline:
+            return 0.0
+        cost = Catalog.actual_cost(plan.spec, raw.usage)
+        if cost is None:
+            cost = Catalog.estimate_cost(plan.spec, plan.size, plan.quality, len(raw.images))
+        return cost
 
     # --- Pillow work (worker threads only) ---------------------------------------------------------------
 

@@ -59,12 +59,24 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_by_workspace ON jobs (platform, workspace, created_at);
     CREATE INDEX jobs_by_status ON jobs (status);
     """,
+    # paid_at: set when the upstream answered with images (the ledger counts only paid jobs). Jobs stored
+    # before it existed were paid if they finished, or if a cost was recorded for them.
+    """
+    ALTER TABLE jobs ADD COLUMN paid_at REAL;
+    UPDATE jobs SET paid_at = updated_at WHERE status IN ('done', 'delivered') OR actual_cost IS NOT NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _ACTIVE = tuple(s.value for s in JobStatus if s.active)
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 _USAGE_KEYS = {"user": "platform || ':' || user", "channel": "platform || ':' || coalesce(channel, '-')"}
 _USAGE_KEYS["workspace"] = "platform || ':' || coalesce(workspace, '-')"
+# What a job costs in the ledger (see Job.cost): paid -> actual (estimate if none reported); else the estimate,
+# which only the statuses in _RESERVING are counted with.
+_CHARGE = (
+    "CASE WHEN paid_at IS NOT NULL THEN coalesce(actual_cost, estimated_cost, 0) ELSE coalesce(estimated_cost, 0) END"
+)
+_RESERVING = f"('{JobStatus.QUEUED.value}', '{JobStatus.RUNNING.value}')"
 
 
 class StoreError(ConfigurationError):
@@ -122,8 +134,8 @@ class SQLiteJobStore:
             self._db.execute(
                 "INSERT INTO jobs (id, kind, platform, workspace, channel, thread, user, request, request_hash,"
                 " status, created_at, updated_at, images_requested, estimated_cost, actual_cost, model, provider,"
-                " error_ref, error_message, results, delivered_at, results_pruned)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " error_ref, error_message, results, delivered_at, results_pruned, paid_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 _row(job),
             )
         return job, True
@@ -158,20 +170,9 @@ class SQLiteJobStore:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row)
 
-    async def interrupt_unfinished(self) -> list[Job]:
-        """At start-up: jobs a previous process left queued or running can't finish; mark them interrupted."""
-        return await self._run(self._interrupt)
-
-    def _interrupt(self) -> list[Job]:
-        with _transaction(self._db):
-            rows = self._db.execute(
-                "SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at", _UNFINISHED
-            ).fetchall()
-            self._db.execute(
-                "UPDATE jobs SET status = ?, updated_at = ? WHERE status IN (?, ?)",
-                (JobStatus.INTERRUPTED.value, time.time(), *_UNFINISHED),
-            )
-        return [dataclasses.replace(_job(r), status=JobStatus.INTERRUPTED) for r in rows]
+    async def unfinished(self) -> list[Job]:
+        """Jobs left queued or running by a process that stopped (start-up recovers or interrupts them)."""
+        return await self._select("SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at", _UNFINISHED)
 
     # --- reads --------------------------------------------------------------------------------------------
 
@@ -204,19 +205,18 @@ class SQLiteJobStore:
     async def spend(self, since: float, *, context: JobContext | None = None, per: str = "all") -> Spend:
         """Images and dollars counted against a budget since ``since``: ``per`` is "user", "workspace" or "all".
 
-        Failed jobs count their actual cost only; unfinished ones count their estimate.
+        Paid jobs count their actual cost (their estimate when none was reported); jobs still waiting or
+        running count their estimate, so that concurrent jobs can't overshoot a budget together; jobs that
+        never got a paid answer (failed, interrupted, held for confirmation) count nothing.
         """
         return await self._run(self._spend, since, context, per)
 
     def _spend(self, since: float, context: JobContext | None, per: str) -> Spend:
-        failed = JobStatus.FAILED.value
         query = (
-            "SELECT coalesce(sum(CASE WHEN status = ? THEN 0 ELSE images_requested END), 0),"
-            " coalesce(sum(CASE WHEN status = ? THEN coalesce(actual_cost, 0)"
-            " ELSE coalesce(actual_cost, estimated_cost, 0) END), 0)"
-            " FROM jobs WHERE created_at >= ? AND status != ?"  # a job held for confirmation has spent nothing yet
+            f"SELECT coalesce(sum(images_requested), 0), coalesce(sum({_CHARGE}), 0)"  # noqa: S608 - fixed text
+            f" FROM jobs WHERE created_at >= ? AND (paid_at IS NOT NULL OR status IN {_RESERVING})"
         )
-        args: list[Any] = [failed, failed, since, JobStatus.AWAITING_CONFIRMATION.value]
+        args: list[Any] = [since]
         if per == "user" and context is not None:
             query += " AND platform = ? AND user = ?"
             args += [context.platform, context.user]
@@ -227,7 +227,7 @@ class SQLiteJobStore:
         return Spend(int(images), float(dollars))
 
     async def usage(self, since: float, *, by: str = "user") -> list[UsageRow]:
-        """Jobs, images and dollars per user, channel or workspace since ``since`` (failed jobs excluded)."""
+        """Jobs, images and dollars per user, channel or workspace since ``since``: paid jobs only."""
         if by not in _USAGE_KEYS:
             raise ValueError(f"usage by {by!r}")
         return await self._run(self._usage, since, _USAGE_KEYS[by])
@@ -235,9 +235,9 @@ class SQLiteJobStore:
     def _usage(self, since: float, key: str) -> list[UsageRow]:
         rows = self._db.execute(
             f"SELECT {key} AS k, count(*), sum(images_requested),"  # noqa: S608 - key from a fixed table
-            " sum(coalesce(actual_cost, estimated_cost, 0)) FROM jobs"
-            " WHERE created_at >= ? AND status NOT IN (?, ?) GROUP BY k ORDER BY 4 DESC, k",
-            (since, JobStatus.FAILED.value, JobStatus.AWAITING_CONFIRMATION.value),
+            f" sum({_CHARGE}) FROM jobs"
+            " WHERE created_at >= ? AND paid_at IS NOT NULL GROUP BY k ORDER BY 4 DESC, k",
+            (since,),
         ).fetchall()
         return [
             UsageRow(str(k), int(jobs), int(images or 0), float(dollars or 0.0)) for k, jobs, images, dollars in rows
@@ -248,6 +248,9 @@ class SQLiteJobStore:
             return [_job(row) for row in self._db.execute(query, tuple(args))]
 
         return await self._run(select)
+
+
+SPOOL_NAME = "response.spool"
 
 
 class ResultFiles:
@@ -275,6 +278,15 @@ class ResultFiles:
 
     def delete(self, job_id: str) -> None:
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
+
+    def spool(self, job_id: str) -> Path:
+        """Where the upstream's answer for the job is written before it is decoded (see ``WriteAhead``)."""
+        return self.folder(job_id) / SPOOL_NAME
+
+    def discard_spool(self, job_id: str) -> None:
+        """Drop the job's spool (its images are stored, or it never held a usable answer)."""
+        for name in (SPOOL_NAME, SPOOL_NAME + ".part"):
+            (self.folder(job_id) / name).unlink(missing_ok=True)
 
 
 # --- SQLite plumbing (worker thread only) ---------------------------------------------------------------------
@@ -372,6 +384,7 @@ def _row(job: Job) -> tuple[Any, ...]:
         _dump_results(job.results),
         job.delivered_at,
         int(job.results_pruned),
+        job.paid_at,
     )
 
 
@@ -399,4 +412,5 @@ def _job(row: sqlite3.Row) -> Job:
         results=tuple(StoredImage(**r) for r in json.loads(row["results"])),
         delivered_at=row["delivered_at"],
         results_pruned=bool(row["results_pruned"]),
+        paid_at=row["paid_at"],
     )

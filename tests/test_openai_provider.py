@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import aiohttp
 import pytest
 
@@ -26,6 +28,7 @@ from tests.fakes.openai_server import (
     server_error,
     stream_cut,
     stream_error,
+    truncated,
     wrong_key,
 )
 from tests.images import decode, png
@@ -228,10 +231,33 @@ async def test_a_timeout_becomes_a_friendly_timeout(http: aiohttp.ClientSession,
     assert "took too long" in caught.value.user_message
 
 
-async def test_malformed_json_is_a_response_error(http: aiohttp.ClientSession, fake_openai: FakeOpenAI) -> None:
-    fake_openai.script(malformed_json())
+async def test_malformed_json_is_retried_then_a_response_error(
+    http: aiohttp.ClientSession, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script(malformed_json(), malformed_json(), malformed_json())
     with pytest.raises(errors.ProviderResponseError):
-        await make_provider(http, fake_openai).generate(GENERATE)
+        await make_provider(http, fake_openai, max_retries=2).generate(GENERATE)
+    assert len(fake_openai.image_requests) == 3  # the first call and two retries, then the user is told
+
+
+async def test_a_transfer_cut_short_is_retried(http: aiohttp.ClientSession, fake_openai: FakeOpenAI) -> None:
+    fake_openai.script(truncated(at=4096))
+    result = await make_provider(http, fake_openai).generate(GENERATE)
+    assert len(fake_openai.image_requests) == 2
+    assert [decode(image).size for image in result.images] == [(1536, 1024)] * 2
+
+
+async def test_a_complete_answer_with_cut_base64_is_retried(
+    http: aiohttp.ClientSession, fake_openai: FakeOpenAI
+) -> None:
+    cut_png = base64.b64encode(png(64, 64)[:-40]).decode()  # valid base64 of a PNG cut before its end
+    fake_openai.script(
+        Reply(200, {"created": 1, "data": [{"b64_json": "iVBORw0KGgoAAAANSUhEU"}]}),
+        Reply(200, {"created": 1, "data": [{"b64_json": cut_png}]}),
+    )
+    result = await make_provider(http, fake_openai).generate(GENERATE)
+    assert len(fake_openai.image_requests) == 3
+    assert len(result.images) == 2
 
 
 async def test_unreachable_server_is_an_outage(http: aiohttp.ClientSession) -> None:

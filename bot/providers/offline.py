@@ -19,11 +19,12 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from bot.catalog import parse_size
-from bot.errors import ImageBotError, InvalidImageError, InvalidRequestError, UnexpectedError
+from bot.errors import ImageBotError, InvalidImageError, InvalidRequestError, ProviderResponseError, UnexpectedError
 from bot.models import ProviderEdit, ProviderGenerate, ProviderHealth, ProviderImages, ProviderVary, Usage
 from bot.ports import OnPartial
 
@@ -827,6 +828,10 @@ class OfflineImages:
 
     async def check(self, model: str) -> ProviderHealth:
         return ProviderHealth(reachable=True, model_known=True, detail=HEALTH_DETAIL)
+
+    async def recover(self, spool: Path) -> ProviderImages:
+        """Offline images cost nothing and are never spooled: a cut-off job is simply interrupted."""
+        raise ProviderResponseError(detail=f"the offline provider keeps no spool ({spool.name})")
 
     @staticmethod
     async def _preview(on_partial: OnPartial, make: Callable[[], bytes]) -> None:

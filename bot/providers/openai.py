@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import email.utils
 import json
 import logging
+import os
 import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import aiohttp
 
@@ -45,6 +48,7 @@ from bot.models import (
     Usage,
 )
 from bot.ports import OnPartial
+from bot.redact import redact
 from bot.settings import OpenAISettings
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,8 @@ MAX_BACKOFF = 8.0
 _SAFETY_LIST = re.compile(r"safety_violations=\[([^\]]*)\]")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _STREAM_CHUNK = 256 * 1024
+_SPOOL_FLUSH = 1024 * 1024  # spool writes go to a worker thread in pieces of about this size
+_ERROR_BODY_LIMIT = 1024 * 1024  # an error body longer than this is cut (it is only parsed for its message)
 
 
 # --- pure decisions (table-tested) ----------------------------------------------------------------------
@@ -310,6 +316,8 @@ def _decode_stream_event(event: SSEEvent) -> _StreamItem:
             raise ProviderResponseError(detail=f"stream event {kind}: b64_json is not valid base64") from None
         if kind.endswith(".partial_image"):
             return _StreamItem("partial", image)
+        if not _looks_complete(image):
+            raise ProviderResponseError(detail=f"stream event {kind} holds a cut-off image ({len(image)} bytes)")
         return _StreamItem("completed", image, parse_usage(body))
     return _StreamItem("other")
 
@@ -336,6 +344,21 @@ class _Decoded:
     usage: Usage | None
 
 
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _looks_complete(image: bytes) -> bool:
+    """A cheap end-of-file check (the service verifies each image fully later): catches cut-off answers."""
+    kind = imaging.sniff_format(image)
+    if kind == "png":
+        return image.endswith(_PNG_END)
+    if kind == "jpeg":
+        return image.rstrip(b"\x00").endswith(b"\xff\xd9")
+    if kind == "webp":
+        return len(image) >= 12 and int.from_bytes(image[4:8], "little") + 8 <= len(image)
+    return kind is not None
+
+
 def _decode_success(raw: bytes) -> _Decoded:
     """Parse a 2xx body and base64-decode its images (CPU work: called in a worker thread)."""
     try:
@@ -352,9 +375,12 @@ def _decode_success(raw: bytes) -> _Decoded:
             raise ProviderResponseError(detail="a data item is not an object")
         if isinstance(item.get("b64_json"), str):
             try:
-                images.append(base64.b64decode(item["b64_json"], validate=True))
+                image = base64.b64decode(item["b64_json"], validate=True)
             except (binascii.Error, ValueError):
                 raise ProviderResponseError(detail="b64_json is not valid base64") from None
+            if not _looks_complete(image):
+                raise ProviderResponseError(detail=f"b64_json holds a cut-off image ({len(image)} bytes)")
+            images.append(image)
         elif isinstance(item.get("url"), str) and item["url"].startswith(("http://", "https://")):
             images.append(item["url"])
         else:
@@ -415,7 +441,12 @@ class OpenAIImages:
         if stream:
             body.update({"stream": True, "partial_images": call.partial_images})
         return await self._images(
-            "/images/generations", call.model, lambda: {"json": body}, stream=stream, on_partial=on_partial
+            "/images/generations",
+            call.model,
+            lambda: {"json": body},
+            stream=stream,
+            on_partial=on_partial,
+            spool=call.spool,
         )
 
     async def edit(self, call: ProviderEdit, *, on_partial: OnPartial | None = None) -> ProviderImages:
@@ -438,7 +469,9 @@ class OpenAIImages:
                 data.add_field("mask", call.mask, filename="mask.png", content_type="image/png")
             return {"data": data}
 
-        return await self._images("/images/edits", call.model, form, stream=stream, on_partial=on_partial)
+        return await self._images(
+            "/images/edits", call.model, form, stream=stream, on_partial=on_partial, spool=call.spool
+        )
 
     async def vary(self, call: ProviderVary) -> ProviderImages:
         fields = {"model": call.model, "n": str(call.n), "size": call.size, **call.extra}
@@ -451,7 +484,15 @@ class OpenAIImages:
             data.add_field("image", call.image, filename="image.png", content_type="image/png")
             return {"data": data}
 
-        return await self._images("/images/variations", call.model, form)
+        return await self._images("/images/variations", call.model, form, spool=call.spool)
+
+    async def recover(self, spool: Path) -> ProviderImages:
+        """Finish an answer a previous process spooled: decode it (and fetch any ``url`` items)."""
+        try:
+            decoded = await asyncio.to_thread(_decode_spool, spool)
+        except OSError as exc:
+            raise ProviderResponseError(detail=f"spool {spool.name} unreadable: {exc.strerror}") from None
+        return await self._fetch_urls(decoded)
 
     async def check(self, model: str) -> ProviderHealth:
         url = f"{self._base}/models/{model}"
@@ -487,10 +528,13 @@ class OpenAIImages:
         *,
         stream: bool = False,
         on_partial: OnPartial | None = None,
+        spool: Path | None = None,
     ) -> ProviderImages:
         attempts = self._settings.max_retries + 1
         for attempt in range(attempts):
-            outcome = await self._attempt(path, model, request_kwargs, stream=stream, on_partial=on_partial)
+            outcome = await self._attempt(
+                path, model, request_kwargs, stream=stream, on_partial=on_partial, spool=spool
+            )
             if isinstance(outcome, ProviderImages):
                 return outcome
             if (
@@ -522,8 +566,15 @@ class OpenAIImages:
         *,
         stream: bool = False,
         on_partial: OnPartial | None = None,
+        spool: Path | None = None,
     ) -> ProviderImages | _Failure:
-        """One HTTP round trip: the images, or what went wrong and whether the server said when to retry."""
+        """One HTTP round trip: the images, or what went wrong and whether the server said when to retry.
+
+        A 2xx body is written to ``spool`` (when given) as it arrives and renamed into place once complete,
+        before it is decoded: from then on a crash loses nothing. A body cut short (fewer bytes than
+        announced, a dropped connection) is a transport failure; a complete answer that holds no usable
+        image is a response failure; both are retried like an outage.
+        """
         started = time.monotonic()
         previews: list[int] = []  # previews handed on in this attempt (a failure after one is not retried)
         try:
@@ -532,11 +583,25 @@ class OpenAIImages:
             ) as resp:
                 status = resp.status
                 headers = dict(resp.headers)
-                if stream and 200 <= status < 300 and resp.content_type == "text/event-stream":
-                    log.info("POST %s -> %s streaming (request %s)", path, status, headers.get("x-request-id", "-"))
+                if 200 <= status < 300:
                     self._note_rate_headers(headers)
-                    return await self._read_stream(resp, path, model, on_partial, previews)
-                raw = await resp.read()
+                    request_id = scrub_header(headers.get("x-request-id"))
+                    if stream and resp.content_type == "text/event-stream":
+                        log.info("POST %s -> %s streaming (request %s)", path, status, request_id)
+                        return await self._read_stream(resp, path, model, on_partial, previews, spool)
+                    async with _SpoolWriter.to(spool) as body:
+                        await self._receive(resp, body)
+                        decoded = await asyncio.to_thread(body.commit_and_decode, _decode_success)
+                    log.info(
+                        "POST %s -> %s in %.2fs, %d bytes (request %s)",
+                        path,
+                        status,
+                        time.monotonic() - started,
+                        body.size,
+                        request_id,
+                    )
+                    return await self._fetch_urls(decoded)
+                raw = await _read_capped(resp, _ERROR_BODY_LIMIT)
         except TimeoutError:
             elapsed = time.monotonic() - started
             timed_out = ProviderTimeoutError(detail=f"POST {path} timed out after {elapsed:.1f}s")
@@ -544,11 +609,13 @@ class OpenAIImages:
         except aiohttp.ClientError as exc:
             outage = ProviderOutageError(detail=f"POST {path} failed: {type(exc).__name__}: {exc}")
             return _Failure(outage, retryable=not previews)
+        except ProviderResponseError as exc:  # a complete 2xx that holds no usable image
+            return _Failure(exc, retryable=not previews)
         elapsed = time.monotonic() - started
-        log.info("POST %s -> %s in %.2fs (request %s)", path, status, elapsed, headers.get("x-request-id", "-"))
+        log.info(
+            "POST %s -> %s in %.2fs (request %s)", path, status, elapsed, scrub_header(headers.get("x-request-id"))
+        )
         self._note_rate_headers(headers)
-        if 200 <= status < 300:
-            return await self._success(raw, path)
         body = _json_or_none(raw)
         retry_after = parse_retry_after(headers)
         code = _error_code(body)
@@ -559,6 +626,14 @@ class OpenAIImages:
         lowered = {k.lower(): v for k, v in headers.items()}
         return _Failure(error, status, code, retry_after, lowered.get("x-should-retry"))
 
+    async def _receive(self, resp: aiohttp.ClientResponse, body: _SpoolWriter) -> None:
+        """Copy a response body into ``body`` chunk by chunk; aiohttp raises if it ends short."""
+        limit = self._settings.max_download_bytes * 2
+        async for chunk in resp.content.iter_any():  # as received: no joining into fixed-size pieces
+            if body.size + len(chunk) > limit:
+                raise ProviderResponseError(detail=f"answer is over {limit} bytes")
+            await body.write(chunk)
+
     async def _read_stream(
         self,
         resp: aiohttp.ClientResponse,
@@ -566,39 +641,46 @@ class OpenAIImages:
         model: str,
         on_partial: OnPartial | None,
         previews: list[int],
+        spool: Path | None,
     ) -> ProviderImages | _Failure:
-        """Read an image event stream: previews go to ``on_partial``, completed events make the result."""
+        """Read an image event stream: previews go to ``on_partial``, completed events make the result.
+
+        The raw stream is spooled as it arrives; the spool is committed once the stream has ended with images.
+        """
         images: list[bytes] = []
         usage: Usage | None = None
         decoder = SSEDecoder()
-        async for line in self._lines(resp):
-            event = decoder.feed(line)
-            if event is None:
-                continue
-            item = await asyncio.to_thread(_decode_stream_event, event)
-            if item.kind == "error":
-                status = _stream_error_status(item.body)
-                error = translate_error(status, item.body, model=model, raw_text=event.data)
-                return _Failure(error, status, _error_code(item.body), retryable=not previews)
-            if item.kind == "partial":
-                previews.append(len(item.image))
-                await self._hand_on(on_partial, item.image, path)
-            elif item.kind == "completed":
-                images.append(item.image)
-                usage = item.usage or usage
-        if not images:
-            return _Failure(
-                ProviderResponseError(detail=f"POST {path}: the stream ended without a completed image"),
-                retryable=False,
-            )
+        async with _SpoolWriter.to(spool) as body:
+            async for line in self._lines(resp, body):
+                event = decoder.feed(line)
+                if event is None:
+                    continue
+                item = await asyncio.to_thread(_decode_stream_event, event)
+                if item.kind == "error":
+                    status = _stream_error_status(item.body)
+                    error = translate_error(status, item.body, model=model, raw_text=event.data)
+                    return _Failure(error, status, _error_code(item.body), retryable=not previews)
+                if item.kind == "partial":
+                    previews.append(len(item.image))
+                    await self._hand_on(on_partial, item.image, path)
+                elif item.kind == "completed":
+                    images.append(item.image)
+                    usage = item.usage or usage
+            if not images:
+                return _Failure(
+                    ProviderResponseError(detail=f"POST {path}: the stream ended without a completed image"),
+                    retryable=False,
+                )
+            await asyncio.to_thread(body.commit)
         log.info("POST %s: stream finished with %d preview(s) and %d image(s)", path, len(previews), len(images))
         return ProviderImages(tuple(images), usage, (None,) * len(images))
 
-    async def _lines(self, resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    async def _lines(self, resp: aiohttp.ClientResponse, body: _SpoolWriter) -> AsyncIterator[str]:
         """The body's lines, read as they arrive (a line holding a base64 image can be megabytes long)."""
         limit = self._settings.max_download_bytes * 2
         buffer = bytearray()
         async for chunk in resp.content.iter_chunked(_STREAM_CHUNK):
+            await body.write(chunk)
             searched = len(buffer)  # only the new bytes can hold the next newline
             buffer += chunk
             while (end := buffer.find(b"\n", searched)) >= 0:
@@ -622,8 +704,7 @@ class OpenAIImages:
         except Exception:
             log.exception("POST %s: a preview handler failed (the job goes on)", path)
 
-    async def _success(self, raw: bytes, path: str) -> ProviderImages:
-        decoded = await asyncio.to_thread(_decode_success, raw)
+    async def _fetch_urls(self, decoded: _Decoded) -> ProviderImages:
         images: list[bytes] = []
         for item in decoded.images:
             images.append(item if isinstance(item, bytes) else await self._download(item))
@@ -636,14 +717,7 @@ class OpenAIImages:
             async with self._session.get(url, timeout=self._timeout) as resp:
                 if resp.status != 200:
                     raise ProviderResponseError(detail=f"image url answered HTTP {resp.status}: {url}")
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.content.iter_chunked(256 * 1024):
-                    size += len(chunk)
-                    if size > limit:
-                        raise ProviderResponseError(detail=f"image at url is over {limit} bytes: {url}")
-                    chunks.append(chunk)
-                return b"".join(chunks)
+                return await _read_capped(resp, limit, what=f"image at url {url}")
         except TimeoutError:
             raise ProviderTimeoutError(detail=f"downloading a result timed out: {url}") from None
         except aiohttp.ClientError as exc:
@@ -661,6 +735,112 @@ class OpenAIImages:
                 if reset:
                     self._on_throttle(min(reset, self._settings.retry_after_cap))
                 return
+
+
+class _SpoolWriter:
+    """A 2xx body on its way to the job's spool (or to memory when the call has none).
+
+    Bytes go to ``<spool>.part`` as they arrive, a megabyte at a time in a worker thread; ``commit`` writes the
+    rest and renames it to the spool, so a spool on disk is always a whole answer. Nothing is fsynced: the
+    spool must survive the process being killed, which the page cache does; a power cut is out of scope, as
+    for the job database (SQLite WAL with synchronous=NORMAL).
+    """
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.size = 0
+        self._pending: list[bytes] = []  # received, not yet written
+        self._pending_size = 0
+        self._file: BinaryIO | None = None
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def to(cls, path: Path | None) -> AsyncIterator[_SpoolWriter]:
+        writer = cls(path)
+        try:
+            yield writer
+        finally:
+            writer._close()  # a body that was not committed stays a ".part" and is never read
+
+    async def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        if self.path is not None and self._pending_size >= _SPOOL_FLUSH:
+            await asyncio.to_thread(self._flush)
+
+    def _flush(self) -> None:
+        """Write what has arrived so far (worker thread)."""
+        if self._file is None:
+            part = spool_part(self.path or Path())
+            part.parent.mkdir(parents=True, exist_ok=True)
+            self._file = part.open("wb")
+        pending, self._pending, self._pending_size = self._pending, [], 0
+        self._file.writelines(pending)
+
+    def commit(self) -> None:
+        """The body is complete: make it the spool (worker thread)."""
+        if self.path is None:
+            return
+        self._flush()
+        self._close()
+        os.replace(spool_part(self.path), self.path)
+
+    def commit_and_decode(self, decode: Callable[[bytes], _Decoded]) -> _Decoded:
+        """Commit, then decode the answer (worker thread: JSON and base64 of megabytes)."""
+        if self.path is None:
+            return decode(b"".join(self._pending))
+        self.commit()
+        return decode(self.path.read_bytes())
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def spool_part(spool: Path) -> Path:
+    """Where a body is written until it is complete."""
+    return spool.with_name(spool.name + ".part")
+
+
+def _decode_spool(path: Path) -> _Decoded:
+    """A spooled answer, JSON or an event stream, decoded as when it arrived (worker thread)."""
+    raw = path.read_bytes()
+    if not raw.lstrip().startswith((b"event:", b"data:", b":")):
+        return _decode_success(raw)
+    images: list[bytes | str] = []
+    usage: Usage | None = None
+    for event in parse_sse_lines(raw.decode("utf-8", "replace").splitlines()):
+        item = _decode_stream_event(event)
+        if item.kind == "completed":
+            images.append(item.image)
+            usage = item.usage or usage
+    if not images:
+        raise ProviderResponseError(detail=f"spooled stream {path.name} holds no completed image")
+    return _Decoded(tuple(images), (None,) * len(images), usage)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int, *, what: str = "answer") -> bytes:
+    """A body of at most ``limit`` bytes; longer ones are refused for a download, cut for an error body."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(_STREAM_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            if what != "answer":
+                raise ProviderResponseError(detail=f"{what} is over {limit} bytes")
+            chunks.append(chunk[: limit - (size - len(chunk))])
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def scrub_header(value: str | None) -> str:
+    """An upstream header value fit for a log line: short, printable and redacted."""
+    if not value:
+        return "-"
+    return redact("".join(c for c in value[:128] if c.isprintable()))
 
 
 def _file_kind(data: bytes) -> tuple[str, str]:

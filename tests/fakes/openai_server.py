@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from aiohttp import BodyPartReader, web
 from multidict import CIMultiDict, CIMultiDictProxy
-from PIL import Image
+from PIL import Image, ImageChops
 
 from tests.fakes.loopback import LoopbackServer
 
@@ -61,6 +61,7 @@ class Reply:
     text: str | None = None
     delay: float = 0.0
     success: bool = False
+    cut_at: int | None = None  # success only: announce the whole body, send this many bytes, drop the connection
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,11 @@ def malformed_json() -> Reply:
     return Reply(200, text='{"data": [', headers={"Content-Type": "application/json"})
 
 
+def truncated(at: int = 4096) -> Reply:
+    """A normal success whose transfer breaks off after ``at`` bytes (Content-Length says more)."""
+    return Reply(200, success=True, cut_at=at)
+
+
 def timeout(delay: float) -> Reply:
     """Answer normally, but only after ``delay`` seconds (cut short when the server closes)."""
     return Reply(200, delay=delay, success=True)
@@ -276,6 +282,21 @@ def _render(size: tuple[int, int], colour: tuple[int, int, int], fmt: str, trans
     return data, base64.b64encode(data).decode("ascii")
 
 
+@functools.lru_cache(maxsize=16)
+def _render_photo(size: tuple[int, int], colour: tuple[int, int, int], fmt: str) -> tuple[bytes, str]:
+    """A photo-like image (smooth light plus grain), so encoded sizes are like the API's (~2 MB PNG at 1024²)."""
+    light = Image.linear_gradient("L").resize(size)
+    channels = []
+    for shift in colour:
+        grain = Image.effect_noise(size, 24 + shift % 16)
+        channels.append(ImageChops.add(ImageChops.multiply(light, grain), Image.new("L", size, shift // 2)))
+    img = Image.merge("RGB", channels)
+    buf = io.BytesIO()
+    img.save(buf, format=_FORMATS[fmt], **({"compress_level": 6} if fmt == "png" else {"quality": 90}))
+    data = buf.getvalue()
+    return data, base64.b64encode(data).decode("ascii")
+
+
 @functools.lru_cache(maxsize=64)
 def _preview(b64: str, index: int) -> str:
     """A partial image: the final picture as a thumbnail, a little larger for each later preview (base64 PNG)."""
@@ -294,12 +315,17 @@ class FakeOpenAI(LoopbackServer):
         latency: float = 0.0,
         response_mode: Literal["b64_json", "url"] = "b64_json",
         revised_prompt: bool | str = False,
+        photo_like: bool = False,
     ) -> None:
         self.api_key = api_key  # None: any bearer key is accepted
         self.known_models = set(known_models)
         self.latency = latency
         self.response_mode = response_mode
         self.revised_prompt = revised_prompt  # True: echo the prompt; str: that text
+        self.photo_like = photo_like  # True: grainy photo-like images of the real encoded size, else flat colour
+        self.usage: dict[str, Any] | None = USAGE  # the ``usage`` of every answer (None: the answer has none)
+        self.answered: list[float] = []  # time.monotonic() when each success body was completely written
+        self.answered_event = asyncio.Event()  # set at each complete success body (clear it to wait for the next)
         self.requests: list[RecordedRequest] = []
         self._script: deque[Reply] = deque()
         self._files: dict[str, bytes] = {}
@@ -426,8 +452,29 @@ class FakeOpenAI(LoopbackServer):
                 return await self._stream(request, rec, kind, result, ok)
             else:
                 await self._sleep(self.latency)
-                return self._respond(rec, Reply(ok.status, result, ok.headers))
+                return await self._send_success(request, rec, Reply(ok.status, result, ok.headers), ok.cut_at)
         return self._respond(rec, problem)
+
+    async def _send_success(
+        self, request: web.Request, rec: RecordedRequest, reply: Reply, cut_at: int | None
+    ) -> web.StreamResponse:
+        """Write the answer ourselves, to know when the last byte left (or to break the transfer off)."""
+        prepared = self._respond(rec, reply)
+        body = prepared.body
+        assert isinstance(body, bytes)
+        response = web.StreamResponse(status=prepared.status, headers=prepared.headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        if cut_at is not None:
+            await response.write(body[:cut_at])
+            assert request.transport is not None
+            request.transport.close()  # the client sees fewer bytes than Content-Length announced
+            return response
+        await response.write(body)
+        await response.write_eof()
+        self.answered.append(time.monotonic())
+        self.answered_event.set()
+        return response
 
     async def _images(self, rec: RecordedRequest, kind: str) -> dict[str, Any] | Reply:
         default = (1024, 1024)
@@ -485,15 +532,17 @@ class FakeOpenAI(LoopbackServer):
                 item["revised_prompt"] = prompt if self.revised_prompt is True else str(self.revised_prompt)
             data.append(item)
         quality = str(params.get("quality") or "auto")
-        return {
+        answer = {
             "created": int(time.time()),
             "data": data,
-            "usage": USAGE,
             "size": f"{size[0]}x{size[1]}",
             "quality": "medium" if quality == "auto" else quality,
             "output_format": fmt,
             "background": "transparent" if transparent else "opaque",
         }
+        if self.usage is not None:
+            answer["usage"] = self.usage
+        return answer
 
     async def _stream(
         self, request: web.Request, rec: RecordedRequest, kind: str, answer: dict[str, Any], ok: Reply
@@ -512,7 +561,7 @@ class FakeOpenAI(LoopbackServer):
                 preview = await asyncio.to_thread(_preview, b64, index)
                 event = {"b64_json": preview, "partial_image_index": index, "created_at": answer["created"]}
                 events.append((f"{prefix}.partial_image", {**event, **common}))
-            done = {"b64_json": b64, "created_at": answer["created"], "usage": answer["usage"]}
+            done = {"b64_json": b64, "created_at": answer["created"], "usage": answer.get("usage")}
             events.append((f"{prefix}.completed", {**done, **common}))
         headers = CIMultiDict(ok.headers or {})
         headers.setdefault("x-request-id", f"req_{uuid.uuid4().hex}")
@@ -534,7 +583,10 @@ class FakeOpenAI(LoopbackServer):
         key = (size, colour, fmt, transparent)
         future = self._renders.get(key)
         if future is None:  # one encode per distinct image, shared by concurrent requests
-            future = asyncio.ensure_future(asyncio.to_thread(_render, size, colour, fmt, transparent))
+            if self.photo_like and not transparent:
+                future = asyncio.ensure_future(asyncio.to_thread(_render_photo, size, colour, fmt))
+            else:
+                future = asyncio.ensure_future(asyncio.to_thread(_render, size, colour, fmt, transparent))
             self._renders[key] = future
         return await asyncio.shield(future)
 

@@ -1,0 +1,293 @@
+"""Write-ahead results and a true ledger: a paid answer survives any crash, and only paid jobs cost money.
+
+In-process tests build the crash states exactly (a committed spool with an unfinished job row, a half-written
+spool, a job that never left the queue) from the real provider, store and fake Images API; the subprocess
+tests kill ``imagebot run`` with SIGKILL at set moments after the fake API's 200 and restart it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bot.jobs import JobService
+from bot.limits import Admission
+from bot.models import GenerateRequest, Job, JobContext, JobStatus, ProviderGenerate, Spend
+from bot.providers.openai import OpenAIImages, spool_part
+from bot.service import ImageService
+from bot.settings import BudgetSettings, JobSettings, OpenAISettings, load_settings
+from bot.store import ResultFiles, SQLiteJobStore
+from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
+from tests.images import decode
+from tests.test_run import run_env, start, wait_healthy
+
+ALICE = JobContext("slack", "alice", workspace="T1", channel="C1")
+ONE_CALL = (50 * 5 + 1056 * 30) / 1_000_000  # the fake's usage body priced for gpt-image-2: $0.03193
+LOW_ESTIMATE = 0.00588  # gpt-image-2, 1024x1024, low quality
+MONTH_START = 0.0
+
+
+@contextlib.asynccontextmanager
+async def core(
+    data: Path, fake: FakeOpenAI, http: aiohttp.ClientSession, *, dollars_per_month: float = 0.0
+) -> AsyncIterator[JobService]:
+    """The real core (OpenAI provider, SQLite store, result files) on ``data``: opening it again is a restart."""
+    settings = load_settings()
+    provider = OpenAIImages(http, base_url=fake.base_url, api_key=DEFAULT_KEY, settings=OpenAISettings())
+    images = ImageService(
+        provider=provider,
+        catalog=settings.catalog(),
+        admission=Admission(max_concurrent=1, images_per_minute=0, per_user_jobs=10, max_queue=10),
+        imaging_settings=settings.imaging,
+        variation_prompt=settings.variation_prompt,
+    )
+    store = await SQLiteJobStore.open(data / "jobs.sqlite3")
+    jobs = JobService(
+        images=images,
+        store=store,
+        files=ResultFiles(data / "results"),
+        jobs=JobSettings(),
+        budgets=BudgetSettings(dollars_per_month=dollars_per_month),
+    )
+    try:
+        await jobs.start()
+        yield jobs
+    finally:
+        await store.close()
+
+
+def running_job(job_id: str, **options: object) -> Job:
+    now = time.time()
+    return Job(
+        id=job_id,
+        kind="generate",
+        context=ALICE,
+        request={"prompt": "a lighthouse at dusk", "n": 1, "size": "1024x1024", "quality": None, **options},
+        request_hash=job_id,
+        status=JobStatus.RUNNING,
+        created_at=now,
+        updated_at=now,
+        images_requested=1,
+        estimated_cost=0.2,
+        model="gpt-image-2",
+    )
+
+
+async def leave_spooled_answer(data: Path, fake: FakeOpenAI, http: aiohttp.ClientSession, *, stream: bool) -> str:
+    """What a process killed right after the upstream's 200 leaves: a running job and its committed spool."""
+    job = running_job("spooled01")
+    store = await SQLiteJobStore.open(data / "jobs.sqlite3")
+    try:
+        await store.submit(job, dedupe_since=0)
+    finally:
+        await store.close()
+    provider = OpenAIImages(http, base_url=fake.base_url, api_key=DEFAULT_KEY, settings=OpenAISettings())
+    call = ProviderGenerate(
+        model="gpt-image-2",
+        prompt="a lighthouse at dusk",
+        n=1,
+        size="1024x1024",
+        quality=None,
+        partial_images=1 if stream else 0,
+        spool=ResultFiles(data / "results").spool(job.id),
+    )
+    await provider.generate(call)  # the answer reached the spool; the process "dies" before anything else
+    return job.id
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "event-stream"])
+async def test_a_spooled_answer_is_finished_charged_once_and_delivered_after_a_restart(
+    tmp_path: Path, http: aiohttp.ClientSession, stream: bool
+) -> None:
+    async with FakeOpenAI(photo_like=True) as fake:
+        job_id = await leave_spooled_answer(tmp_path, fake, http, stream=stream)
+        async with core(tmp_path, fake, http) as jobs:
+            job = await jobs.store.get(job_id)
+            assert job is not None and job.status is JobStatus.DONE
+            assert job.paid_at is not None and job.actual_cost == pytest.approx(ONE_CALL)
+            ((pending, result),) = await jobs.undelivered("slack")  # the adapter posts it at start-up
+            assert pending.id == job_id and decode(result.images[0].data).size == (1024, 1024)
+            assert not jobs.files.spool(job_id).exists()
+            (row,) = await jobs.store.usage(MONTH_START)
+            assert (row.jobs, row.images, row.dollars) == (1, 1, pytest.approx(ONE_CALL))
+        assert len(fake.image_requests) == 1  # finished from the spool: nothing was asked (or paid) twice
+        async with core(tmp_path, fake, http) as again:  # a second restart changes nothing
+            (row,) = await again.store.usage(MONTH_START)
+            assert row.dollars == pytest.approx(ONE_CALL)
+
+
+async def test_a_half_written_spool_is_an_interrupted_job_that_costs_nothing(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    async with FakeOpenAI() as fake:
+        async with core(tmp_path, fake, http) as jobs:
+            await jobs.store.submit(running_job("halfway01"), dedupe_since=0)
+            part = spool_part(jobs.files.spool("halfway01"))
+            part.parent.mkdir(parents=True)
+            part.write_bytes(b'{"created": 1, "data": [{"b64_json": "iVBORw0KGgo')  # the 200 never completed
+        async with core(tmp_path, fake, http) as restarted:
+            job = await restarted.store.get("halfway01")
+            assert job is not None and job.status is JobStatus.INTERRUPTED and job.paid_at is None
+            assert await restarted.store.usage(MONTH_START) == []
+            assert (await restarted.store.spend(MONTH_START)).dollars == 0
+            assert not part.exists()
+
+
+async def test_jobs_cut_off_before_any_answer_cost_nothing_in_usage_or_budgets(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    # room for the two jobs' estimates ($0.00588 each at low quality) and a little more, not for a third
+    budget = 3 * LOW_ESTIMATE - 0.001
+    async with FakeOpenAI(latency=30.0) as fake:
+        async with core(tmp_path, fake, http, dollars_per_month=budget) as jobs:
+            running = asyncio.create_task(jobs.submit(ALICE, GenerateRequest(prompt="slow one", quality="low")))
+            queued = asyncio.create_task(jobs.submit(ALICE, GenerateRequest(prompt="second", quality="low")))
+            while len(await jobs.store.history()) < 2 or not fake.image_requests:
+                await asyncio.sleep(0.01)
+            # while they wait and run, their estimates are reserved against the budget
+            assert (await jobs.store.spend(MONTH_START)).dollars == pytest.approx(2 * LOW_ESTIMATE)
+            for task in (running, queued):  # the process stops (graceful shutdown cancels the jobs)
+                task.cancel()
+            await asyncio.gather(running, queued, return_exceptions=True)
+        async with core(tmp_path, fake, http, dollars_per_month=budget) as restarted:
+            statuses = {job.status for job in await restarted.store.history()}
+            assert statuses == {JobStatus.INTERRUPTED}
+            assert await restarted.store.usage(MONTH_START) == []
+            assert await restarted.store.spend(MONTH_START) == Spend(0, 0.0)
+            fake.latency = 0.0
+            # had the interrupted jobs been charged, this one would be over the budget
+            outcome = await restarted.submit(ALICE, GenerateRequest(prompt="after the restart", quality="low"))
+            assert outcome.job.status is JobStatus.DONE
+            (row,) = await restarted.store.usage(MONTH_START)
+            assert (row.jobs, row.dollars) == (1, pytest.approx(ONE_CALL))
+
+
+async def test_an_answer_without_usage_is_charged_at_the_estimate_for_what_was_asked(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    async with FakeOpenAI() as fake:
+        fake.usage = None
+        async with core(tmp_path, fake, http) as jobs:
+            low = await jobs.submit(ALICE, GenerateRequest(prompt="cheap", quality="LOW", size="1024x1024"))
+            high = await jobs.submit(ALICE, GenerateRequest(prompt="dear", quality="high", size="1024x1024"))
+        assert low.job.estimated_cost is not None and high.job.estimated_cost is not None
+        assert low.job.actual_cost == pytest.approx(low.job.estimated_cost)  # "LOW" prices as low, not worst case
+        assert high.job.actual_cost == pytest.approx(high.job.estimated_cost)
+        assert low.job.estimated_cost < high.job.estimated_cost
+
+
+# --- kill -9 of the real process ------------------------------------------------------------------------------
+
+
+def job_rows(data: Path) -> list[sqlite3.Row]:
+    with contextlib.closing(sqlite3.connect(data / "jobs.sqlite3")) as db:
+        db.row_factory = sqlite3.Row
+        return db.execute("SELECT * FROM jobs").fetchall()
+
+
+@pytest.mark.parametrize("delay_ms", [0, 5, 20, 50, 100])
+async def test_kill_after_the_upstream_answered_loses_no_paid_image(tmp_path: Path, delay_ms: int) -> None:
+    """SIGKILL ``imagebot run`` ``delay_ms`` after the fake API sent its last byte, restart, look again."""
+    async with FakeOpenAI(photo_like=True) as fake:
+        env = run_env(tmp_path, OPENAI_API_KEY=DEFAULT_KEY, OPENAI_BASE_URL=fake.base_url)
+        base = f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}"
+        process = await start(env, tmp_path)
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar, headers={"X-Imagebot": "1"}) as browser:
+            try:
+                await wait_healthy(f"{base}/healthz", process)
+                async with browser.get(f"{base}/api/config") as response:  # the page's first call: a session
+                    assert response.status == 200
+                posted = asyncio.create_task(browser.post(f"{base}/api/imagine", json={"text": "a lighthouse"}))
+                await asyncio.wait_for(fake.answered_event.wait(), 30)
+                await asyncio.sleep(delay_ms / 1000)
+                os.kill(process.pid, signal.SIGKILL)
+                await process.wait()
+                with contextlib.suppress(aiohttp.ClientError):
+                    (await posted).release()
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+            sent = fake.image_requests[-1]
+            assert len(fake.image_requests) == 1
+
+            restarted = await start(env, tmp_path)
+            try:
+                await wait_healthy(f"{base}/healthz", restarted)
+                async with browser.get(f"{base}/api/history") as response:
+                    history = (await response.json())["jobs"]
+                (row,) = job_rows(tmp_path / "data")
+                if row["paid_at"] is None:
+                    # killed before the body was all in (only possible right at the 200): nothing paid, told
+                    assert delay_ms < 20, f"a complete answer was lost {delay_ms} ms after the 200"
+                    assert row["status"] == "interrupted" and history == []
+                else:
+                    assert row["status"] in {"done", "delivered"}
+                    assert row["actual_cost"] == pytest.approx(ONE_CALL)
+                    (shown,) = history
+                    url = shown["images"][0]["url"]
+                    async with browser.get(f"{base}{url}") as response:
+                        image = await response.read()
+                    assert decode(image).size == (1024, 1024)
+                assert len(fake.image_requests) == 1, "the restart asked (and paid) again"
+            finally:
+                restarted.send_signal(signal.SIGTERM)
+                await restarted.wait()
+        assert sent.json is not None and sent.json["model"] == "gpt-image-2"
+
+    usage = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "bot", "usage"),
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await usage.communicate()
+    total = out.decode().strip().splitlines()[-1].split()
+    expected = "$0.0319" if row["paid_at"] is not None else "$0.0000"
+    assert total[0] == "total" and total[-1] == expected, out.decode()
+
+
+async def test_kill_while_the_upstream_is_still_working_costs_nothing(tmp_path: Path) -> None:
+    async with FakeOpenAI(latency=30.0) as fake:
+        env = run_env(tmp_path, OPENAI_API_KEY=DEFAULT_KEY, OPENAI_BASE_URL=fake.base_url)
+        base = f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}"
+        process = await start(env, tmp_path)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), headers={"X-Imagebot": "1"}) as b:
+            try:
+                await wait_healthy(f"{base}/healthz", process)
+                posted = asyncio.create_task(b.post(f"{base}/api/imagine", json={"text": "a slow lighthouse"}))
+                while not fake.image_requests:
+                    await asyncio.sleep(0.01)
+                os.kill(process.pid, signal.SIGKILL)
+                await process.wait()
+                with contextlib.suppress(aiohttp.ClientError):
+                    (await posted).release()
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+        restarted = await start(env, tmp_path)
+        try:
+            await wait_healthy(f"{base}/healthz", restarted)
+            (row,) = job_rows(tmp_path / "data")
+            assert row["status"] == "interrupted" and row["paid_at"] is None
+        finally:
+            restarted.send_signal(signal.SIGTERM)
+            await restarted.wait()
+    usage = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "bot", "usage"), env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await usage.communicate()
+    assert out.decode().strip().splitlines()[-1].split()[-1] == "$0.0000"
