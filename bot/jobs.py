@@ -269,6 +269,19 @@ class JobService:
                 log.warning("cannot redeliver job %s: %s", job.id, exc.log_line())
         return pending
 
+    async def begin_delivery(self, job_id: str) -> Job:
+        """Record that a post of the job's result is about to be made (call before posting): after a crash,
+        a job that is undelivered but has attempts may already be on the platform, so look before posting."""
+        job = await self._job(job_id)
+        return await self.store.update(job_id, delivery_attempts=job.delivery_attempts + 1)
+
+    async def cut_off(self, platform: str) -> list[Job]:
+        """Jobs of ``platform`` a restart interrupted whose requester has not been told (adapters tell them)."""
+        return await self.store.cut_off(platform)
+
+    async def mark_notified(self, job_id: str) -> Job:
+        return await self.store.update(job_id, notified_at=self._clock())
+
     async def mark_delivered(self, job_id: str) -> Job:
         return await self.store.update(job_id, status=JobStatus.DELIVERED, delivered_at=self._clock())
 

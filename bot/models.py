@@ -204,6 +204,7 @@ class JobContext:
     workspace: str | None = None  # Discord guild or Slack team
     channel: str | None = None
     thread: str | None = None
+    reply: str | None = None  # the platform's address for answering (opaque to the core), kept for restarts
 
     @property
     def requester(self) -> str:
@@ -243,6 +244,8 @@ class Job:
     delivered_at: float | None = None
     results_pruned: bool = False
     paid_at: float | None = None  # when the upstream's answer with images arrived (None: nothing was paid)
+    delivery_attempts: int = 0  # posts begun (recorded before posting: more than 0 undelivered = look first)
+    notified_at: float | None = None  # when the requester of an interrupted job was told
 
     @property
     def prompt(self) -> str:

@@ -65,6 +65,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN paid_at REAL;
     UPDATE jobs SET paid_at = updated_at WHERE status IN ('done', 'delivered') OR actual_cost IS NOT NULL;
     """,
+    # Exactly one answer across crashes: delivery attempts are counted before posting (a restart looks on
+    # the platform first when one may have got through), the platform's reply address is kept, and whoever
+    # a restart cut off is told once (notified_at).
+    """
+    ALTER TABLE jobs ADD COLUMN delivery_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN reply TEXT;
+    ALTER TABLE jobs ADD COLUMN notified_at REAL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _ACTIVE = tuple(s.value for s in JobStatus if s.active)
@@ -134,8 +142,8 @@ class SQLiteJobStore:
             self._db.execute(
                 "INSERT INTO jobs (id, kind, platform, workspace, channel, thread, user, request, request_hash,"
                 " status, created_at, updated_at, images_requested, estimated_cost, actual_cost, model, provider,"
-                " error_ref, error_message, results, delivered_at, results_pruned, paid_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " error_ref, error_message, results, delivered_at, results_pruned, paid_at, delivery_attempts,"
+                " reply, notified_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 _row(job),
             )
         return job, True
@@ -182,6 +190,13 @@ class SQLiteJobStore:
     def _get(self, job_id: str) -> Job | None:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row is not None else None
+
+    async def cut_off(self, platform: str) -> list[Job]:
+        """Jobs of ``platform`` a restart interrupted whose requester has not been told yet."""
+        return await self._select(
+            "SELECT * FROM jobs WHERE platform = ? AND status = ? AND notified_at IS NULL ORDER BY created_at",
+            (platform, JobStatus.INTERRUPTED.value),
+        )
 
     async def undelivered(self, platform: str) -> list[Job]:
         """Jobs whose images are stored but were never delivered (e.g. the process stopped in between)."""
@@ -385,6 +400,9 @@ def _row(job: Job) -> tuple[Any, ...]:
         job.delivered_at,
         int(job.results_pruned),
         job.paid_at,
+        job.delivery_attempts,
+        c.reply,
+        job.notified_at,
     )
 
 
@@ -396,7 +414,7 @@ def _job(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"],
         kind=row["kind"],
-        context=JobContext(row["platform"], row["user"], row["workspace"], row["channel"], row["thread"]),
+        context=JobContext(row["platform"], row["user"], row["workspace"], row["channel"], row["thread"], row["reply"]),
         request=json.loads(row["request"]),
         request_hash=row["request_hash"],
         status=JobStatus(row["status"]),
@@ -413,4 +431,6 @@ def _job(row: sqlite3.Row) -> Job:
         delivered_at=row["delivered_at"],
         results_pruned=bool(row["results_pruned"]),
         paid_at=row["paid_at"],
+        delivery_attempts=row["delivery_attempts"],
+        notified_at=row["notified_at"],
     )

@@ -1,0 +1,104 @@
+"""One request, from received to exactly one final answer, for every platform and entry point.
+
+An adapter acknowledges first (Discord ``defer``, Slack ``ack``, an HTTP request simply being open), checks
+the ``AccessPolicy``, builds a ``Reply`` for the place the answer goes, and hands the work to ``answer``.
+``answer`` never raises: progress reaches the reply (a failing progress edit never costs the job), the
+outcome reaches ``Reply.finish`` once, and any failure — the core's ``ImageBotError``, a platform error, a bug
+— becomes one friendly, redacted line with a reference id through ``Reply.fail``. That is the rule slack-bolt
+needs (an exception leaving a listener after its ack un-sends the ack) and the one every platform gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from bot.errors import ImageBotError, UnexpectedError
+from bot.jobs import JobOutcome
+from bot.models import Progress
+from bot.ports import ProgressSink
+
+log = logging.getLogger(__name__)
+
+Work = Callable[[ProgressSink], Awaitable[JobOutcome | None]]
+Translate = Callable[[BaseException], ImageBotError | None]
+
+
+class Reply(Protocol):
+    """How one request is answered on one platform."""
+
+    async def progress(self, update: Progress) -> None:
+        """A status change while the job waits or runs (queued with its place, running, a preview)."""
+        ...
+
+    async def finish(self, outcome: JobOutcome) -> None:
+        """The final answer: the images, a confirmation to press, or a note that the same job is on its way."""
+        ...
+
+    async def fail(self, text: str) -> None:
+        """The final answer for a failure: ``text`` is friendly, redacted and carries a reference id."""
+        ...
+
+
+def as_user_error(error: BaseException, translate: Translate | None = None) -> ImageBotError:
+    """The ``ImageBotError`` to show for any failure (logged here, once, with its reference id)."""
+    if isinstance(error, ImageBotError):
+        log.warning("%s", error.log_line())
+        return error
+    translated = translate(error) if translate is not None else None
+    if translated is not None:
+        log.warning("%s", translated.log_line())
+        return translated
+    wrapped = UnexpectedError(detail=f"{type(error).__name__}: {error}")
+    log.error("unexpected %s (ref %s)", wrapped.detail, wrapped.ref, exc_info=error)
+    return wrapped
+
+
+def friendly(error: BaseException, translate: Translate | None = None) -> str:
+    """The only text a user sees for a failure."""
+    return as_user_error(error, translate).friendly()
+
+
+async def answer(reply: Reply, work: Work, *, translate: Translate | None = None) -> None:
+    """Run ``work`` to exactly one final answer on ``reply``. Never raises, except when cancelled.
+
+    ``work`` gets a progress sink and returns the job's outcome (None when it has answered by itself, e.g.
+    by opening a form). Platform errors are turned into user errors by ``translate`` when it knows them.
+    """
+
+    async def progress(update: Progress) -> None:
+        try:
+            await reply.progress(update)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a status line that can't be shown must not cost the job
+            log.info("progress not shown (%s): %s", type(exc).__name__, friendly_detail(exc))
+
+    try:
+        outcome = await work(progress)
+        if outcome is not None:
+            await reply.finish(outcome)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the one place every failure is answered
+        await fail(reply, exc, translate)
+
+
+async def fail(reply: Reply, error: BaseException, translate: Translate | None = None) -> None:
+    """Tell the user about ``error`` through ``reply``; if even that fails, the log has it."""
+    text = friendly(error, translate)
+    try:
+        await reply.fail(text)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("could not tell the user about a failure (%s)", type(exc).__name__)
+
+
+def friendly_detail(error: BaseException) -> str:
+    """A short, redacted description of an error for a log line."""
+    if isinstance(error, ImageBotError):
+        return error.log_line()
+    return UnexpectedError(detail=f"{type(error).__name__}: {error}").detail[:300]
