@@ -1,8 +1,8 @@
 """A plain, non-editable install works from any folder: the defaults ship inside the package.
 
-The package is built from a copy of the sources (so nothing of the checkout can leak in) with pip's usual
-isolated build (setuptools from the package index/mirror), installed into a folder of its own, and run from
-an empty folder with no API key (the offline provider), the way an operator would after ``pip install .``.
+The package is built into a wheel from a copy of the sources (so nothing of the checkout can leak in), with
+the test environment's setuptools and no package index, installed into a folder of its own, and run from an
+empty folder with no API key (the offline provider), the way an operator would after ``pip install .``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             shutil.copy2(path, source / name)
     wheels = tmp_path_factory.mktemp("wheels")
-    _pip("wheel", "--no-deps", "-q", "-w", str(wheels), ".", cwd=source)
+    _pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(wheels), ".", cwd=source)
     (wheel,) = wheels.glob("imagebot-*.whl")
     target = tmp_path_factory.mktemp("site")
     _pip("install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel), cwd=wheels)
