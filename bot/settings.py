@@ -332,6 +332,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         got = f" (got {shown!r})" if isinstance(shown, str | int | float) and not secret else ""
         raise SettingsError(f"setting {name}: {reason}{got}", detail=str(exc)) from None
     except (OSError, ValueError) as exc:  # e.g. a malformed .env or environment JSON
-        raise SettingsError(f"settings: cannot read them: {exc}") from None
+        raise SettingsError(f"cannot read the settings: {exc}") from None
     finally:
         _toml_layers.reset(token)
