@@ -1,5 +1,8 @@
 # imagebot: `docker build -t imagebot .` then `docker run --env-file .env -p 8080:8080 imagebot`
 # Stage 1 builds a virtual environment with the pinned dependencies; stage 2 runs it as a non-root user.
+# The defaults ship inside the package; nothing from config/ is baked in (no .env, no overrides). To override
+# settings, mount a file and name it: -v "$PWD/config/settings.toml:/etc/imagebot/settings.toml:ro"
+# -e IMAGEBOT_CONFIG_FILE=/etc/imagebot/settings.toml
 FROM python:3.11-slim AS build
 WORKDIR /src
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
@@ -17,10 +20,8 @@ RUN groupadd --gid 10001 imagebot \
     && chown imagebot:imagebot /data
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-COPY config config
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    IMAGEBOT_CONFIG_FILE=/app/config/settings.toml \
     IMAGEBOT_DATA_DIR=/data
 USER 10001:10001
 VOLUME ["/data"]

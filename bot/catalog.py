@@ -1,6 +1,7 @@
 """The model capability table: what each model accepts, how sizes are checked, what images cost.
 
-The rows come from configuration (``[models.*]`` in config/settings.toml); nothing here names a model.
+The rows come from configuration (``[models.*]`` in the packaged defaults, bot/defaults/settings.toml, and
+the operator's override file); nothing here names a model.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,6 +83,7 @@ class ModelSpec(BaseModel):
     square_png_input: bool = False
     shutdown: dt.date | None = None
     replacement: str | None = None
+    served_by_compatible_server: bool = False  # a compatible server still serves it after ``shutdown``
     pricing: Pricing = Field(default_factory=Pricing)
 
 
@@ -110,6 +113,20 @@ def resolve_inheritance(rows: Mapping[str, Any]) -> dict[str, Any]:
     return dict(resolved)
 
 
+def _retired_error(model: str, spec: ModelSpec, *, chosen_by_operator: bool) -> ModelUnavailableError:
+    when = spec.shutdown.isoformat() if spec.shutdown else "its shutdown date"
+    instead = f" Please use {spec.replacement} instead." if spec.replacement else " Please pick another model."
+    if chosen_by_operator:  # the user asked for nothing in particular: the bot's default is stale
+        instead = (
+            f" The bot's operator needs to switch the default model (IMAGEBOT_DEFAULT_MODEL)"
+            f"{' to ' + spec.replacement if spec.replacement else ''}."
+        )
+    return ModelUnavailableError(
+        f"The image model '{model}' was retired on {when}.{instead}",
+        detail=f"model {model!r} shut down on {spec.shutdown}; refused before any call",
+    )
+
+
 def parse_size(size: str) -> tuple[int, int] | None:
     """``"1536x1024"`` -> (1536, 1024); None for "auto" or anything else."""
     match = _SIZE.match(size)
@@ -129,13 +146,28 @@ def _gpt_image_2_output_tokens(width: int, height: int, quality: str) -> int:
 _OUTPUT_TOKEN_FORMULAS = {"gpt-image-2": _gpt_image_2_output_tokens}
 
 
+def is_openai_api(base_url: str) -> bool:
+    """True when ``base_url`` is OpenAI's own API (api.openai.com or a regional *.openai.com host)."""
+    host = (urllib.parse.urlsplit(base_url.strip()).hostname or "").rstrip(".").lower()
+    return host == "openai.com" or host.endswith(".openai.com")
+
+
 class Catalog:
     """Looks models up (with aliases) and checks requests against their rows."""
 
-    def __init__(self, models: Mapping[str, ModelSpec], aliases: Mapping[str, str], default_model: str):
+    def __init__(
+        self,
+        models: Mapping[str, ModelSpec],
+        aliases: Mapping[str, str],
+        default_model: str,
+        *,
+        openai_api: bool = True,
+    ):
+        """``openai_api``: requests go to OpenAI itself, where a model past its shutdown date is always gone."""
         self._models = dict(models)
         self._aliases = dict(aliases)
         self.default_model = default_model
+        self.openai_api = openai_api
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -152,15 +184,15 @@ class Catalog:
                 f"I don't know the image model '{requested[:60]}'. Models I can use: {known}.",
                 detail=f"model {requested!r} is not in the capability table",
             )
-        today = today or dt.date.today()
-        if spec.shutdown is not None and spec.shutdown <= today:
-            instead = f" Use {spec.replacement} instead" if spec.replacement else ""
-            raise ModelUnavailableError(
-                f"The image model '{real}' was retired on {spec.shutdown.isoformat()}.{instead}"
-                " (the operator can change IMAGEBOT_DEFAULT_MODEL).",
-                detail=f"model {real!r} shut down on {spec.shutdown}",
-            )
+        if self.retired(spec, today=today):
+            raise _retired_error(real, spec, chosen_by_operator=not (name or "").strip())
         return real, spec
+
+    def retired(self, spec: ModelSpec, *, today: dt.date | None = None) -> bool:
+        """Past its shutdown date, and not kept alive by a compatible server that says it still serves it."""
+        if spec.shutdown is None or spec.shutdown > (today or dt.date.today()):
+            return False
+        return self.openai_api or not spec.served_by_compatible_server
 
     @staticmethod
     def check_size(model: str, spec: ModelSpec, size: str | None) -> str | None:

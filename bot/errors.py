@@ -140,7 +140,7 @@ class ModelUnavailableError(ConfigurationError):
 
     default_message = (
         "That image model isn't available. The operator can change IMAGEBOT_DEFAULT_MODEL or the "
-        "model table in config/settings.toml."
+        "model table (in the settings override file, config/settings.toml)."
     )
 
 

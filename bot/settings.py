@@ -1,13 +1,20 @@
-"""Typed settings: config/settings.toml for non-secret defaults, the environment for secrets and overrides.
+"""Typed settings: packaged TOML defaults, the operator's override file, the environment for secrets.
 
-Precedence: explicit arguments > environment (and a ``.env`` file in the working directory) > TOML.
+Precedence: explicit arguments > environment (and a ``.env`` file in the working directory) > the override
+file (``$IMAGEBOT_CONFIG_FILE``, else ``./config/settings.toml`` if present) > the packaged defaults
+(``bot/defaults/settings.toml``, read with importlib.resources so a plain ``pip install`` works anywhere).
+The override file is merged over the defaults table by table, key by key: a ``[models."x"]`` row there adds
+model x or changes only the fields it names.
 A bad value raises ``SettingsError`` whose message is one line naming the variable and what it accepts.
 """
 
 from __future__ import annotations
 
 import contextvars
+import importlib.resources
 import os
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,16 +30,18 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
-from bot.catalog import Catalog, ModelSpec, resolve_inheritance
+from bot.catalog import Catalog, ModelSpec, is_openai_api, resolve_inheritance
 from bot.errors import ConfigurationError
 
 CONFIG_FILE_ENV = "IMAGEBOT_CONFIG_FILE"
-_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("imagebot_config_file", default=None)
+DEFAULTS_RESOURCE = ("bot.defaults", "settings.toml")
+# the merged TOML layers (packaged defaults + override file) for the Settings being built
+_toml_layers: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("imagebot_toml", default=None)
 
 
 class SettingsError(ConfigurationError):
@@ -184,7 +193,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _default_model_known(self) -> Settings:
         if not self.models:
-            raise ValueError("models: the model capability table is empty (is config/settings.toml there?)")
+            raise ValueError("models: the model capability table is empty")
         real = self.aliases.get(self.default_model, self.default_model)
         if real not in self.models:
             raise ValueError(
@@ -206,9 +215,9 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
-        toml_path = _config_file.get()
-        if toml_path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        layers = _toml_layers.get()
+        if layers is not None:
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=layers))
         return tuple(sources)
 
     # --- derived views ------------------------------------------------------------------------------
@@ -220,7 +229,7 @@ class Settings(BaseSettings):
         return self.provider
 
     def catalog(self) -> Catalog:
-        return Catalog(self.models, self.aliases, self.default_model)
+        return Catalog(self.models, self.aliases, self.default_model, openai_api=is_openai_api(self.openai_base_url))
 
     def secret_values(self) -> list[str]:
         """Every configured secret, for the redactor."""
@@ -255,17 +264,41 @@ def _mask(secret: str) -> str:
 
 
 def default_config_file() -> Path | None:
-    """``$IMAGEBOT_CONFIG_FILE``, else ``./config/settings.toml``, else the one next to this package."""
+    """The operator's override file: ``$IMAGEBOT_CONFIG_FILE``, else ``./config/settings.toml`` if present."""
     explicit = os.environ.get(CONFIG_FILE_ENV)
     if explicit:
         return Path(explicit)
-    for candidate in (
-        Path.cwd() / "config" / "settings.toml",
-        Path(__file__).resolve().parent.parent / "config" / "settings.toml",
-    ):
-        if candidate.is_file():
-            return candidate
-    return None
+    candidate = Path.cwd() / "config" / "settings.toml"
+    return candidate if candidate.is_file() else None
+
+
+def packaged_defaults() -> dict[str, Any]:
+    """The defaults that ship inside the package (bot/defaults/settings.toml)."""
+    package, name = DEFAULTS_RESOURCE
+    return tomllib.loads(importlib.resources.files(package).joinpath(name).read_text(encoding="utf-8"))
+
+
+def merge_tables(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``: tables merge key by key (recursively), anything else is replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        if isinstance(current, Mapping) and isinstance(value, Mapping):
+            merged[key] = merge_tables(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _toml_settings(path: Path | None) -> dict[str, Any]:
+    defaults = packaged_defaults()
+    if path is None:
+        return defaults
+    try:
+        override = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"{CONFIG_FILE_ENV}: cannot read {path}: {exc}") from None
+    return merge_tables(defaults, override)
 
 
 def _env_name(loc: tuple[Any, ...]) -> str:
@@ -283,7 +316,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     path = config_file if config_file is not None else default_config_file()
     if path is not None and not path.is_file():
         raise SettingsError(f"{CONFIG_FILE_ENV}: no settings file at {path}")
-    token = _config_file.set(path)
+    token = _toml_layers.set(_toml_settings(path))
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -298,7 +331,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         secret = any(word in name for word in ("KEY", "TOKEN", "SECRET", "ORG", "PROJECT"))
         got = f" (got {shown!r})" if isinstance(shown, str | int | float) and not secret else ""
         raise SettingsError(f"setting {name}: {reason}{got}", detail=str(exc)) from None
-    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
-        raise SettingsError(f"{CONFIG_FILE_ENV}: cannot read {path}: {exc}") from None
+    except (OSError, ValueError) as exc:  # e.g. a malformed .env or environment JSON
+        raise SettingsError(f"cannot read the settings: {exc}") from None
     finally:
-        _config_file.reset(token)
+        _toml_layers.reset(token)

@@ -98,6 +98,7 @@ async def test_auto_size_is_1024_square(fake: FakeOpenAI, http: aiohttp.ClientSe
 
 
 async def test_non_json_generation_body_is_rejected(fake: FakeOpenAI, http: aiohttp.ClientSession) -> None:
+    fake.expect_violations = True  # a bad request on purpose
     async with http.post(f"{fake.base_url}/images/generations", data=b"prompt=fox", headers=AUTH) as resp:
         assert resp.status == 400
         error = (await resp.json())["error"]
@@ -141,6 +142,7 @@ async def test_edit_with_single_image_defaults_to_input_size(fake: FakeOpenAI, h
 
 
 async def test_edit_without_image_answers_seed_body(fake: FakeOpenAI, http: aiohttp.ClientSession) -> None:
+    fake.expect_violations = True  # a bad request on purpose
     form = aiohttp.FormData(default_to_multipart=True)
     form.add_field("prompt", "add a hat")
     form.add_field("model", "gpt-image-2")
@@ -277,6 +279,7 @@ async def test_latency_is_added_to_successes(http: aiohttp.ClientSession) -> Non
 
 
 async def test_urlencoded_edit_without_file_answers_seed_body(fake: FakeOpenAI, http: aiohttp.ClientSession) -> None:
+    fake.expect_violations = True  # a bad request on purpose
     # aiohttp sends a FormData without files as application/x-www-form-urlencoded
     async with http.post(f"{fake.base_url}/images/edits", data={"prompt": "hat"}, headers=AUTH) as resp:
         assert resp.status == 400

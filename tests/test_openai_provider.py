@@ -117,6 +117,7 @@ async def test_edit_sends_several_images_as_repeated_image_brackets(
 
 async def test_vary_posts_to_the_variations_endpoint(http: aiohttp.ClientSession, fake_openai: FakeOpenAI) -> None:
     fake_openai.known_models.add("dall-e-2")
+    fake_openai.openai_api = False  # a compatible server that still emulates DALL·E 2 (OpenAI retired it)
     call = ProviderVary("dall-e-2", png(64, 64), 2, "512x512", {"response_format": "b64_json"})
     result = await make_provider(http, fake_openai).vary(call)
     request = fake_openai.last

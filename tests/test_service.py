@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from bot.catalog import Catalog
 from bot.errors import (
     ImageBotError,
     InvalidImageError,
@@ -50,11 +51,15 @@ def provider() -> FakeImages:
 def make_service(
     provider: FakeImages, today: dt.date = dt.date(2026, 11, 25), *, partial_images: int = 0
 ) -> ImageService:
-    settings = load_settings()
+    # a compatible server that still emulates DALL·E, so the legacy rows' capabilities can be exercised
+    settings = load_settings(openai_base_url="http://compatible.test/v1")
+    models = dict(settings.models)
+    for legacy in ("dall-e-2", "dall-e-3"):
+        models[legacy] = models[legacy].model_copy(update={"served_by_compatible_server": True})
     admission = Admission(max_concurrent=2, images_per_minute=0, per_user_jobs=5, max_queue=10)
     return ImageService(
         provider=provider,
-        catalog=settings.catalog(),
+        catalog=Catalog(models, settings.aliases, settings.default_model, openai_api=False),
         admission=admission,
         imaging_settings=settings.imaging,
         variation_prompt=settings.variation_prompt,

@@ -1,6 +1,9 @@
-"""Settings load from config/settings.toml and the environment; bad values stop with one line."""
+"""Settings: packaged defaults, the operator's override file merged over them, then the environment; bad values
+stop with one line."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +75,52 @@ def test_like_loop_in_model_table_is_refused(tmp_path, monkeypatch: pytest.Monke
     monkeypatch.setenv("IMAGEBOT_CONFIG_FILE", str(config))
     with pytest.raises(SettingsError, match="loop"):
         load_settings()
+
+
+def test_defaults_ship_inside_the_package_and_need_no_config_folder(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # an empty folder: no ./config/settings.toml
+    settings = load_settings()
+    assert settings.default_model == "gpt-image-2"
+    assert settings.models["dall-e-2"].shutdown is not None
+
+
+def test_override_file_merges_key_by_key_over_the_defaults(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "settings.toml").write_text(
+        '[limits]\nmax_queue = 7\n[models."gpt-image-2"]\nmax_n = 3\n[models."mine"]\nlike = "gpt-image-2"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.limits.max_queue == 7
+    assert settings.limits.per_user_jobs == 3  # untouched key of the same table
+    assert settings.models["gpt-image-2"].max_n == 3
+    assert settings.models["gpt-image-2"].streaming is True  # untouched field of the same row
+    assert settings.models["mine"].max_n == 3  # a new row, inheriting the overridden one
+    assert "gpt-image-2.6-flare" in settings.models
+
+
+def test_environment_wins_over_the_override_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "o.toml"
+    config.write_text('default_model = "hq"\n')
+    monkeypatch.setenv("IMAGEBOT_CONFIG_FILE", str(config))
+    assert load_settings().default_model == "hq"
+    monkeypatch.setenv("IMAGEBOT_DEFAULT_MODEL", "fast")
+    assert load_settings().default_model == "fast"
+
+
+def test_malformed_override_file_is_one_line(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "o.toml"
+    config.write_text("[limits\nmax_queue = ")
+    monkeypatch.setenv("IMAGEBOT_CONFIG_FILE", str(config))
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert caught.value.user_message.startswith("IMAGEBOT_CONFIG_FILE: cannot read")
+    assert "\n" not in caught.value.user_message
+
+
+def test_the_repository_example_override_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = Path(__file__).resolve().parent.parent / "config" / "settings.toml"
+    monkeypatch.setenv("IMAGEBOT_CONFIG_FILE", str(example))
+    with_example = load_settings()
+    monkeypatch.delenv("IMAGEBOT_CONFIG_FILE")
+    assert with_example.model_dump() == load_settings().model_dump()

@@ -224,7 +224,7 @@ def translate_error(
     if status == 404 or code == "model_not_found":
         return ModelUnavailableError(
             f"The image service doesn't offer the model '{model}'. The operator can choose another one "
-            "(IMAGEBOT_DEFAULT_MODEL, or the model table in config/settings.toml).",
+            "(IMAGEBOT_DEFAULT_MODEL, or the model table in the settings override file).",
             detail=detail,
         )
     if status == 429:

@@ -6,6 +6,12 @@
         assert fake.last.files["image[]"][1].data == png
 
 Error bodies marked "seed" are verbatim from the seed document (/work/shared/seed/*.txt).
+
+Every image request is checked against OpenAI's published OpenAPI schemas (tests/spec/openai-images.json) and,
+for an OpenAI base URL (``openai_api=True``, the default), against the models OpenAI has retired. A request
+that breaks either is answered with a 400 like OpenAI's and kept in ``spec_violations``; leaving the
+``async with`` block with violations fails the test (``expect_violations=True`` for tests that send bad
+requests on purpose).
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
+import jsonschema
 from aiohttp import BodyPartReader, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from PIL import Image, ImageChops
@@ -44,8 +52,19 @@ USAGE: dict[str, Any] = {
     "output_tokens_details": {"text_tokens": 0, "image_tokens": 1056},
     "total_tokens": 1106,
 }
+# retired on OpenAI's own API (platform-facts 1.1): never to be sent to an OpenAI base URL
+RETIRED_ON_OPENAI = frozenset(("dall-e-2", "dall-e-3", "gpt-image-1"))
 _FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 _MAX_EDGE = 3840
+_SPEC_FILE = Path(__file__).resolve().parent.parent / "spec" / "openai-images.json"
+_REQUEST_SCHEMAS = {
+    "generations": "CreateImageRequest",
+    "edits": "CreateImageEditRequest",
+    "variations": "CreateImageVariationRequest",
+}
+# multipart sends every field as text: these are read as the JSON types the schemas name
+_INTEGER_FIELDS = frozenset(("n", "partial_images", "output_compression"))
+_BOOLEAN_FIELDS = frozenset(("stream",))
 
 
 @dataclass(frozen=True)
@@ -262,6 +281,53 @@ INVALID_JSON = Reply(
 )
 
 
+@functools.lru_cache(maxsize=4)
+def _request_validator(kind: str) -> jsonschema.protocols.Validator:
+    """A validator for one endpoint's request schema. Stricter than the schema as OpenAI is: unknown keys fail."""
+    spec = json.loads(_SPEC_FILE.read_text(encoding="utf-8"))
+    name = _REQUEST_SCHEMAS[kind]
+    schema = {**spec["components"]["schemas"][name], "additionalProperties": False}
+    document = {**schema, "components": spec["components"]}
+    return jsonschema.Draft202012Validator(document)
+
+
+def _as_json(rec: RecordedRequest) -> dict[str, Any]:
+    """A multipart request as the JSON object the schema describes (files become placeholders)."""
+    out: dict[str, Any] = {}
+    for name, values in rec.form.items():
+        value: Any = values[0] if len(values) == 1 else list(values)
+        if name in _INTEGER_FIELDS and isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            value = int(value)
+        elif name in _BOOLEAN_FIELDS and isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+            value = value.strip().lower() == "true"
+        out[name] = value
+    for name, files in rec.files.items():
+        key = name.removesuffix("[]")
+        placeholders = [f"<file {f.filename}>" for f in files]
+        if name.endswith("[]") or key in out:
+            previous = out.get(key, [])
+            out[key] = [*(previous if isinstance(previous, list) else [previous]), *placeholders]
+        else:
+            out[key] = placeholders[0] if len(placeholders) == 1 else placeholders
+    return out
+
+
+def _spec_error(error: jsonschema.ValidationError) -> Reply:
+    """OpenAI's 400 for a request that breaks its schema (unknown, missing, mistyped or unsupported values)."""
+    param = ".".join(str(p) for p in error.absolute_path) or None
+    if error.validator == "additionalProperties":
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        name = unknown[0] if unknown else "?"
+        return _bad(f"Unknown parameter: '{name}'.", name, "unknown_parameter")
+    if error.validator == "required":
+        missing = re.findall(r"'([^']+)' is a required property", error.message)
+        name = missing[0] if missing else "?"
+        return _bad(f"Missing required parameter: '{name}'.", name, "missing_required_parameter")
+    if error.validator == "type":
+        return _bad(f"Invalid type for '{param}': {error.message}.", param, "invalid_type")
+    return _bad(f"Invalid value for '{param}': {error.message}.", param, "invalid_value")
+
+
 def _num(value: float | str) -> str:
     return str(int(value)) if isinstance(value, int | float) and float(value).is_integer() else str(value)
 
@@ -316,7 +382,14 @@ class FakeOpenAI(LoopbackServer):
         response_mode: Literal["b64_json", "url"] = "b64_json",
         revised_prompt: bool | str = False,
         photo_like: bool = False,
+        *,
+        openai_api: bool = True,
+        expect_violations: bool = False,
     ) -> None:
+        """``openai_api``: stand for OpenAI itself (retired models are violations), not a compatible server."""
+        self.openai_api = openai_api
+        self.expect_violations = expect_violations
+        self.spec_violations: list[str] = []  # "POST /v1/images/edits: <why>" for each bad request received
         self.api_key = api_key  # None: any bearer key is accepted
         self.known_models = set(known_models)
         self.latency = latency
@@ -435,8 +508,33 @@ class FakeOpenAI(LoopbackServer):
             return wrong_key(key.strip())
         return None
 
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+        if exc[0] is None and self.spec_violations and not self.expect_violations:
+            shown = "\n  ".join(self.spec_violations[:10])
+            raise AssertionError(f"requests that break OpenAI's published spec:\n  {shown}")
+
+    def _check_request(self, rec: RecordedRequest, kind: str) -> Reply | None:
+        """Validate against the published schema and the retired models; record and answer what breaks."""
+        body = rec.json if kind == "generations" else _as_json(rec)
+        where = f"{rec.method} {rec.path}"
+        if not isinstance(body, dict):
+            self.spec_violations.append(f"{where}: the body is not a JSON object")
+            return INVALID_JSON
+        error = jsonschema.exceptions.best_match(_request_validator(kind).iter_errors(body))
+        if error is not None:
+            reply = _spec_error(error)
+            self.spec_violations.append(f"{where}: {reply.json_body['error']['message']} (body {_summary(body)})")
+            return reply
+        model = body.get("model")
+        if self.openai_api and model in RETIRED_ON_OPENAI:
+            self.spec_violations.append(f"{where}: the retired model {model!r} was sent to OpenAI")
+            return model_not_found(str(model))
+        return None
+
     async def _image_endpoint(self, request: web.Request, kind: str) -> web.StreamResponse:
         rec = await self._record(request)
+        violation = self._check_request(rec, kind)
         scripted = self._script.popleft() if self._script else None
         if scripted is not None:
             await self._sleep(scripted.delay)
@@ -445,7 +543,7 @@ class FakeOpenAI(LoopbackServer):
         ok = scripted or Reply(200)  # a success=True script lends its status and headers to the normal answer
         problem = self._auth_error(rec)
         if problem is None:
-            result = await self._images(rec, kind)
+            result = await self._images(rec, kind, violation)
             if isinstance(result, Reply):
                 problem = result
             elif str(rec.param("stream")).lower() == "true":
@@ -476,7 +574,8 @@ class FakeOpenAI(LoopbackServer):
         self.answered_event.set()
         return response
 
-    async def _images(self, rec: RecordedRequest, kind: str) -> dict[str, Any] | Reply:
+    async def _images(self, rec: RecordedRequest, kind: str, violation: Reply | None) -> dict[str, Any] | Reply:
+        """The answer: the checks with OpenAI's own wording first, then the spec's ``violation``, else images."""
         default = (1024, 1024)
         if kind == "generations":
             if not isinstance(rec.json, dict):
@@ -499,6 +598,8 @@ class FakeOpenAI(LoopbackServer):
                 return _bad(message, "image", "invalid_image_file")
             if kind == "edits" and not params.get("prompt"):
                 return _bad("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
+        if violation is not None:
+            return violation
         model = params.get("model")
         if model is not None and model not in self.known_models:
             return model_not_found(str(model))
@@ -623,6 +724,10 @@ class FakeOpenAI(LoopbackServer):
     async def _unknown(self, request: web.Request) -> web.Response:
         rec = await self._record(request)
         return self._respond(rec, Reply(404, error_body(f"Invalid URL ({request.method} {request.path})")))
+
+
+def _summary(body: Mapping[str, Any]) -> str:
+    return json.dumps({k: (v if not isinstance(v, str) or len(v) <= 60 else v[:57] + "...") for k, v in body.items()})
 
 
 def _model_object(model: str) -> dict[str, Any]:
