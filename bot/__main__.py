@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,7 @@ from bot.budgets import month_window
 from bot.errors import ImageBotError, InvalidImageError, UnexpectedError
 from bot.jobs import Request
 from bot.models import EditRequest, GeneratedImage, GenerateRequest, ImageResult, JobContext, VaryRequest
-from bot.redact import RedactingFilter, redact
+from bot.redact import MASK, RedactingFilter, redact
 from bot.service import slugify
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import StoreError
@@ -262,21 +263,43 @@ async def _vary(core: Core, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _check(core: Core, args: argparse.Namespace) -> int:
-    settings = core.settings
+# "scheme://userinfo@": a password, or a user name that may itself be a token (https://TOKEN@host).
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/?#\s]*)@")
+
+
+def hide_url_credentials(text: str) -> str:
+    """``http://user:pass@proxy/v1`` -> ``http://user:[redacted]@proxy/v1`` (a lone user name is masked whole)."""
+
+    def masked(match: re.Match[str]) -> str:
+        scheme, userinfo = match.groups()
+        user, colon, _password = userinfo.partition(":")
+        return f"{scheme}{user}:{MASK}@" if colon else f"{scheme}{MASK}@"
+
+    return _URL_USERINFO.sub(masked, text)
+
+
+def _print_settings(settings: Settings) -> None:
     print("settings (secrets masked):")
     for name, value in settings.masked().items():
-        print(f"  {name} = {value}")
+        print(f"  {name} = {hide_url_credentials(value)}")
+
+
+async def _check(core: Core, args: argparse.Namespace) -> int:
+    """The settings are printed before the core is built (see ``_one_shot``); this tests the provider."""
+    settings = core.settings
     model, spec = core.catalog.resolve(None)
     if spec.shutdown is not None and (spec.shutdown - dt.date.today()).days <= 30:
         print(f"warning: the default model {model} shuts down on {spec.shutdown}; use {spec.replacement}")
     health = await core.provider.check(model)
-    where = "offline (local images)" if core.provider.offline else settings.openai_base_url
-    print(f"provider: {core.provider.name} at {where}")
+    if core.provider.offline:
+        why = "no API key" if settings.openai_api_key is None else "IMAGEBOT_PROVIDER=offline"
+        print(f"provider: {core.provider.name} (built-in generator, {why})")
+    else:
+        print(f"provider: {core.provider.name} at {hide_url_credentials(settings.openai_base_url)}")
     print(f"  reachable: {'yes' if health.reachable else 'no'}")
     known = {True: "yes", False: "no", None: "unknown"}[health.model_known]
     print(f"  model {model} known: {known}")
-    print(f"  {redact(health.detail)}")
+    print(f"  {hide_url_credentials(redact(health.detail))}")
     return EXIT_OK if health.reachable and health.model_known is not False else EXIT_FAILED
 
 
@@ -423,6 +446,8 @@ async def _one_shot(settings: Settings, args: argparse.Namespace) -> int:
         "history": _history,
         "prune": _prune,
     }
+    if args.command == "check":
+        _print_settings(settings)  # even when the core can't be built: the listing helps to see why
     async with new_http_session() as session, open_core(settings, session) as core:
         return await handlers[args.command](core, args)
 

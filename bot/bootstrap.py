@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
@@ -53,7 +54,7 @@ def new_http_session() -> aiohttp.ClientSession:
 
 def build_images(settings: Settings, session: aiohttp.ClientSession) -> Images:
     """Wire the service from settings: provider by credentials (or IMAGEBOT_PROVIDER), limits, catalog."""
-    register_secrets(settings.secret_values())
+    register_secrets([*settings.secret_values(), *_url_credentials(settings)])
     catalog = settings.catalog()
     limits = settings.limits
     admission = Admission(
@@ -66,6 +67,12 @@ def build_images(settings: Settings, session: aiohttp.ClientSession) -> Images:
     if settings.provider_name == "openai":
         if settings.openai_api_key is None:
             raise SettingsError("setting OPENAI_API_KEY: IMAGEBOT_PROVIDER=openai needs an API key")
+        if urlsplit(settings.openai_base_url).username is not None:
+            # The API key already fills the Authorization header; aiohttp refuses URL credentials on top.
+            raise SettingsError(
+                "setting OPENAI_BASE_URL: remove the user:password part; the API key goes in OPENAI_API_KEY "
+                "(and a proxy's credentials in HTTPS_PROXY)"
+            )
         provider = OpenAIImages(
             session,
             base_url=settings.openai_base_url,
@@ -88,6 +95,23 @@ def build_images(settings: Settings, session: aiohttp.ClientSession) -> Images:
         partial_images=settings.openai.partial_images,
     )
     return Images(settings, catalog, admission, provider, service)
+
+
+def _url_credentials(settings: Settings) -> list[str]:
+    """Passwords (or a lone user name, often a token) written into URL settings, for the redactor."""
+    urls = (
+        settings.openai_base_url,
+        settings.discord_api_base_url,
+        settings.discord_gateway_url,
+        settings.slack_api_url,
+    )
+    found: list[str] = []
+    for url in urls:
+        parts = urlsplit(url or "")
+        secret = parts.password if parts.password is not None else parts.username
+        if secret:
+            found.append(unquote(secret))
+    return found
 
 
 @contextlib.asynccontextmanager

@@ -248,7 +248,32 @@ async def test_check_reports_an_unreachable_provider(tmp_path: Path) -> None:
 async def test_check_offline(tmp_path: Path) -> None:
     run = await imagebot("check", cwd=tmp_path)
     assert run.code == 0, run.stderr
-    assert "provider: offline" in run.stdout
+    assert "provider: offline (built-in generator, no API key)" in run.stdout
+    assert " at offline" not in run.stdout
+
+
+async def test_check_masks_credentials_inside_url_settings(tmp_path: Path) -> None:
+    env = {
+        "DISCORD_API_BASE_URL": "https://Zm9vYmFyLXRva2Vu@discord.example/api/v10",
+        "SLACK_API_URL": "https://bob:slack-Pa55word@slack.example/api/",
+    }
+    run = await imagebot("check", cwd=tmp_path, env=env)
+    assert run.code == 0, run.stderr
+    assert "discord_api_base_url = https://[redacted]@discord.example/api/v10" in run.stdout
+    assert "slack_api_url = https://bob:[redacted]@slack.example/api/" in run.stdout
+    assert_clean(run, "Zm9vYmFyLXRva2Vu", "slack-Pa55word")
+
+
+async def test_check_with_credentials_in_the_openai_url_masks_them_and_says_what_to_do(tmp_path: Path) -> None:
+    env = {"OPENAI_API_KEY": DEFAULT_KEY, "OPENAI_BASE_URL": "http://user:hunter2-proxy@127.0.0.1:9/v1"}
+    run = await imagebot("check", cwd=tmp_path, env=env)
+    assert run.code == 2
+    assert "openai_base_url = http://user:[redacted]@127.0.0.1:9/v1" in run.stdout
+    assert run.stderr.strip().splitlines() == [
+        "imagebot: setting OPENAI_BASE_URL: remove the user:password part; the API key goes in OPENAI_API_KEY "
+        "(and a proxy's credentials in HTTPS_PROXY)"
+    ]
+    assert_clean(run, "hunter2-proxy")
 
 
 async def test_usage_and_history_report_what_the_cli_made(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
