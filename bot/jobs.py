@@ -133,7 +133,7 @@ class JobService:
                 model=model,
             )
             if inputs:
-                await asyncio.to_thread(self.files.write, candidate.id, inputs)
+                await asyncio.to_thread(lambda: self.files.write(candidate.id, imaging.without_metadata(inputs)))
             job, is_new = await self.store.submit(candidate, dedupe_since=now - self._settings.dedupe_window)
         if not is_new:
             if inputs:

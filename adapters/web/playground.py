@@ -345,7 +345,7 @@ class Playground:
     async def _edit(self, request: web.Request) -> web.StreamResponse:
         form = await self._form(request)
         image = _upload(form, "image")
-        mask = form.get("mask") or None
+        mask = _upload(form, "mask", "mask") if "mask" in form else None
         region = _field(form, "region").strip() or None
         if mask is not None and region is not None:
             raise InvalidRequestError("Pick either a region or a mask, not both.")
@@ -545,10 +545,15 @@ def _field(form: dict[str, bytes], key: str) -> str:
         raise InvalidRequestError(f"The {key} field must be text.") from None
 
 
-def _upload(form: dict[str, bytes], key: str) -> bytes:
+def _upload(form: dict[str, bytes], key: str, what: str = "image") -> bytes:
     data = form.get(key)
+    if data is None:
+        raise InvalidImageError(f"Attach the {what} first (PNG, JPEG, WebP or GIF).")
     if not data:
-        raise InvalidImageError("Attach the image first (PNG, JPEG, WebP or GIF).")
+        raise InvalidImageError(
+            f"That {what} file is empty (0 bytes). Attach the {what} again, as a PNG, JPEG, WebP or GIF.",
+            detail=f"empty {key} upload",
+        )
     return data
 
 
