@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--user", help="only this user (an id, or platform:id)")
     history.add_argument("--limit", type=_count_any, default=20, help="how many jobs (default 20)")
 
-    commands.add_parser("prune", help="delete result files older than the retention period")
+    commands.add_parser("prune", help="delete stored images (results, uploads) older than the retention period")
     commands.add_parser("run", help="start the chat adapters (default command)")
 
     discord_cmd = commands.add_parser("discord", help="Discord: register the slash commands, print the invite link")
@@ -335,7 +335,7 @@ async def _history(core: Core, args: argparse.Namespace) -> int:
 async def _prune(core: Core, args: argparse.Namespace) -> int:
     pruned = await core.jobs.prune()
     days = core.settings.jobs.retention_days
-    print(f"deleted the result files of {pruned} job(s) older than {days:g} days")
+    print(f"deleted the stored images (results and uploads) of {pruned} job(s) older than {days:g} days")
     return EXIT_OK
 
 

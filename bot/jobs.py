@@ -242,7 +242,7 @@ class JobService:
         return await self.store.update(job_id, status=JobStatus.DELIVERED, delivered_at=self._clock())
 
     async def prune(self) -> int:
-        """Delete result files older than the retention period (the job rows stay for the ledger)."""
+        """Delete stored images (results, and uploads of failed jobs) older than the retention period (rows stay)."""
         before = self._clock() - self._settings.retention_days * 86_400
         pruned = 0
         for job in await self.store.prunable(before):
