@@ -679,8 +679,9 @@ def parse_region(region: str) -> tuple[float, float, float, float]:
         return _REGION_FRACTIONS[name]
     cells = _GRID.fullmatch(re.sub(r"\s+", "", region).upper())
     if cells is None:
+        what = "The region is empty" if not name else "I don't know that region"
         raise InvalidImageError(
-            f"I don't know that region. Use one of {', '.join(REGION_NAMES)}, or cells of a 4x4 grid: "
+            f"{what}. Use one of {', '.join(REGION_NAMES)}, or cells of a 4x4 grid: "
             "columns A-D from left to right, rows 1-4 from top to bottom, like B2 or A1:B2.",
             detail=f"unknown region of {len(region)} characters",
         )

@@ -144,6 +144,17 @@ async def test_edit_with_a_region(fake_openai: FakeOpenAI, tmp_path: Path) -> No
     assert mask.getpixel((60, 10)) == 0 and mask.getpixel((60, 70)) == 255
 
 
+@pytest.mark.parametrize("region", ["", "   "])
+async def test_an_empty_region_is_refused_with_the_valid_ones(tmp_path: Path, region: str) -> None:
+    (tmp_path / "in.png").write_bytes(png(64, 64))
+    run = await imagebot("edit", "in.png", "a hat", "--region", region, cwd=tmp_path)
+    assert run.code == 1
+    assert run.stderr.startswith("imagebot: The region is empty. Use one of top-half, bottom-half, left-half,")
+    assert "like B2 or A1:B2" in run.stderr
+    assert run.stdout == ""
+    assert not list(tmp_path.glob("a_hat*"))
+
+
 async def test_vary_is_an_edit_with_the_variation_prompt(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     (tmp_path / "photo.jpg").write_bytes(jpeg(120, 80))
     run = await imagebot("vary", "photo.jpg", "-n", "3", cwd=tmp_path, env=openai_env(fake_openai))
