@@ -323,13 +323,20 @@ async def _history(core: Core, args: argparse.Namespace) -> int:
     for job in jobs:
         created = dt.datetime.fromtimestamp(job.created_at, dt.UTC)
         cost = "-" if job.status.value == "failed" else f"${job.cost:.4f}"
-        prompt = job.prompt if len(job.prompt) <= 50 else job.prompt[:49] + "…"
+        prompt = _history_prompt(job.kind, job.prompt)
         who = job.context.requester
         print(
             f"{job.id:<10}  {created:%Y-%m-%d %H:%M}  {job.status.value:<21}  {job.kind:<8}  "
             f"{job.images_requested:>2}  {cost:>8}  {prompt} ({who})"
         )
     return EXIT_OK
+
+
+def _history_prompt(kind: str, prompt: str) -> str:
+    """A vary job's prompt is only the optional steer: say it is a variation, with the steer if there is one."""
+    if kind == "vary":
+        prompt = f"variation: {prompt}" if prompt.strip() else "variation"
+    return prompt if len(prompt) <= 50 else prompt[:49] + "…"
 
 
 async def _prune(core: Core, args: argparse.Namespace) -> int:

@@ -305,6 +305,17 @@ async def test_usage_and_history_report_what_the_cli_made(fake_openai: FakeOpenA
     assert (tmp_path / "data" / "jobs.sqlite3").exists()
 
 
+async def test_history_names_vary_jobs_and_their_steer(tmp_path: Path) -> None:
+    (tmp_path / "cat.png").write_bytes(png(64, 64))
+    assert (await imagebot("vary", "cat.png", cwd=tmp_path)).code == 0
+    assert (await imagebot("vary", "cat.png", "--prompt", "in winter", cwd=tmp_path)).code == 0
+    history = await imagebot("history", cwd=tmp_path)
+    assert history.code == 0, history.stderr
+    steered, plain = history.stdout.splitlines()[1:]
+    assert "  variation: in winter (cli:" in steered
+    assert "  variation (cli:" in plain
+
+
 async def test_prune_reports_what_it_removed(tmp_path: Path) -> None:
     assert (await imagebot("imagine", "a fox", cwd=tmp_path)).code == 0
     run = await imagebot("prune", cwd=tmp_path)

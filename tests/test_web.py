@@ -456,6 +456,13 @@ async def test_an_expensive_job_waits_for_confirm_and_can_be_cancelled(tmp_path:
         assert cancelled["status"] == "cancelled"
 
 
+async def test_a_confirmation_under_a_cent_shows_the_digits(tmp_path: Path) -> None:
+    async for bot in _harness(tmp_path, jobs={"confirm_above_usd": 0.000001}):
+        held = await bot.imagine("a fox --quality low")
+        assert held["status"] == "awaiting_confirmation"
+        assert held["estimate_text"] == "about $0.0059"  # $0.00588, not "about $0.01" or "$0.00"
+
+
 async def test_history_lists_this_sessions_finished_jobs_for_a_reloaded_page(web_bot: Harness) -> None:
     first = await web_bot.imagine("a fox --n 2")
     second = await web_bot.imagine("a cat")

@@ -25,6 +25,7 @@ from aiohttp import BodyPartReader, web
 from adapters.base import AdapterState
 from bot import imaging
 from bot.bootstrap import Core
+from bot.budgets import format_dollars
 from bot.errors import ImageBotError, InvalidImageError, InvalidRequestError, UnexpectedError
 from bot.jobs import JobNotFoundError, JobOutcome
 from bot.models import (
@@ -301,7 +302,13 @@ class Playground:
     def _outcome(self, outcome: JobOutcome) -> dict[str, Any]:
         job = outcome.job
         if outcome.needs_confirmation:
-            return {"status": "awaiting_confirmation", "job": _job_info(job), "estimate_usd": job.estimated_cost}
+            estimate = job.estimated_cost
+            return {
+                "status": "awaiting_confirmation",
+                "job": _job_info(job),
+                "estimate_usd": estimate,
+                "estimate_text": None if estimate is None else f"about {format_dollars(estimate)}",
+            }
         if outcome.result is None:
             raise InvalidRequestError(
                 "You asked for exactly this a moment ago and it isn't finished yet; it will show up there.",
