@@ -418,11 +418,12 @@ async def _serve(settings: Settings, password: str | None) -> int:
             for adapter in adapters:
                 await adapter.start()
                 started.append(adapter)
+            everywhere = f" (listening on all interfaces, port {server.port})" if server.on_all_interfaces else ""
             if playground is not None:
-                print(f"imagebot: playground at {server.url}", flush=True)
+                print(f"imagebot: playground at {server.url}{everywhere}", flush=True)
             else:
                 names = ", ".join(adapter.name for adapter in adapters)
-                print(f"imagebot: running {names}; health at {server.url}healthz", flush=True)
+                print(f"imagebot: running {names}; health at {server.url}healthz{everywhere}", flush=True)
             await stopping.wait()
             log.info(
                 "shutting down: no new jobs; %d running get up to %gs", core.admission.running, settings.shutdown_grace

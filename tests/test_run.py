@@ -206,3 +206,35 @@ async def test_a_non_local_bind_with_a_password_serves_and_asks_for_it(tmp_path:
             await process.wait()
     assert process.returncode == 0
     assert password not in stdout.decode() + stderr.decode()
+
+
+def _ipv6_loopback_works() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("host", "opened"),
+    [
+        ("0.0.0.0", "127.0.0.1"),  # noqa: S104
+        pytest.param("::", "[::1]", marks=pytest.mark.skipif(not _ipv6_loopback_works(), reason="no IPv6 here")),
+    ],
+)
+async def test_a_bind_to_all_interfaces_prints_an_address_one_can_open(tmp_path: Path, host: str, opened: str) -> None:
+    env = run_env(tmp_path, IMAGEBOT_WEB_HOST=host, IMAGEBOT_WEB_PASSWORD="a-long-playground-password")
+    process = await start(env, tmp_path)
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode().strip()
+        port = env["IMAGEBOT_WEB_PORT"]
+        assert line == f"imagebot: playground at http://{opened}:{port}/ (listening on all interfaces, port {port})"
+        url = line.split()[3]
+        health = await wait_healthy(f"{url}healthz", process)
+        assert health["adapters"] == {"playground": "connected"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), timeout=SHUTDOWN_GRACE_SECONDS + 5)
