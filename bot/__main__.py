@@ -45,6 +45,7 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 CLI_CONTEXT = JobContext(platform="cli", user=os.environ.get("USER") or "local")
 CLI_REQUESTER = CLI_CONTEXT.requester
+READ_ONLY_COMMANDS = frozenset({"check", "usage", "history"})
 
 
 # --- logging (configured here and nowhere else) ------------------------------------------------------------
@@ -456,7 +457,9 @@ async def _one_shot(settings: Settings, args: argparse.Namespace) -> int:
     }
     if args.command == "check":
         _print_settings(settings)  # even when the core can't be built: the listing helps to see why
-    async with new_http_session() as session, open_core(settings, session) as core:
+    # Reports only read: they work beside a running bot. Whatever runs or deletes jobs takes the data folder.
+    exclusive = args.command not in READ_ONLY_COMMANDS
+    async with new_http_session() as session, open_core(settings, session, exclusive=exclusive) as core:
         return await handlers[args.command](core, args)
 
 

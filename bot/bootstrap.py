@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
@@ -19,7 +24,7 @@ from bot.providers.openai import OpenAIImages
 from bot.redact import register_secrets
 from bot.service import ImageService
 from bot.settings import Settings, SettingsError
-from bot.store import ResultFiles, SQLiteJobStore
+from bot.store import ResultFiles, SQLiteJobStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -114,20 +119,75 @@ def _url_credentials(settings: Settings) -> list[str]:
     return found
 
 
+class DataFolderInUseError(StoreError):
+    """Another process holds the data folder: two cores on one folder would take each other's jobs."""
+
+
+class DataFolderLock:
+    """An exclusive ``flock`` on ``<data dir>/.lock``, holding the owner's pid; released when the process ends."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._handle: TextIO | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise ``DataFolderInUseError`` naming the holder (blocking I/O: call in a thread)."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            # Held open for the core's life; "a+" leaves the holder's pid in place until the lock is ours.
+            handle = open(self.folder / ".lock", "a+", encoding="ascii")  # noqa: SIM115
+        except OSError as exc:
+            raise StoreError(f"IMAGEBOT_DATA_DIR: cannot use {self.folder} ({exc.strerror}).") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read(20).strip()
+            handle.close()
+            raise DataFolderInUseError(
+                f"another imagebot is already using the data folder {self.folder.resolve()} "
+                f"(pid {holder if holder.isdigit() else 'unknown'}); stop it first, or set IMAGEBOT_DATA_DIR"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file releases the flock
+            self._handle = None
+
+
 @contextlib.asynccontextmanager
-async def open_core(settings: Settings, session: aiohttp.ClientSession) -> AsyncIterator[Core]:
-    """The whole core, with its job database under ``IMAGEBOT_DATA_DIR`` open for the duration."""
-    images = build_images(settings, session)
-    store = await SQLiteJobStore.open(settings.data_dir / "jobs.sqlite3")
+async def open_core(
+    settings: Settings, session: aiohttp.ClientSession, *, exclusive: bool = True
+) -> AsyncIterator[Core]:
+    """The whole core, with its job database under ``IMAGEBOT_DATA_DIR`` open for the duration.
+
+    ``exclusive`` (anything that runs jobs): the data folder is locked for the core's life, and jobs a previous
+    process left unfinished are marked interrupted. Without it (reports such as ``usage`` and ``history``) the
+    folder is only read alongside a running bot: no lock, no recovery, and no job may be run.
+    """
+    lock = DataFolderLock(settings.data_dir)
+    if exclusive:
+        await asyncio.to_thread(lock.acquire)  # first: a second process stops before it does or logs anything
     try:
-        jobs = JobService(
-            images=images.service,
-            store=store,
-            files=ResultFiles(settings.data_dir / "results"),
-            jobs=settings.jobs,
-            budgets=settings.budgets,
-        )
-        await jobs.start()
-        yield Core(settings, images.catalog, images.admission, images.provider, images.service, jobs)
+        images = build_images(settings, session)
+        store = await SQLiteJobStore.open(settings.data_dir / "jobs.sqlite3")
+        try:
+            jobs = JobService(
+                images=images.service,
+                store=store,
+                files=ResultFiles(settings.data_dir / "results"),
+                jobs=settings.jobs,
+                budgets=settings.budgets,
+            )
+            if exclusive:
+                await jobs.start()
+            yield Core(settings, images.catalog, images.admission, images.provider, images.service, jobs)
+        finally:
+            await store.close()
     finally:
-        await store.close()
+        await asyncio.to_thread(lock.release)
