@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,7 @@ from bot.budgets import month_window
 from bot.errors import ImageBotError, InvalidImageError, UnexpectedError
 from bot.jobs import Request
 from bot.models import EditRequest, GeneratedImage, GenerateRequest, ImageResult, JobContext, VaryRequest
-from bot.redact import RedactingFilter, redact
+from bot.redact import MASK, RedactingFilter, redact
 from bot.service import slugify
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import StoreError
@@ -44,6 +45,7 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 CLI_CONTEXT = JobContext(platform="cli", user=os.environ.get("USER") or "local")
 CLI_REQUESTER = CLI_CONTEXT.requester
+READ_ONLY_COMMANDS = frozenset({"check", "usage", "history"})
 
 
 # --- logging (configured here and nowhere else) ------------------------------------------------------------
@@ -151,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--user", help="only this user (an id, or platform:id)")
     history.add_argument("--limit", type=_count_any, default=20, help="how many jobs (default 20)")
 
-    commands.add_parser("prune", help="delete result files older than the retention period")
+    commands.add_parser("prune", help="delete stored images (results, uploads) older than the retention period")
     commands.add_parser("run", help="start the chat adapters (default command)")
 
     discord_cmd = commands.add_parser("discord", help="Discord: register the slash commands, print the invite link")
@@ -262,21 +264,43 @@ async def _vary(core: Core, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _check(core: Core, args: argparse.Namespace) -> int:
-    settings = core.settings
+# "scheme://userinfo@": a password, or a user name that may itself be a token (https://TOKEN@host).
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/?#\s]*)@")
+
+
+def hide_url_credentials(text: str) -> str:
+    """``http://user:pass@proxy/v1`` -> ``http://user:[redacted]@proxy/v1`` (a lone user name is masked whole)."""
+
+    def masked(match: re.Match[str]) -> str:
+        scheme, userinfo = match.groups()
+        user, colon, _password = userinfo.partition(":")
+        return f"{scheme}{user}:{MASK}@" if colon else f"{scheme}{MASK}@"
+
+    return _URL_USERINFO.sub(masked, text)
+
+
+def _print_settings(settings: Settings) -> None:
     print("settings (secrets masked):")
     for name, value in settings.masked().items():
-        print(f"  {name} = {value}")
+        print(f"  {name} = {hide_url_credentials(value)}")
+
+
+async def _check(core: Core, args: argparse.Namespace) -> int:
+    """The settings are printed before the core is built (see ``_one_shot``); this tests the provider."""
+    settings = core.settings
     model, spec = core.catalog.resolve(None)
     if spec.shutdown is not None and (spec.shutdown - dt.date.today()).days <= 30:
         print(f"warning: the default model {model} shuts down on {spec.shutdown}; use {spec.replacement}")
     health = await core.provider.check(model)
-    where = "offline (local images)" if core.provider.offline else settings.openai_base_url
-    print(f"provider: {core.provider.name} at {where}")
+    if core.provider.offline:
+        why = "no API key" if settings.openai_api_key is None else "IMAGEBOT_PROVIDER=offline"
+        print(f"provider: {core.provider.name} (built-in generator, {why})")
+    else:
+        print(f"provider: {core.provider.name} at {hide_url_credentials(settings.openai_base_url)}")
     print(f"  reachable: {'yes' if health.reachable else 'no'}")
     known = {True: "yes", False: "no", None: "unknown"}[health.model_known]
     print(f"  model {model} known: {known}")
-    print(f"  {redact(health.detail)}")
+    print(f"  {hide_url_credentials(redact(health.detail))}")
     return EXIT_OK if health.reachable and health.model_known is not False else EXIT_FAILED
 
 
@@ -300,7 +324,7 @@ async def _history(core: Core, args: argparse.Namespace) -> int:
     for job in jobs:
         created = dt.datetime.fromtimestamp(job.created_at, dt.UTC)
         cost = "-" if job.status.value == "failed" else f"${job.cost:.4f}"
-        prompt = job.prompt if len(job.prompt) <= 50 else job.prompt[:49] + "…"
+        prompt = _history_prompt(job.kind, job.prompt)
         who = job.context.requester
         print(
             f"{job.id:<10}  {created:%Y-%m-%d %H:%M}  {job.status.value:<21}  {job.kind:<8}  "
@@ -309,10 +333,17 @@ async def _history(core: Core, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _history_prompt(kind: str, prompt: str) -> str:
+    """A vary job's prompt is only the optional steer: say it is a variation, with the steer if there is one."""
+    if kind == "vary":
+        prompt = f"variation: {prompt}" if prompt.strip() else "variation"
+    return prompt if len(prompt) <= 50 else prompt[:49] + "…"
+
+
 async def _prune(core: Core, args: argparse.Namespace) -> int:
     pruned = await core.jobs.prune()
     days = core.settings.jobs.retention_days
-    print(f"deleted the result files of {pruned} job(s) older than {days:g} days")
+    print(f"deleted the stored images (results and uploads) of {pruned} job(s) older than {days:g} days")
     return EXIT_OK
 
 
@@ -388,11 +419,12 @@ async def _serve(settings: Settings, password: str | None) -> int:
             for adapter in adapters:
                 await adapter.start()
                 started.append(adapter)
+            everywhere = f" (listening on all interfaces, port {server.port})" if server.on_all_interfaces else ""
             if playground is not None:
-                print(f"imagebot: playground at {server.url}", flush=True)
+                print(f"imagebot: playground at {server.url}{everywhere}", flush=True)
             else:
                 names = ", ".join(adapter.name for adapter in adapters)
-                print(f"imagebot: running {names}; health at {server.url}healthz", flush=True)
+                print(f"imagebot: running {names}; health at {server.url}healthz{everywhere}", flush=True)
             await stopping.wait()
             log.info(
                 "shutting down: no new jobs; %d running get up to %gs", core.admission.running, settings.shutdown_grace
@@ -423,7 +455,11 @@ async def _one_shot(settings: Settings, args: argparse.Namespace) -> int:
         "history": _history,
         "prune": _prune,
     }
-    async with new_http_session() as session, open_core(settings, session) as core:
+    if args.command == "check":
+        _print_settings(settings)  # even when the core can't be built: the listing helps to see why
+    # Reports only read: they work beside a running bot. Whatever runs or deletes jobs takes the data folder.
+    exclusive = args.command not in READ_ONLY_COMMANDS
+    async with new_http_session() as session, open_core(settings, session, exclusive=exclusive) as core:
         return await handlers[args.command](core, args)
 
 

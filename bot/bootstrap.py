@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
@@ -18,7 +24,7 @@ from bot.providers.openai import OpenAIImages
 from bot.redact import register_secrets
 from bot.service import ImageService
 from bot.settings import Settings, SettingsError
-from bot.store import ResultFiles, SQLiteJobStore
+from bot.store import ResultFiles, SQLiteJobStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,7 @@ def new_http_session() -> aiohttp.ClientSession:
 
 def build_images(settings: Settings, session: aiohttp.ClientSession) -> Images:
     """Wire the service from settings: provider by credentials (or IMAGEBOT_PROVIDER), limits, catalog."""
-    register_secrets(settings.secret_values())
+    register_secrets([*settings.secret_values(), *_url_credentials(settings)])
     catalog = settings.catalog()
     limits = settings.limits
     admission = Admission(
@@ -66,6 +72,12 @@ def build_images(settings: Settings, session: aiohttp.ClientSession) -> Images:
     if settings.provider_name == "openai":
         if settings.openai_api_key is None:
             raise SettingsError("setting OPENAI_API_KEY: IMAGEBOT_PROVIDER=openai needs an API key")
+        if urlsplit(settings.openai_base_url).username is not None:
+            # The API key already fills the Authorization header; aiohttp refuses URL credentials on top.
+            raise SettingsError(
+                "setting OPENAI_BASE_URL: remove the user:password part; the API key goes in OPENAI_API_KEY "
+                "(and a proxy's credentials in HTTPS_PROXY)"
+            )
         provider = OpenAIImages(
             session,
             base_url=settings.openai_base_url,
@@ -90,20 +102,92 @@ def build_images(settings: Settings, session: aiohttp.ClientSession) -> Images:
     return Images(settings, catalog, admission, provider, service)
 
 
+def _url_credentials(settings: Settings) -> list[str]:
+    """Passwords (or a lone user name, often a token) written into URL settings, for the redactor."""
+    urls = (
+        settings.openai_base_url,
+        settings.discord_api_base_url,
+        settings.discord_gateway_url,
+        settings.slack_api_url,
+    )
+    found: list[str] = []
+    for url in urls:
+        parts = urlsplit(url or "")
+        secret = parts.password if parts.password is not None else parts.username
+        if secret:
+            found.append(unquote(secret))
+    return found
+
+
+class DataFolderInUseError(StoreError):
+    """Another process holds the data folder: two cores on one folder would take each other's jobs."""
+
+
+class DataFolderLock:
+    """An exclusive ``flock`` on ``<data dir>/.lock``, holding the owner's pid; released when the process ends."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._handle: TextIO | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise ``DataFolderInUseError`` naming the holder (blocking I/O: call in a thread)."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            # Held open for the core's life; "a+" leaves the holder's pid in place until the lock is ours.
+            handle = open(self.folder / ".lock", "a+", encoding="ascii")  # noqa: SIM115
+        except OSError as exc:
+            raise StoreError(f"IMAGEBOT_DATA_DIR: cannot use {self.folder} ({exc.strerror}).") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read(20).strip()
+            handle.close()
+            raise DataFolderInUseError(
+                f"another imagebot is already using the data folder {self.folder.resolve()} "
+                f"(pid {holder if holder.isdigit() else 'unknown'}); stop it first, or set IMAGEBOT_DATA_DIR"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file releases the flock
+            self._handle = None
+
+
 @contextlib.asynccontextmanager
-async def open_core(settings: Settings, session: aiohttp.ClientSession) -> AsyncIterator[Core]:
-    """The whole core, with its job database under ``IMAGEBOT_DATA_DIR`` open for the duration."""
-    images = build_images(settings, session)
-    store = await SQLiteJobStore.open(settings.data_dir / "jobs.sqlite3")
+async def open_core(
+    settings: Settings, session: aiohttp.ClientSession, *, exclusive: bool = True
+) -> AsyncIterator[Core]:
+    """The whole core, with its job database under ``IMAGEBOT_DATA_DIR`` open for the duration.
+
+    ``exclusive`` (anything that runs jobs): the data folder is locked for the core's life, and jobs a previous
+    process left unfinished are marked interrupted. Without it (reports such as ``usage`` and ``history``) the
+    folder is only read alongside a running bot: no lock, no recovery, and no job may be run.
+    """
+    lock = DataFolderLock(settings.data_dir)
+    if exclusive:
+        await asyncio.to_thread(lock.acquire)  # first: a second process stops before it does or logs anything
     try:
-        jobs = JobService(
-            images=images.service,
-            store=store,
-            files=ResultFiles(settings.data_dir / "results"),
-            jobs=settings.jobs,
-            budgets=settings.budgets,
-        )
-        await jobs.start()
-        yield Core(settings, images.catalog, images.admission, images.provider, images.service, jobs)
+        images = build_images(settings, session)
+        store = await SQLiteJobStore.open(settings.data_dir / "jobs.sqlite3")
+        try:
+            jobs = JobService(
+                images=images.service,
+                store=store,
+                files=ResultFiles(settings.data_dir / "results"),
+                jobs=settings.jobs,
+                budgets=settings.budgets,
+            )
+            if exclusive:
+                await jobs.start()
+            yield Core(settings, images.catalog, images.admission, images.provider, images.service, jobs)
+        finally:
+            await store.close()
     finally:
-        await store.close()
+        await asyncio.to_thread(lock.release)

@@ -6,6 +6,7 @@ A request that would cross a limit is refused before any API call, saying which 
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 from bot.errors import ImageBotError
 from bot.models import JobContext
@@ -21,6 +22,20 @@ class BudgetExceededError(ImageBotError):
     def __init__(self, message: str, *, resets_at: dt.datetime, detail: str = ""):
         self.resets_at = resets_at
         super().__init__(message, detail=detail)
+
+
+def format_dollars(amount: float) -> str:
+    """Money for people: "$12.50", "$0.06"; under a cent with two significant digits ("$0.001", "$0.0042").
+
+    Every message that states an amount uses this, so a tenth of a cent is never shown as "$0.00".
+    """
+    if amount < 0:
+        return "-" + format_dollars(-amount)
+    if amount == 0 or amount >= 0.01:
+        return f"${amount:,.2f}"
+    decimals = 1 - math.floor(math.log10(amount))  # two significant digits
+    text = f"{amount:.{decimals}f}".rstrip("0")
+    return "$" + (text + "0" if text.endswith(".0") else text)
 
 
 def day_window(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
@@ -74,8 +89,9 @@ async def check_budgets(
         dollars = limits.dollars_per_user_per_day
         if dollars and spent.dollars + cost > dollars:
             raise BudgetExceededError(
-                f"This would go over your daily image budget of ${dollars:.2f} (used ${spent.dollars:.2f}, "
-                f"this request ≈ ${cost:.2f}). It resets {_when(day_end, now)}.",
+                f"This would go over your daily image budget of {format_dollars(dollars)} "
+                f"(used {format_dollars(spent.dollars)}, this request ≈ {format_dollars(cost)}). "
+                f"It resets {_when(day_end, now)}.",
                 resets_at=day_end,
                 detail=f"{context.requester}: ${spent.dollars:.4f} today + ${cost:.4f} > ${dollars}",
             )
@@ -84,7 +100,7 @@ async def check_budgets(
         dollars = limits.dollars_per_workspace_per_month
         if spent.dollars + cost > dollars:
             raise BudgetExceededError(
-                f"This server or workspace has used its monthly image budget (${dollars:.2f}). "
+                f"This server or workspace has used its monthly image budget ({format_dollars(dollars)}). "
                 f"It resets {_when(month_end, now)}.",
                 resets_at=month_end,
                 detail=f"{context.platform}:{context.workspace}: ${spent.dollars:.4f} + ${cost:.4f} > ${dollars}",
@@ -94,7 +110,8 @@ async def check_budgets(
         dollars = limits.dollars_per_month
         if spent.dollars + cost > dollars:
             raise BudgetExceededError(
-                f"The bot has used its monthly image budget (${dollars:.2f}). It resets {_when(month_end, now)}.",
+                f"The bot has used its monthly image budget ({format_dollars(dollars)}). "
+                f"It resets {_when(month_end, now)}.",
                 resets_at=month_end,
                 detail=f"all: ${spent.dollars:.4f} + ${cost:.4f} > ${dollars}",
             )

@@ -14,7 +14,7 @@ import struct
 import threading
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -293,6 +293,194 @@ def _sixteen_bit_to_rgb(img: Image.Image) -> Image.Image:
     return rgba
 
 
+# --- metadata ---------------------------------------------------------------------------------------------
+
+# What a stored upload keeps: what its pixels and colours need. Everything else (EXIF with GPS position and
+# camera serial, XMP, IPTC, comments, maker notes, thumbnails, appended images) is dropped.
+_PNG_KEPT_ANCILLARY = frozenset(
+    {b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"bKGD", b"pHYs", b"cICP", b"mDCv", b"cLLi"}
+    | {b"acTL", b"fcTL", b"fdAT"}  # APNG frames
+)
+_WEBP_KEPT = frozenset({b"VP8X", b"ICCP", b"ANIM", b"ANMF", b"ALPH", b"VP8 ", b"VP8L"})
+_WEBP_FLAG_EXIF, _WEBP_FLAG_XMP = 0x08, 0x04
+_EXIF_HEADER = b"Exif\x00\x00"
+
+
+class _MalformedError(Exception):
+    """Internal: the container structure can't be walked; ``strip_metadata`` then re-encodes the pixels."""
+
+
+def strip_metadata(data: bytes) -> bytes:
+    """The same picture without metadata, for storing users' uploads.
+
+    PNG, JPEG and WebP are rewritten losslessly at the container level (no pixel is re-encoded): only
+    what the pixels and colours need is kept (an ICC profile stays), plus the EXIF orientation alone when it
+    is not upright, so the stored file still shows the right way up. A file whose structure can't be walked
+    is re-encoded as a PNG without metadata; anything Pillow can't read either comes back unchanged (it is
+    not an image, and the job will refuse it).
+    """
+    fmt = sniff_format(data)
+    strippers = {"png": _strip_png, "jpeg": _strip_jpeg, "webp": _strip_webp}
+    if fmt not in strippers:
+        return data
+    try:
+        orientation = _stored_orientation(data)
+        return strippers[fmt](data, orientation)
+    except (_MalformedError, IndexError, struct.error):
+        return _reencoded_without_metadata(data)
+
+
+def without_metadata(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    """``strip_metadata`` of every file, by name (for a job's inputs before they are stored)."""
+    return {name: strip_metadata(data) for name, data in files.items()}
+
+
+def _stored_orientation(data: bytes) -> int:
+    try:
+        img, _ = _open_header(data, _TRUSTED_MAX_PIXELS)
+    except _BadImageError:
+        return 1
+    return _orientation(img)
+
+
+def _orientation_tiff(orientation: int) -> bytes:
+    """A TIFF block (EXIF without the "Exif\\0\\0" header) holding nothing but the orientation."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    return exif.tobytes()[len(_EXIF_HEADER) :]
+
+
+def _reencoded_without_metadata(data: bytes) -> bytes:
+    try:
+        header, fmt = _open_header(data, _TRUSTED_MAX_PIXELS)
+        img = _normalise_mode(_decode(header, fmt)[0])  # turned upright: the orientation is applied, not kept
+    except _BadImageError:
+        return data
+    return encode_png(img)
+
+
+def _strip_png(data: bytes, orientation: int) -> bytes:
+    out = [data[:8]]
+    pos, end = 8, len(data)
+    orientation_written = orientation == 1
+    while pos < end:
+        if pos + 12 > end:
+            raise _MalformedError("PNG chunk header cut off")
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        chunk_end = pos + 12 + length
+        if chunk_end > end:
+            raise _MalformedError("PNG chunk cut off")
+        if kind in (b"IDAT", b"IEND") and not orientation_written:
+            out.append(_png_chunk(b"eXIf", _orientation_tiff(orientation)))
+            orientation_written = True
+        if kind[:1].isupper() or kind in _PNG_KEPT_ANCILLARY:  # critical chunks always: the image needs them
+            out.append(data[pos:chunk_end])
+        pos = chunk_end
+        if kind == b"IEND":
+            return b"".join(out)  # anything appended after the end goes too
+    raise _MalformedError("PNG without IEND")
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _strip_jpeg(data: bytes, orientation: int) -> bytes:
+    out = [b"\xff\xd8"]
+    pos, end = 2, len(data)
+    orientation_written = orientation == 1
+    while pos < end:
+        if data[pos] != 0xFF:
+            raise _MalformedError("JPEG marker expected")
+        while pos < end and data[pos] == 0xFF:  # fill bytes may precede any marker
+            pos += 1
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:  # EOI: appended images (multi-picture thumbnails, depth maps) are dropped
+            out.append(b"\xff\xd9")
+            return b"".join(out)
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            out.append(bytes((0xFF, marker)))
+            continue
+        (length,) = struct.unpack(">H", data[pos : pos + 2])
+        if length < 2 or pos + length > end:
+            raise _MalformedError("JPEG segment cut off")
+        payload = data[pos + 2 : pos + length]
+        pos += length
+        if not orientation_written and marker != 0xE0:  # after JFIF's APP0, which should come first
+            out.append(_jpeg_segment(0xE1, _EXIF_HEADER + _orientation_tiff(orientation)))
+            orientation_written = True
+        kept = _kept_jpeg_segment(marker, payload)
+        if kept is not None:
+            out.append(_jpeg_segment(marker, kept))
+        if marker == 0xDA:  # start of scan: entropy-coded bytes up to the next real marker
+            scan_end = _jpeg_scan_end(data, pos)
+            out.append(data[pos:scan_end])
+            pos = scan_end
+    raise _MalformedError("JPEG without EOI")
+
+
+def _kept_jpeg_segment(marker: int, payload: bytes) -> bytes | None:
+    """The payload to keep for this segment, or None to drop it."""
+    if marker == 0xE0:  # JFIF: keep version, units and density; drop its thumbnail
+        return payload[:12] + b"\x00\x00" if payload.startswith(b"JFIF\x00") and len(payload) >= 12 else None
+    if marker == 0xE2:
+        return payload if payload.startswith(b"ICC_PROFILE\x00") else None  # not MPF or FlashPix
+    if marker == 0xEE:
+        return payload if payload.startswith(b"Adobe") else None  # its colour transform flag decides CMYK/YCCK
+    if 0xE1 <= marker <= 0xEF or marker == 0xFE:  # EXIF, XMP, IPTC, maker notes, comments
+        return None
+    return payload
+
+
+def _jpeg_segment(marker: int, payload: bytes) -> bytes:
+    if len(payload) + 2 > 0xFFFF:
+        raise _MalformedError("JPEG segment too long")
+    return bytes((0xFF, marker)) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _jpeg_scan_end(data: bytes, pos: int) -> int:
+    while True:
+        found = data.find(b"\xff", pos)
+        if found < 0 or found + 1 >= len(data):
+            raise _MalformedError("JPEG scan without an end")
+        following = data[found + 1]
+        if following == 0x00 or 0xD0 <= following <= 0xD7:  # a stuffed 0xFF byte, or a restart marker
+            pos = found + 2
+            continue
+        return found
+
+
+def _strip_webp(data: bytes, orientation: int) -> bytes:
+    if len(data) < 12:
+        raise _MalformedError("WebP header cut off")
+    (riff_size,) = struct.unpack("<I", data[4:8])
+    end = min(len(data), 8 + riff_size)
+    chunks: list[bytearray] = []
+    pos = 12
+    while pos + 8 <= end:
+        kind = data[pos : pos + 4]
+        (length,) = struct.unpack("<I", data[pos + 4 : pos + 8])
+        chunk_end = pos + 8 + length + (length & 1)
+        if pos + 8 + length > end:
+            raise _MalformedError("WebP chunk cut off")
+        if kind in _WEBP_KEPT:
+            chunks.append(bytearray(data[pos:chunk_end]))
+        pos = chunk_end
+    if not chunks:
+        raise _MalformedError("WebP without image data")
+    if chunks[0][:4] == b"VP8X":
+        flags = chunks[0][8] & ~(_WEBP_FLAG_EXIF | _WEBP_FLAG_XMP)
+        if orientation != 1:
+            tiff = _orientation_tiff(orientation)
+            chunks.append(bytearray(b"EXIF" + struct.pack("<I", len(tiff)) + tiff + b"\x00" * (len(tiff) & 1)))
+            flags |= _WEBP_FLAG_EXIF
+        chunks[0][8] = flags
+    body = b"WEBP" + b"".join(chunks)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
 # --- preparing uploads ------------------------------------------------------------------------------------
 
 
@@ -491,8 +679,9 @@ def parse_region(region: str) -> tuple[float, float, float, float]:
         return _REGION_FRACTIONS[name]
     cells = _GRID.fullmatch(re.sub(r"\s+", "", region).upper())
     if cells is None:
+        what = "The region is empty" if not name else "I don't know that region"
         raise InvalidImageError(
-            f"I don't know that region. Use one of {', '.join(REGION_NAMES)}, or cells of a 4x4 grid: "
+            f"{what}. Use one of {', '.join(REGION_NAMES)}, or cells of a 4x4 grid: "
             "columns A-D from left to right, rows 1-4 from top to bottom, like B2 or A1:B2.",
             detail=f"unknown region of {len(region)} characters",
         )

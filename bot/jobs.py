@@ -164,7 +164,7 @@ class JobService:
                 model=model,
             )
             if inputs:
-                await asyncio.to_thread(self.files.write, candidate.id, inputs)
+                await asyncio.to_thread(lambda: self.files.write(candidate.id, imaging.without_metadata(inputs)))
             job, is_new = await self.store.submit(candidate, dedupe_since=now - self._settings.dedupe_window)
         if not is_new:
             if inputs:
@@ -286,7 +286,7 @@ class JobService:
         return await self.store.update(job_id, status=JobStatus.DELIVERED, delivered_at=self._clock())
 
     async def prune(self) -> int:
-        """Delete result files older than the retention period (the job rows stay for the ledger)."""
+        """Delete stored images (results, and uploads of failed jobs) older than the retention period (rows stay)."""
         before = self._clock() - self._settings.retention_days * 86_400
         pruned = 0
         for job in await self.store.prunable(before):

@@ -136,7 +136,9 @@ class ImageService:
                 raise InvalidRequestError("Attach the image you want to edit.")
             if len(request.images) > spec.max_input_images:
                 raise InvalidRequestError(f"{plan.model} can edit at most {spec.max_input_images} image(s) at once.")
-            if (request.mask is not None or request.region) and not spec.masks:
+            if request.region is not None:
+                imaging.parse_region(request.region)  # an empty or unknown region is refused, never ignored
+            if (request.mask is not None or request.region is not None) and not spec.masks:
                 raise InvalidRequestError(f"{plan.model} can't edit only part of an image (no masks).")
             size = self.catalog.check_size(plan.model, spec, request.size)
             quality = _option(plan.model, "quality", request.quality, spec.qualities)
@@ -350,7 +352,7 @@ class ImageService:
             mask_png = imaging.mask_from_upload(
                 mask, size, max_bytes=self._imaging.max_input_bytes, max_pixels=self._imaging.max_input_pixels
             )
-        elif region:
+        elif region is not None:
             mask_png = imaging.region_mask(region, size)
         elif first.has_transparency and spec.masks:
             mask_png = imaging.mask_from_alpha(first.data)

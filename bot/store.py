@@ -213,8 +213,11 @@ class SQLiteJobStore:
         )
 
     async def prunable(self, before: float) -> list[Job]:
+        """Jobs older than ``before`` with files on disk: results, or the inputs of failed and interrupted jobs."""
         return await self._select(
-            "SELECT * FROM jobs WHERE created_at < ? AND results_pruned = 0 AND results != '[]'", (before,)
+            "SELECT * FROM jobs WHERE created_at < ? AND results_pruned = 0 AND status NOT IN (?, ?)"
+            " AND (results != '[]' OR coalesce(json_array_length(request, '$.inputs'), 0) > 0)",
+            (before, *_UNFINISHED),
         )
 
     async def spend(self, since: float, *, context: JobContext | None = None, per: str = "all") -> Spend:

@@ -144,6 +144,17 @@ async def test_edit_with_a_region(fake_openai: FakeOpenAI, tmp_path: Path) -> No
     assert mask.getpixel((60, 10)) == 0 and mask.getpixel((60, 70)) == 255
 
 
+@pytest.mark.parametrize("region", ["", "   "])
+async def test_an_empty_region_is_refused_with_the_valid_ones(tmp_path: Path, region: str) -> None:
+    (tmp_path / "in.png").write_bytes(png(64, 64))
+    run = await imagebot("edit", "in.png", "a hat", "--region", region, cwd=tmp_path)
+    assert run.code == 1
+    assert run.stderr.startswith("imagebot: The region is empty. Use one of top-half, bottom-half, left-half,")
+    assert "like B2 or A1:B2" in run.stderr
+    assert run.stdout == ""
+    assert not list(tmp_path.glob("a_hat*"))
+
+
 async def test_vary_is_an_edit_with_the_variation_prompt(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     (tmp_path / "photo.jpg").write_bytes(jpeg(120, 80))
     run = await imagebot("vary", "photo.jpg", "-n", "3", cwd=tmp_path, env=openai_env(fake_openai))
@@ -248,7 +259,32 @@ async def test_check_reports_an_unreachable_provider(tmp_path: Path) -> None:
 async def test_check_offline(tmp_path: Path) -> None:
     run = await imagebot("check", cwd=tmp_path)
     assert run.code == 0, run.stderr
-    assert "provider: offline" in run.stdout
+    assert "provider: offline (built-in generator, no API key)" in run.stdout
+    assert " at offline" not in run.stdout
+
+
+async def test_check_masks_credentials_inside_url_settings(tmp_path: Path) -> None:
+    env = {
+        "DISCORD_API_BASE_URL": "https://Zm9vYmFyLXRva2Vu@discord.example/api/v10",
+        "SLACK_API_URL": "https://bob:slack-Pa55word@slack.example/api/",
+    }
+    run = await imagebot("check", cwd=tmp_path, env=env)
+    assert run.code == 0, run.stderr
+    assert "discord_api_base_url = https://[redacted]@discord.example/api/v10" in run.stdout
+    assert "slack_api_url = https://bob:[redacted]@slack.example/api/" in run.stdout
+    assert_clean(run, "Zm9vYmFyLXRva2Vu", "slack-Pa55word")
+
+
+async def test_check_with_credentials_in_the_openai_url_masks_them_and_says_what_to_do(tmp_path: Path) -> None:
+    env = {"OPENAI_API_KEY": DEFAULT_KEY, "OPENAI_BASE_URL": "http://user:hunter2-proxy@127.0.0.1:9/v1"}
+    run = await imagebot("check", cwd=tmp_path, env=env)
+    assert run.code == 2
+    assert "openai_base_url = http://user:[redacted]@127.0.0.1:9/v1" in run.stdout
+    assert run.stderr.strip().splitlines() == [
+        "imagebot: setting OPENAI_BASE_URL: remove the user:password part; the API key goes in OPENAI_API_KEY "
+        "(and a proxy's credentials in HTTPS_PROXY)"
+    ]
+    assert_clean(run, "hunter2-proxy")
 
 
 async def test_usage_and_history_report_what_the_cli_made(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
@@ -267,6 +303,17 @@ async def test_usage_and_history_report_what_the_cli_made(fake_openai: FakeOpenA
     assert len(rows) == 2
     assert "delivered" in rows[0] and "a cat" in rows[0]
     assert (tmp_path / "data" / "jobs.sqlite3").exists()
+
+
+async def test_history_names_vary_jobs_and_their_steer(tmp_path: Path) -> None:
+    (tmp_path / "cat.png").write_bytes(png(64, 64))
+    assert (await imagebot("vary", "cat.png", cwd=tmp_path)).code == 0
+    assert (await imagebot("vary", "cat.png", "--prompt", "in winter", cwd=tmp_path)).code == 0
+    history = await imagebot("history", cwd=tmp_path)
+    assert history.code == 0, history.stderr
+    steered, plain = history.stdout.splitlines()[1:]
+    assert "  variation: in winter (cli:" in steered
+    assert "  variation (cli:" in plain
 
 
 async def test_prune_reports_what_it_removed(tmp_path: Path) -> None:

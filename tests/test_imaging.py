@@ -14,7 +14,9 @@ import warnings
 import zlib
 
 import pytest
-from PIL import Image, ImageChops, ImageFile, JpegImagePlugin
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import ExifTags, Image, ImageChops, ImageFile, JpegImagePlugin, PngImagePlugin
 
 from bot import imaging
 from bot.errors import InvalidImageError, ProviderResponseError
@@ -651,3 +653,94 @@ def test_encode_png_fast_and_small_are_both_lossless() -> None:
     img = noise((64, 64))
     for fast in (True, False):
         assert decode(imaging.encode_png(img, fast=fast)).tobytes() == img.tobytes()
+
+
+# --- metadata of stored uploads -------------------------------------------------------------------------------
+
+PRIVATE = (b"PhoneMaker", b"SN-0042-SECRET", b"51deg-N-secret", b"xmp-secret", b"comment-secret")
+
+
+def _exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "PhoneMaker"
+    exif[ExifTags.Base.BodySerialNumber] = "SN-0042-SECRET"
+    exif[ExifTags.Base.Orientation] = orientation
+    exif.get_ifd(ExifTags.IFD.GPSInfo)[ExifTags.GPS.GPSAreaInformation] = "51deg-N-secret"
+    return exif
+
+
+def _photo_with_metadata(fmt: str, orientation: int, size: tuple[int, int] = (40, 24)) -> bytes:
+    """A small busy picture carrying EXIF (GPS, serial), XMP and a comment the way each format stores them."""
+    img = Image.effect_mandelbrot(size, (-2.0, -1.5, 1.0, 1.5), 60).convert("RGB")
+    buffer = io.BytesIO()
+    xmp = b"<x:xmpmeta>xmp-secret</x:xmpmeta>"
+    if fmt == "png":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Comment", "comment-secret")
+        info.add_itxt("XML:com.adobe.xmp", xmp.decode())
+        img.save(buffer, "PNG", exif=_exif(orientation), pnginfo=info)
+    elif fmt == "jpeg":
+        img.save(buffer, "JPEG", exif=_exif(orientation).tobytes(), xmp=xmp, comment=b"comment-secret")
+    else:
+        img.save(buffer, "WEBP", exif=_exif(orientation).tobytes(), xmp=xmp, lossless=True)
+    return buffer.getvalue()
+
+
+@settings(max_examples=60, deadline=None)
+@given(fmt=st.sampled_from(["png", "jpeg", "webp"]), orientation=st.integers(1, 8), progressive=st.booleans())
+def test_strip_metadata_removes_everything_private_and_keeps_pixels_and_orientation(
+    fmt: str, orientation: int, progressive: bool
+) -> None:
+    sent = _photo_with_metadata(fmt, orientation)
+    if fmt == "jpeg" and progressive:
+        img = Image.open(io.BytesIO(sent))
+        buffer = io.BytesIO()
+        img.save(buffer, "JPEG", exif=_exif(orientation).tobytes(), progressive=True, comment=b"comment-secret")
+        sent = buffer.getvalue()
+    stored = imaging.strip_metadata(sent)
+    for private in PRIVATE:
+        assert private not in stored
+    assert imaging.sniff_format(stored) == fmt  # the same container, not a re-encode
+    before, after = Image.open(io.BytesIO(sent)), Image.open(io.BytesIO(stored))
+    assert ImageChops.difference(before.convert("RGB"), after.convert("RGB")).getbbox() is None
+    expected = {} if orientation == 1 else {ExifTags.Base.Orientation: orientation}
+    assert dict(after.getexif()) == expected
+
+
+def test_strip_metadata_drops_images_appended_after_the_end() -> None:
+    sent = _photo_with_metadata("jpeg", 1) + _photo_with_metadata("jpeg", 3)  # like a multi-picture thumbnail
+    stored = imaging.strip_metadata(sent)
+    assert stored.count(b"\xff\xd8") == 1
+    assert b"PhoneMaker" not in stored
+
+
+def test_strip_metadata_keeps_a_cmyk_jpeg_readable() -> None:
+    buffer = io.BytesIO()
+    Image.new("CMYK", (16, 16), (10, 200, 30, 5)).save(buffer, "JPEG", exif=_exif(1).tobytes())
+    stored = imaging.strip_metadata(buffer.getvalue())
+    assert Image.open(io.BytesIO(stored)).convert("RGB").getpixel((8, 8)) == Image.open(buffer).convert("RGB").getpixel(
+        (8, 8)
+    )
+    assert b"PhoneMaker" not in stored
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fmt=st.sampled_from(["png", "jpeg", "webp"]),
+    cut=st.integers(0, 4000),
+    flips=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=6),
+)
+def test_strip_metadata_never_raises_on_damaged_files(fmt: str, cut: int, flips: list[tuple[int, int]]) -> None:
+    damaged = bytearray(_photo_with_metadata(fmt, 6))
+    for offset, value in flips:
+        if offset < len(damaged):
+            damaged[offset] = value
+    data = bytes(damaged[: max(cut, 12)])
+    stored = imaging.strip_metadata(data)
+    assert isinstance(stored, bytes) and stored
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_strip_metadata_never_raises_on_arbitrary_bytes(data: bytes) -> None:
+    assert imaging.strip_metadata(data) is not None

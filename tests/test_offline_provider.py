@@ -10,12 +10,17 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageChops, ImageDraw, ImageStat
 
 from bot.errors import ImageBotError, InvalidImageError, InvalidRequestError
-from bot.models import ProviderEdit, ProviderGenerate, ProviderVary, Usage
+from bot.limits import Admission
+from bot.models import EditRequest, ProviderEdit, ProviderGenerate, ProviderVary, Usage, VaryRequest
 from bot.providers import offline
 from bot.providers.offline import OfflineImages
+from bot.service import ImageService
+from bot.settings import load_settings
 
 MODEL = "gpt-image-1"
 
@@ -402,3 +407,41 @@ async def test_no_preview_without_partial_images(provider: OfflineImages) -> Non
 
     await provider.generate(generate_call(), on_partial=on_partial)
     assert previews == []
+
+
+# --- tiny and extreme inputs, through the core ----------------------------------------------------------------
+
+
+def offline_service() -> ImageService:
+    settings = load_settings()
+    return ImageService(
+        provider=OfflineImages(),
+        catalog=settings.catalog(),
+        admission=Admission(max_concurrent=2, images_per_minute=0, per_user_jobs=10, max_queue=10),
+        imaging_settings=settings.imaging,
+        variation_prompt=settings.variation_prompt,
+    )
+
+
+async def edit_and_vary(service: ImageService, size: tuple[int, int]) -> None:
+    """Edit (plain and with a region) and vary an image of ``size``: each gives one readable picture."""
+    source = png(photo(size[0] * 100 + size[1], size) if min(size) >= 40 else Image.new("RGB", size, (90, 140, 30)))
+    results = [
+        await service.edit(EditRequest(images=(source,), prompt="a lighthouse at night")),
+        await service.edit(EditRequest(images=(source,), prompt="a lighthouse", region="center")),
+        await service.vary(VaryRequest(image=source)),
+    ]
+    for result in results:
+        (image,) = result.images
+        assert opened(image.data).size == (image.width, image.height)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (10000, 10), (10, 10000), (2, 3), (4096, 1)])
+async def test_edit_and_vary_of_extreme_shapes_make_images(size: tuple[int, int]) -> None:
+    await edit_and_vary(offline_service(), size)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(width=st.integers(1, 64), height=st.integers(1, 64))
+def test_edit_and_vary_work_for_every_small_size(width: int, height: int) -> None:
+    asyncio.run(edit_and_vary(offline_service(), (width, height)))

@@ -206,3 +206,84 @@ async def test_a_non_local_bind_with_a_password_serves_and_asks_for_it(tmp_path:
             await process.wait()
     assert process.returncode == 0
     assert password not in stdout.decode() + stderr.decode()
+
+
+def _ipv6_loopback_works() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("host", "opened"),
+    [
+        ("0.0.0.0", "127.0.0.1"),  # noqa: S104
+        pytest.param("::", "[::1]", marks=pytest.mark.skipif(not _ipv6_loopback_works(), reason="no IPv6 here")),
+    ],
+)
+async def test_a_bind_to_all_interfaces_prints_an_address_one_can_open(tmp_path: Path, host: str, opened: str) -> None:
+    env = run_env(tmp_path, IMAGEBOT_WEB_HOST=host, IMAGEBOT_WEB_PASSWORD="a-long-playground-password")
+    process = await start(env, tmp_path)
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode().strip()
+        port = env["IMAGEBOT_WEB_PORT"]
+        assert line == f"imagebot: playground at http://{opened}:{port}/ (listening on all interfaces, port {port})"
+        url = line.split()[3]
+        health = await wait_healthy(f"{url}healthz", process)
+        assert health["adapters"] == {"playground": "connected"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), timeout=SHUTDOWN_GRACE_SECONDS + 5)
+
+
+async def imagebot_command(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        *args,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_a_second_run_on_the_same_data_folder_says_so_and_exits(running: Running, tmp_path: Path) -> None:
+    await wait_healthy(f"{running.base_url}/healthz", running.process)
+    code, stderr = await exits(run_env(tmp_path), tmp_path)  # same data folder, another free port
+    assert code == 2
+    folder = (tmp_path / "data").resolve()
+    assert stderr.splitlines() == [
+        f"imagebot: another imagebot is already using the data folder {folder} (pid {running.process.pid}); "
+        "stop it first, or set IMAGEBOT_DATA_DIR"
+    ]
+    assert running.process.returncode is None  # the first one is untouched and still serving
+    await wait_healthy(f"{running.base_url}/healthz", running.process)
+
+
+async def test_reports_work_beside_a_running_bot_and_job_commands_wait_their_turn(
+    running: Running, tmp_path: Path
+) -> None:
+    await wait_healthy(f"{running.base_url}/healthz", running.process)
+    env = run_env(tmp_path)
+    for report in (["history"], ["usage"], ["check"]):
+        code, stdout, stderr = await imagebot_command(env, tmp_path, *report)
+        assert code == 0, stderr
+        assert stdout
+    code, stdout, stderr = await imagebot_command(env, tmp_path, "imagine", "a fox")
+    assert code == 2 and stdout == ""
+    assert stderr.startswith("imagebot: another imagebot is already using the data folder")
+
+    running.process.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(running.process.communicate(), timeout=SHUTDOWN_GRACE_SECONDS + 5)
+    code, stdout, stderr = await imagebot_command(env, tmp_path, "imagine", "a fox")
+    assert code == 0, stderr  # the lock went with the process
+    assert stdout.strip() == "a_fox-1.png"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from PIL import Image, ImageChops
+from PIL import ExifTags, Image, ImageChops
 
 from adapters.base import Adapter
 from adapters.web.commands import ImagineCommand, parse_imagine
@@ -301,6 +302,50 @@ async def test_a_text_file_is_refused_with_the_friendly_image_message(web_bot: H
     assert error["message"].endswith(f"(ref {error['ref']})")
 
 
+async def test_an_empty_file_is_reported_as_empty_not_as_missing(web_bot: Harness) -> None:
+    form = aiohttp.FormData()
+    form.add_field("image", b"", filename="holiday.jpg", content_type="image/jpeg")
+    result = await web_bot.post("/api/vary", form, status=400)
+    assert result["error"]["message"].startswith("That image file is empty (0 bytes).")
+
+
+async def test_an_empty_mask_is_reported_instead_of_editing_everything(web_bot: Harness) -> None:
+    result = await web_bot.post("/api/edit", upload(solid_png(), prompt="a dragon", mask=b""), status=400)
+    assert result["error"]["message"].startswith("That mask file is empty (0 bytes).")
+
+
+async def test_a_form_without_the_image_asks_for_it(web_bot: Harness) -> None:
+    form = aiohttp.FormData(default_to_multipart=True)  # as the page sends it, but with no file attached
+    form.add_field("prompt", "a dragon")
+    result = await web_bot.post("/api/edit", form, status=400)
+    assert result["error"]["message"].startswith("Attach the image first")
+
+
+async def test_a_stored_upload_keeps_no_gps_or_camera_serial(web_bot: Harness, tmp_path: Path) -> None:
+    photo = Image.new("RGB", (320, 240), SOLID)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "PhoneMaker"
+    exif[ExifTags.Base.BodySerialNumber] = "SN-0042-SECRET"
+    exif[ExifTags.Base.Orientation] = 6  # taken sideways: the stored file must still say so
+    gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    gps[ExifTags.GPS.GPSLatitudeRef], gps[ExifTags.GPS.GPSLatitude] = "N", (51.0, 28.0, 38.0)
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", exif=exif.tobytes(), comment=b"at home", quality=92)
+    sent = buffer.getvalue()
+    form = aiohttp.FormData()
+    form.add_field("image", sent, filename="IMG_0001.jpg", content_type="image/jpeg")
+    result = await web_bot.post("/api/vary", form)
+
+    stored_path = tmp_path / "data" / "results" / result["job"]["id"] / "input-1.jpg"
+    stored = stored_path.read_bytes()
+    for private in (b"PhoneMaker", b"SN-0042-SECRET", b"at home"):
+        assert private in sent and private not in stored
+    kept = decode(stored)
+    assert dict(kept.getexif()) == {ExifTags.Base.Orientation: 6}
+    assert not kept.getexif().get_ifd(ExifTags.IFD.GPSInfo)
+    assert ImageChops.difference(kept.convert("RGB"), decode(sent).convert("RGB")).getbbox() is None  # lossless
+
+
 async def test_an_upload_over_the_limit_is_refused(tmp_path: Path) -> None:
     async for bot in _harness(tmp_path, imaging={"max_input_bytes": 2000}):
         result = await bot.post("/api/vary", upload(png(400, 400, (1, 2, 3), mode="RGB") + b"\0" * 4000), status=413)
@@ -409,6 +454,13 @@ async def test_an_expensive_job_waits_for_confirm_and_can_be_cancelled(tmp_path:
         other = await bot.imagine("a cat --quality high")
         cancelled = await bot.post(f"/api/jobs/{other['job']['id']}/cancel")
         assert cancelled["status"] == "cancelled"
+
+
+async def test_a_confirmation_under_a_cent_shows_the_digits(tmp_path: Path) -> None:
+    async for bot in _harness(tmp_path, jobs={"confirm_above_usd": 0.000001}):
+        held = await bot.imagine("a fox --quality low")
+        assert held["status"] == "awaiting_confirmation"
+        assert held["estimate_text"] == "about $0.0059"  # $0.00588, not "about $0.01" or "$0.00"
 
 
 async def test_history_lists_this_sessions_finished_jobs_for_a_reloaded_page(web_bot: Harness) -> None:

@@ -21,7 +21,7 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 async def sync(settings: Settings) -> int:
     """Force a sync of the global commands, whatever Discord has now."""
-    async with new_http_session() as session, open_core(settings, session) as core:
+    async with new_http_session() as session, open_core(settings, session, exclusive=False) as core:  # runs no job
         adapter = DiscordAdapter(core, settings)
         apply_endpoints(settings)
         try:

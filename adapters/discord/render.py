@@ -14,6 +14,7 @@ import discord
 
 from adapters.discord.components import RESULT_TEMPLATE, ConfirmButton, ResultButton
 from bot import imaging
+from bot.budgets import format_dollars
 from bot.models import GeneratedImage, ImageResult, Job
 
 MESSAGE_LIMIT = 2000
@@ -131,6 +132,6 @@ async def render_result(
 
 
 def render_confirmation(job: Job, user_id: str) -> Rendered:
-    cost = f"about ${job.estimated_cost:.2f}" if job.estimated_cost is not None else "more than usual"
+    cost = f"about {format_dollars(job.estimated_cost)}" if job.estimated_cost is not None else "more than usual"
     note = f"This will cost {cost} ({job.images_requested} image(s)). Go ahead?"
     return Rendered(result_text(job.prompt or "(variation)", user_id, note=note), [], confirm_view(job.id))

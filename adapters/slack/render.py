@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bot.budgets import format_dollars
 from bot.imaging import REGION_NAMES
 from bot.models import ImageResult, Job
 
@@ -104,7 +105,7 @@ def controls_message(job: Job, result: ImageResult) -> dict[str, Any]:
 
 def confirmation_message(job: Job) -> dict[str, Any]:
     """An ephemeral question before an expensive job runs."""
-    cost = f"about ${job.estimated_cost:.2f}" if job.estimated_cost is not None else "more than usual"
+    cost = f"about {format_dollars(job.estimated_cost)}" if job.estimated_cost is not None else "more than usual"
     text = f"This request will cost {cost} ({job.images_requested} image(s)). Go ahead?"
     buttons = [
         _button("Confirm", CONFIRM, f"confirm:{job.id}", "primary"),

@@ -25,6 +25,7 @@ from aiohttp import BodyPartReader, web
 from adapters.base import AdapterState
 from bot import imaging
 from bot.bootstrap import Core
+from bot.budgets import format_dollars
 from bot.errors import ImageBotError, InvalidImageError, InvalidRequestError, UnexpectedError
 from bot.jobs import JobNotFoundError, JobOutcome
 from bot.models import (
@@ -301,7 +302,13 @@ class Playground:
     def _outcome(self, outcome: JobOutcome) -> dict[str, Any]:
         job = outcome.job
         if outcome.needs_confirmation:
-            return {"status": "awaiting_confirmation", "job": _job_info(job), "estimate_usd": job.estimated_cost}
+            estimate = job.estimated_cost
+            return {
+                "status": "awaiting_confirmation",
+                "job": _job_info(job),
+                "estimate_usd": estimate,
+                "estimate_text": None if estimate is None else f"about {format_dollars(estimate)}",
+            }
         if outcome.result is None:
             raise InvalidRequestError(
                 "You asked for exactly this a moment ago and it isn't finished yet; it will show up there.",
@@ -345,7 +352,7 @@ class Playground:
     async def _edit(self, request: web.Request) -> web.StreamResponse:
         form = await self._form(request)
         image = _upload(form, "image")
-        mask = form.get("mask") or None
+        mask = _upload(form, "mask", "mask") if "mask" in form else None
         region = _field(form, "region").strip() or None
         if mask is not None and region is not None:
             raise InvalidRequestError("Pick either a region or a mask, not both.")
@@ -545,10 +552,15 @@ def _field(form: dict[str, bytes], key: str) -> str:
         raise InvalidRequestError(f"The {key} field must be text.") from None
 
 
-def _upload(form: dict[str, bytes], key: str) -> bytes:
+def _upload(form: dict[str, bytes], key: str, what: str = "image") -> bytes:
     data = form.get(key)
+    if data is None:
+        raise InvalidImageError(f"Attach the {what} first (PNG, JPEG, WebP or GIF).")
     if not data:
-        raise InvalidImageError("Attach the image first (PNG, JPEG, WebP or GIF).")
+        raise InvalidImageError(
+            f"That {what} file is empty (0 bytes). Attach the {what} again, as a PNG, JPEG, WebP or GIF.",
+            detail=f"empty {key} upload",
+        )
     return data
 
 

@@ -17,6 +17,10 @@ HTTP_SHUTDOWN_SECONDS = 2.0  # then in-flight responses get this long to be writ
 UPLOAD_OVERHEAD_BYTES = 1024 * 1024  # multipart headers and text fields around the files
 
 
+# Binding to these means every interface; the address to open on this machine is the loopback one.
+_WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1", "[::]": "::1"}  # noqa: S104
+
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); False for 0.0.0.0, names, LAN IPs."""
     if host.strip().lower() == "localhost":
@@ -60,8 +64,14 @@ class WebServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self._host}]" if ":" in self._host else self._host
+        """An address to open: for a bind to all interfaces (0.0.0.0, ::), this machine's loopback one."""
+        host = _WILDCARD_TO_LOOPBACK.get(self._host.strip(), self._host)
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/"
+
+    @property
+    def on_all_interfaces(self) -> bool:
+        return self._host.strip() in _WILDCARD_TO_LOOPBACK
 
     @property
     def port(self) -> int:
@@ -76,7 +86,8 @@ class WebServer:
         except BaseException:
             await self._runner.cleanup()
             raise
-        log.info("web server listening on %s", self.url)
+        where = " (listening on all interfaces)" if self.on_all_interfaces else ""
+        log.info("web server listening on %s%s", self.url, where)
 
     async def stop(self) -> None:
         """Stop listening, give in-flight responses ``HTTP_SHUTDOWN_SECONDS``, then close every connection."""

@@ -656,26 +656,30 @@ def _soft_inside(editable: Image.Image) -> Image.Image:
 
 
 def _warp(img: Image.Image, rng: random.Random) -> Image.Image:
-    """A gentle seeded wobble: a 4x4 mesh whose inner grid points move by up to ~2% of the short side."""
+    """A gentle seeded wobble: a mesh of up to 4x4 cells whose inner grid points move by up to ~2% of the short side.
+
+    An edge shorter than 4 px gets as many cells as it has pixels: a cell of zero width or height would make
+    Pillow's mesh transform divide by zero.
+    """
     w, h = img.size
-    cells, amp = 4, min(w, h) * 0.02
-    xs = [round(w * i / cells) for i in range(cells + 1)]
-    ys = [round(h * j / cells) for j in range(cells + 1)]
+    columns, rows, amp = min(4, w), min(4, h), min(w, h) * 0.02
+    xs = [round(w * i / columns) for i in range(columns + 1)]
+    ys = [round(h * j / rows) for j in range(rows + 1)]
     moved = {
         (i, j): (
-            xs[i] + (rng.uniform(-amp, amp) if 0 < i < cells else 0.0),
-            ys[j] + (rng.uniform(-amp, amp) if 0 < j < cells else 0.0),
+            xs[i] + (rng.uniform(-amp, amp) if 0 < i < columns else 0.0),
+            ys[j] + (rng.uniform(-amp, amp) if 0 < j < rows else 0.0),
         )
-        for i in range(cells + 1)
-        for j in range(cells + 1)
+        for i in range(columns + 1)
+        for j in range(rows + 1)
     }
     mesh = [
         (
             (xs[i], ys[j], xs[i + 1], ys[j + 1]),
             (*moved[i, j], *moved[i, j + 1], *moved[i + 1, j + 1], *moved[i + 1, j]),
         )
-        for i in range(cells)
-        for j in range(cells)
+        for i in range(columns)
+        for j in range(rows)
     ]
     return img.transform((w, h), Image.Transform.MESH, mesh, resample=BILINEAR)
 

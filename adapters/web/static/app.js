@@ -220,7 +220,7 @@
   }
 
   function renderConfirmation(body, result) {
-    const cost = result.estimate_usd != null ? `about $${Number(result.estimate_usd).toFixed(2)}` : "more than usual";
+    const cost = result.estimate_text || "more than usual";
     body.append(el("div", { class: "text", text: `This request will cost ${cost}. Go ahead?` }));
     const row = el("div", { class: "actions" });
     row.append(
