@@ -93,7 +93,8 @@ class DiscordSettings(BaseModel):
     allowed_guilds: list[str] = Field(default_factory=list)
     allowed_channels: list[str] = Field(default_factory=list)
     allowed_roles: list[str] = Field(default_factory=list)
-    allow_dms: bool = True
+    # None ("auto"): DMs are allowed while no allow-list is set, refused once one is (see adapters/common/access.py)
+    allow_dms: bool | None = None
     others_may_press: bool = False
 
 
@@ -105,6 +106,7 @@ class SlackSettings(BaseModel):
     allowed_workspaces: list[str] = Field(default_factory=list)
     allowed_channels: list[str] = Field(default_factory=list)
     allowed_users: list[str] = Field(default_factory=list)
+    others_may_press: bool = False
 
 
 class ImagingSettings(BaseModel):

@@ -25,6 +25,7 @@ import yarl
 from discord import app_commands
 
 from adapters.base import AdapterState
+from adapters.common.access import NOT_IN_DMS, AccessPolicy
 from adapters.discord import render
 from adapters.discord.commands import MAX_COUNT, install_commands
 from adapters.discord.components import ConfirmButton, EditModal, RemixModal, ResultButton
@@ -469,7 +470,7 @@ class DiscordAdapter:
     ) -> str | None:
         rules = self.settings.discord
         if guild_id is None:
-            return None if rules.allow_dms else "I don't take requests in direct messages. Use me in a server."
+            return None if AccessPolicy(rules, self.settings.slack).dms_allowed() else NOT_IN_DMS
         if rules.allowed_guilds and str(guild_id) not in rules.allowed_guilds:
             return "I'm not enabled on this server."
         if rules.allowed_channels and not {str(channel_id), str(parent_id)} & set(rules.allowed_channels):
