@@ -95,8 +95,9 @@ class JobService:
         """Call once at start-up, before serving: finish or interrupt what a previous process left unfinished.
 
         A job whose upstream answer reached its spool is finished from it (decoded, stored, charged its actual
-        cost) and becomes ``done``, so the adapters' ``undelivered`` posts it; any other queued or running job
-        never got a paid answer and becomes ``interrupted`` at no cost. Returns the interrupted jobs.
+        cost) and becomes ``done``, so the adapters' ``undelivered`` posts it. Any other queued or running job
+        becomes ``interrupted``: at no cost if the image service never answered it, at its estimate if the
+        answer had begun to arrive (the generation was billed; its images are lost). Returns the interrupted.
         """
         interrupted: list[Job] = []
         for job in await self.store.unfinished():
@@ -119,7 +120,7 @@ class JobService:
                 size=_text(options.get("size")),
                 quality=_text(options.get("quality")),
                 requester=job.context.requester,
-                spool=self._write_ahead(job.id),
+                spool=self._write_ahead(job),
             )
         except ImageBotError as exc:
             log.warning("job %s: its spooled answer can't be used: %s", job.id, exc.log_line())
@@ -337,7 +338,7 @@ class JobService:
                 await progress(update)
 
         try:
-            result = await self._call(request, track, self._write_ahead(job.id))
+            result = await self._call(request, track, self._write_ahead(job))
             job = await self._store_result(job.id, result)
             future.set_result(result)
             return JobOutcome(job, result)
@@ -368,13 +369,18 @@ class JobService:
             return await self.images.edit(request, progress, spool=spool)
         return await self.images.vary(request, progress, spool=spool)
 
-    def _write_ahead(self, job_id: str) -> WriteAhead:
-        """The job's spool, and the ledger entry made the moment its answer is known to hold images."""
+    def _write_ahead(self, job: Job) -> WriteAhead:
+        """The job's spool, and its ledger entries: billed at the estimate when the upstream's 2xx arrives,
+        at the actual cost the moment the answer is known to hold images."""
+        job_id = job.id
+
+        async def answered() -> None:
+            await self.store.update(job_id, paid_at=self._clock(), actual_cost=job.estimated_cost)
 
         async def paid(cost: float | None) -> None:
             await self.store.update(job_id, paid_at=self._clock(), actual_cost=cost)
 
-        return WriteAhead(self.files.spool(job_id), paid)
+        return WriteAhead(self.files.spool(job_id), paid, answered)
 
     async def _store_result(self, job_id: str, result: ImageResult) -> Job:
         """Results to disk, then the job ``done`` (ready to deliver), then the spool is no longer needed."""

@@ -131,7 +131,7 @@ class ProviderGenerate:
     output_format: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
     partial_images: int = 0  # previews to stream while the image is made (0 = no streaming)
-    spool: Path | None = None  # write-ahead: a paid answer is written here before it is decoded
+    spool: WriteAhead | None = None  # write-ahead: a paid answer is written here before it is decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +148,7 @@ class ProviderEdit:
     quality: str | None
     extra: dict[str, str] = field(default_factory=dict)
     partial_images: int = 0  # previews to stream while the image is made (0 = no streaming)
-    spool: Path | None = None  # write-ahead: a paid answer is written here before it is decoded
+    spool: WriteAhead | None = None  # write-ahead: a paid answer is written here before it is decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,20 +160,26 @@ class ProviderVary:
     n: int
     size: str | None
     extra: dict[str, str] = field(default_factory=dict)
-    spool: Path | None = None  # write-ahead: a paid answer is written here before it is decoded
+    spool: WriteAhead | None = None  # write-ahead: a paid answer is written here before it is decoded
+
+
+async def _nothing() -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class WriteAhead:
     """A job's write-ahead record for one provider call.
 
-    The provider streams the upstream's answer to ``path`` and renames it into place once the whole body
-    has arrived: from then on a crash loses nothing (a restart decodes the spool). ``paid`` is told the
+    ``answered`` is awaited when the upstream's 2xx status arrives (the generation is billed from then on,
+    whatever happens to the body). The provider streams the body to ``path`` and renames it into place once
+    it has all arrived: from then on a crash loses nothing (a restart decodes the spool). ``paid`` is told the
     cost as soon as the answer is known to hold images, before anything else is done with them.
     """
 
     path: Path
     paid: Callable[[float | None], Awaitable[None]]
+    answered: Callable[[], Awaitable[None]] = _nothing
 
 
 @dataclass(frozen=True, slots=True)

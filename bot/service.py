@@ -109,7 +109,7 @@ class ImageService:
                 output_format=_option(plan.model, "output format", request.output_format, spec.output_formats),
                 extra=_extra(spec),
                 partial_images=self._previews(plan, progress),
-                spool=spool.path if spool else None,
+                spool=spool,
             )
             on_partial = _preview_sink(progress, call.partial_images)
 
@@ -157,7 +157,7 @@ class ImageService:
                 quality,
                 _extra(spec),
                 previews,
-                spool=spool.path if spool else None,
+                spool=spool,
             )
             on_partial = _preview_sink(progress, call.partial_images)
 
@@ -184,13 +184,12 @@ class ImageService:
                 raise InvalidRequestError(f"The model {plan.model} can't make variations. Pick another model.")
             size = self.catalog.check_size(plan.model, spec, request.size)
             png = await asyncio.to_thread(self._prepare_image, spec, request.image)
-            path = spool.path if spool else None
             if spec.variations_endpoint and not steer:
-                vary_call = ProviderVary(plan.model, png.data, plan.n, size, _extra(spec), spool=path)
+                vary_call = ProviderVary(plan.model, png.data, plan.n, size, _extra(spec), spool=spool)
                 raw = await self._admitted(request.requester, plan, progress, lambda: self.provider.vary(vary_call))
             else:
                 edit_call = ProviderEdit(
-                    plan.model, plan.prompt, (png.data,), None, plan.n, size, None, _extra(spec), spool=path
+                    plan.model, plan.prompt, (png.data,), None, plan.n, size, None, _extra(spec), spool=spool
                 )
                 raw = await self._admitted(request.requester, plan, progress, lambda: self.provider.edit(edit_call))
             shown = _Plan(plan.model, spec, plan.n, steer or "variation", size)

@@ -22,7 +22,7 @@ import pytest
 
 from bot.jobs import JobService
 from bot.limits import Admission
-from bot.models import GenerateRequest, Job, JobContext, JobStatus, ProviderGenerate, Spend
+from bot.models import GenerateRequest, Job, JobContext, JobStatus, ProviderGenerate, Spend, WriteAhead
 from bot.providers.openai import OpenAIImages, spool_part
 from bot.service import ImageService
 from bot.settings import BudgetSettings, JobSettings, OpenAISettings, load_settings
@@ -83,6 +83,10 @@ def running_job(job_id: str, **options: object) -> Job:
     )
 
 
+async def ignore(cost: float | None) -> None:
+    """The dying process never got to record the cost."""
+
+
 async def leave_spooled_answer(data: Path, fake: FakeOpenAI, http: aiohttp.ClientSession, *, stream: bool) -> str:
     """What a process killed right after the upstream's 200 leaves: a running job and its committed spool."""
     job = running_job("spooled01")
@@ -99,7 +103,7 @@ async def leave_spooled_answer(data: Path, fake: FakeOpenAI, http: aiohttp.Clien
         size="1024x1024",
         quality=None,
         partial_images=1 if stream else 0,
-        spool=ResultFiles(data / "results").spool(job.id),
+        spool=WriteAhead(ResultFiles(data / "results").spool(job.id), paid=ignore),
     )
     await provider.generate(call)  # the answer reached the spool; the process "dies" before anything else
     return job.id
@@ -126,21 +130,28 @@ async def test_a_spooled_answer_is_finished_charged_once_and_delivered_after_a_r
             assert row.dollars == pytest.approx(ONE_CALL)
 
 
-async def test_a_half_written_spool_is_an_interrupted_job_that_costs_nothing(
+async def test_a_job_cut_off_while_its_answer_arrived_is_interrupted_and_charged_its_estimate(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
+    """The 200 came (the generation is billed) but the body never completed: the images are lost, the
+    charge is not; the ledger says so at the estimate."""
     async with FakeOpenAI() as fake:
         async with core(tmp_path, fake, http) as jobs:
-            await jobs.store.submit(running_job("halfway01"), dedupe_since=0)
-            part = spool_part(jobs.files.spool("halfway01"))
+            job = running_job("halfway01")
+            await jobs.store.submit(job, dedupe_since=0)
+            await jobs._write_ahead(job).answered()  # what the provider does when the 2xx status arrives
+            part = spool_part(jobs.files.spool(job.id))
             part.parent.mkdir(parents=True)
-            part.write_bytes(b'{"created": 1, "data": [{"b64_json": "iVBORw0KGgo')  # the 200 never completed
+            part.write_bytes(b'{"created": 1, "data": [{"b64_json": "iVBORw0KGgo')  # the body stops here
         async with core(tmp_path, fake, http) as restarted:
-            job = await restarted.store.get("halfway01")
-            assert job is not None and job.status is JobStatus.INTERRUPTED and job.paid_at is None
-            assert await restarted.store.usage(MONTH_START) == []
-            assert (await restarted.store.spend(MONTH_START)).dollars == 0
+            cut = await restarted.store.get(job.id)
+            assert cut is not None and cut.status is JobStatus.INTERRUPTED
+            assert cut.paid_at is not None and cut.actual_cost == job.estimated_cost
+            (row,) = await restarted.store.usage(MONTH_START)
+            assert (row.jobs, row.dollars) == (1, pytest.approx(0.2))
+            assert [j.id for j in await restarted.cut_off("slack")] == [job.id]  # the adapter tells the user
             assert not part.exists()
+        assert fake.image_requests == []
 
 
 async def test_jobs_cut_off_before_any_answer_cost_nothing_in_usage_or_budgets(
@@ -228,18 +239,23 @@ async def test_kill_after_the_upstream_answered_loses_no_paid_image(tmp_path: Pa
                 async with browser.get(f"{base}/api/history") as response:
                     history = (await response.json())["jobs"]
                 (row,) = job_rows(tmp_path / "data")
-                if row["paid_at"] is None:
-                    # killed before the body was all in (only possible right at the 200): nothing paid, told
+                if row["status"] == "interrupted":
+                    # killed before the answer was all in (only possible right at the 200): the images are lost;
+                    # if the bot had seen the 200, the generation was billed and the ledger charges the estimate
                     assert delay_ms < 20, f"a complete answer was lost {delay_ms} ms after the 200"
-                    assert row["status"] == "interrupted" and history == []
+                    seen = row["paid_at"] is not None
+                    assert row["actual_cost"] == (row["estimated_cost"] if seen else None)
+                    assert not any(job.get("images") for job in history)
+                    charged = row["estimated_cost"] if seen else 0.0
                 else:
                     assert row["status"] in {"done", "delivered"}
                     assert row["actual_cost"] == pytest.approx(ONE_CALL)
-                    (shown,) = history
+                    (shown,) = [job for job in history if job.get("images")]
                     url = shown["images"][0]["url"]
                     async with browser.get(f"{base}{url}") as response:
                         image = await response.read()
                     assert decode(image).size == (1024, 1024)
+                    charged = ONE_CALL
                 assert len(fake.image_requests) == 1, "the restart asked (and paid) again"
             finally:
                 restarted.send_signal(signal.SIGTERM)
@@ -255,8 +271,7 @@ async def test_kill_after_the_upstream_answered_loses_no_paid_image(tmp_path: Pa
     )
     out, _ = await usage.communicate()
     total = out.decode().strip().splitlines()[-1].split()
-    expected = "$0.0319" if row["paid_at"] is not None else "$0.0000"
-    assert total[0] == "total" and total[-1] == expected, out.decode()
+    assert total[0] == "total" and total[-1] == f"${charged:.4f}", out.decode()  # counted once
 
 
 async def test_kill_while_the_upstream_is_still_working_costs_nothing(tmp_path: Path) -> None:

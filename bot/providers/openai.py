@@ -46,6 +46,7 @@ from bot.models import (
     ProviderImages,
     ProviderVary,
     Usage,
+    WriteAhead,
 )
 from bot.ports import OnPartial
 from bot.redact import redact
@@ -528,7 +529,7 @@ class OpenAIImages:
         *,
         stream: bool = False,
         on_partial: OnPartial | None = None,
-        spool: Path | None = None,
+        spool: WriteAhead | None = None,
     ) -> ProviderImages:
         attempts = self._settings.max_retries + 1
         for attempt in range(attempts):
@@ -566,7 +567,7 @@ class OpenAIImages:
         *,
         stream: bool = False,
         on_partial: OnPartial | None = None,
-        spool: Path | None = None,
+        spool: WriteAhead | None = None,
     ) -> ProviderImages | _Failure:
         """One HTTP round trip: the images, or what went wrong and whether the server said when to retry.
 
@@ -585,11 +586,13 @@ class OpenAIImages:
                 headers = dict(resp.headers)
                 if 200 <= status < 300:
                     self._note_rate_headers(headers)
+                    if spool is not None:
+                        await spool.answered()  # billed from here on, whatever becomes of the body
                     request_id = scrub_header(headers.get("x-request-id"))
                     if stream and resp.content_type == "text/event-stream":
                         log.info("POST %s -> %s streaming (request %s)", path, status, request_id)
                         return await self._read_stream(resp, path, model, on_partial, previews, spool)
-                    async with _SpoolWriter.to(spool) as body:
+                    async with _SpoolWriter.to(spool.path if spool else None) as body:
                         await self._receive(resp, body)
                         decoded = await asyncio.to_thread(body.commit_and_decode, _decode_success)
                     log.info(
@@ -641,7 +644,7 @@ class OpenAIImages:
         model: str,
         on_partial: OnPartial | None,
         previews: list[int],
-        spool: Path | None,
+        spool: WriteAhead | None,
     ) -> ProviderImages | _Failure:
         """Read an image event stream: previews go to ``on_partial``, completed events make the result.
 
@@ -650,7 +653,7 @@ class OpenAIImages:
         images: list[bytes] = []
         usage: Usage | None = None
         decoder = SSEDecoder()
-        async with _SpoolWriter.to(spool) as body:
+        async with _SpoolWriter.to(spool.path if spool else None) as body:
             async for line in self._lines(resp, body):
                 event = decoder.feed(line)
                 if event is None:
