@@ -14,7 +14,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import aiohttp
@@ -206,37 +206,67 @@ def job_rows(data: Path) -> list[sqlite3.Row]:
         return db.execute("SELECT * FROM jobs").fetchall()
 
 
+@contextlib.asynccontextmanager
+async def running_bot(env: dict[str, str], cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``imagebot run``, healthy; stopped with SIGTERM at the end unless the test killed it."""
+    process = await start(env, cwd)
+    try:
+        await wait_healthy(f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}/healthz", process)
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            await process.wait()
+
+
+def playground(env: dict[str, str]) -> aiohttp.ClientSession:
+    """A browser on the playground: one cookie session, the header the page sends."""
+    base = f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}"
+    jar = aiohttp.CookieJar(unsafe=True)
+    return aiohttp.ClientSession(base_url=base, cookie_jar=jar, headers={"X-Imagebot": "1"})
+
+
+async def kill_during_imagine(
+    browser: aiohttp.ClientSession, process: asyncio.subprocess.Process, moment: Awaitable[object]
+) -> None:
+    """Ask for an image, SIGKILL the bot once ``moment`` has come, and let the dead request go."""
+    async with browser.get("/api/config") as response:  # the page's first call: its session
+        assert response.status == 200
+    posted = asyncio.create_task(browser.post("/api/imagine", json={"text": "a lighthouse"}))
+    await asyncio.wait_for(moment, 30)
+    os.kill(process.pid, signal.SIGKILL)
+    await process.wait()
+    with contextlib.suppress(aiohttp.ClientError):
+        (await posted).release()
+
+
+async def usage_total(env: dict[str, str], cwd: Path) -> str:
+    """The dollars on the last line of ``imagebot usage``."""
+    usage = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "bot", "usage"), env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await usage.communicate()
+    total = out.decode().strip().splitlines()[-1].split()
+    assert total[0] == "total", out.decode()
+    return total[-1]
+
+
+async def after(event: asyncio.Event, delay: float) -> None:
+    await event.wait()
+    await asyncio.sleep(delay)
+
+
 @pytest.mark.parametrize("delay_ms", [0, 5, 20, 50, 100])
 async def test_kill_after_the_upstream_answered_loses_no_paid_image(tmp_path: Path, delay_ms: int) -> None:
     """SIGKILL ``imagebot run`` ``delay_ms`` after the fake API sent its last byte, restart, look again."""
     async with FakeOpenAI(photo_like=True) as fake:
         env = run_env(tmp_path, OPENAI_API_KEY=DEFAULT_KEY, OPENAI_BASE_URL=fake.base_url)
-        base = f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}"
-        process = await start(env, tmp_path)
-        jar = aiohttp.CookieJar(unsafe=True)
-        async with aiohttp.ClientSession(cookie_jar=jar, headers={"X-Imagebot": "1"}) as browser:
-            try:
-                await wait_healthy(f"{base}/healthz", process)
-                async with browser.get(f"{base}/api/config") as response:  # the page's first call: a session
-                    assert response.status == 200
-                posted = asyncio.create_task(browser.post(f"{base}/api/imagine", json={"text": "a lighthouse"}))
-                await asyncio.wait_for(fake.answered_event.wait(), 30)
-                await asyncio.sleep(delay_ms / 1000)
-                os.kill(process.pid, signal.SIGKILL)
-                await process.wait()
-                with contextlib.suppress(aiohttp.ClientError):
-                    (await posted).release()
-            finally:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
-            sent = fake.image_requests[-1]
+        async with playground(env) as browser:
+            async with running_bot(env, tmp_path) as process:
+                await kill_during_imagine(browser, process, after(fake.answered_event, delay_ms / 1000))
             assert len(fake.image_requests) == 1
-
-            restarted = await start(env, tmp_path)
-            try:
-                await wait_healthy(f"{base}/healthz", restarted)
-                async with browser.get(f"{base}/api/history") as response:
+            async with running_bot(env, tmp_path):
+                async with browser.get("/api/history") as response:
                     history = (await response.json())["jobs"]
                 (row,) = job_rows(tmp_path / "data")
                 if row["status"] == "interrupted":
@@ -251,58 +281,25 @@ async def test_kill_after_the_upstream_answered_loses_no_paid_image(tmp_path: Pa
                     assert row["status"] in {"done", "delivered"}
                     assert row["actual_cost"] == pytest.approx(ONE_CALL)
                     (shown,) = [job for job in history if job.get("images")]
-                    url = shown["images"][0]["url"]
-                    async with browser.get(f"{base}{url}") as response:
-                        image = await response.read()
-                    assert decode(image).size == (1024, 1024)
+                    async with browser.get(shown["images"][0]["url"]) as response:
+                        assert decode(await response.read()).size == (1024, 1024)
                     charged = ONE_CALL
-                assert len(fake.image_requests) == 1, "the restart asked (and paid) again"
-            finally:
-                restarted.send_signal(signal.SIGTERM)
-                await restarted.wait()
-        assert sent.json is not None and sent.json["model"] == "gpt-image-2"
-
-    usage = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "bot", "usage"),
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, _ = await usage.communicate()
-    total = out.decode().strip().splitlines()[-1].split()
-    assert total[0] == "total" and total[-1] == f"${charged:.4f}", out.decode()  # counted once
+            assert len(fake.image_requests) == 1, "the restart asked (and paid) again"
+    assert await usage_total(env, tmp_path) == f"${charged:.4f}"  # counted once
 
 
 async def test_kill_while_the_upstream_is_still_working_costs_nothing(tmp_path: Path) -> None:
     async with FakeOpenAI(latency=30.0) as fake:
         env = run_env(tmp_path, OPENAI_API_KEY=DEFAULT_KEY, OPENAI_BASE_URL=fake.base_url)
-        base = f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}"
-        process = await start(env, tmp_path)
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), headers={"X-Imagebot": "1"}) as b:
-            try:
-                await wait_healthy(f"{base}/healthz", process)
-                posted = asyncio.create_task(b.post(f"{base}/api/imagine", json={"text": "a slow lighthouse"}))
-                while not fake.image_requests:
-                    await asyncio.sleep(0.01)
-                os.kill(process.pid, signal.SIGKILL)
-                await process.wait()
-                with contextlib.suppress(aiohttp.ClientError):
-                    (await posted).release()
-            finally:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
-        restarted = await start(env, tmp_path)
-        try:
-            await wait_healthy(f"{base}/healthz", restarted)
-            (row,) = job_rows(tmp_path / "data")
-            assert row["status"] == "interrupted" and row["paid_at"] is None
-        finally:
-            restarted.send_signal(signal.SIGTERM)
-            await restarted.wait()
-    usage = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "bot", "usage"), env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await usage.communicate()
-    assert out.decode().strip().splitlines()[-1].split()[-1] == "$0.0000"
+
+        async def upstream_called() -> None:
+            while not fake.image_requests:
+                await asyncio.sleep(0.01)
+
+        async with playground(env) as browser:
+            async with running_bot(env, tmp_path) as process:
+                await kill_during_imagine(browser, process, upstream_called())
+            async with running_bot(env, tmp_path):
+                (row,) = job_rows(tmp_path / "data")
+                assert row["status"] == "interrupted" and row["paid_at"] is None
+    assert await usage_total(env, tmp_path) == "$0.0000"
