@@ -7,12 +7,58 @@ redacted) and goes to the log next to the same reference id.
 
 from __future__ import annotations
 
+import re
 import secrets
+from collections.abc import Iterable
 from typing import ClassVar
 
-from bot.redact import redact
+from bot.redact import redact, untrusted
 
+DETAIL_LIMIT = 4096  # characters of detail kept for the log (upstream parts are capped smaller before)
+SAFETY_CATEGORIES = (
+    "sexual",
+    "sexual/minors",
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "violence",
+    "violence/graphic",
+)
+OTHER_CATEGORY = "other"
+MAX_CATEGORIES = 5
+# "self_harm", "Self-Harm", "harassment threatening": every spelling of a known category, compared squeezed
+_CATEGORY_BY_KEY = {re.sub(r"[^a-z]", "", c): c for c in SAFETY_CATEGORIES}
 _REF_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O or 1/I: easy to read aloud
+
+
+def plural(count: int, unit: str) -> str:
+    """``1 second``, ``2 seconds``."""
+    return f"{count} {unit}" if count == 1 else f"{count} {unit}s"
+
+
+def safety_categories(raw: Iterable[object]) -> tuple[str, ...]:
+    """Flagged categories as shown to users: known names only, anything else is "other" (deduplicated, at most 5).
+
+    The raw values come from an upstream answer and may hold anything, so none of their text is kept.
+    """
+    shown: list[str] = []
+    for value in raw:
+        if not isinstance(value, str) or not value.strip():
+            continue
+        key = re.sub(r"[^a-z]", "", value.lower()) if len(value) <= 64 else ""
+        category = _CATEGORY_BY_KEY.get(key, OTHER_CATEGORY)
+        if category not in shown:
+            shown.append(category)
+    known = [c for c in shown if c != OTHER_CATEGORY][:MAX_CATEGORIES]
+    if OTHER_CATEGORY in shown:
+        known = [*known[: MAX_CATEGORIES - 1], OTHER_CATEGORY]
+    return tuple(known)
 
 
 def new_ref() -> str:
@@ -34,7 +80,7 @@ class ImageBotError(Exception):
 
     def __init__(self, user_message: str | None = None, *, detail: str = "", ref: str | None = None):
         self.user_message = user_message or self.default_message
-        self.detail = redact(detail)
+        self.detail = untrusted(detail, DETAIL_LIMIT)
         self.ref = ref or new_ref()
         super().__init__(self.user_message)
 
@@ -83,8 +129,8 @@ class SafetyRefusalError(ImageBotError):
         detail: str = "",
         ref: str | None = None,
     ):
-        self.stage = stage
-        self.categories = categories
+        self.stage = stage if stage in ("input", "output") else None
+        self.categories = categories = safety_categories(categories)
         what = "the generated picture" if stage == "output" else "that request"
         if stage == "input":
             what = "that prompt or image"
@@ -165,16 +211,20 @@ class RateLimitedError(ImageBotError):
 
     def __init__(self, *, retry_after: float | None = None, detail: str = "", ref: str | None = None):
         self.retry_after = retry_after
-        when = "in a minute"
-        if retry_after is not None and retry_after < 60:
-            when = f"in about {max(1, round(retry_after))} seconds"
-        elif retry_after is not None:
-            when = f"in about {max(1, round(retry_after / 60))} minutes"
+        when = "in a minute" if retry_after is None or retry_after != retry_after else _in_about(retry_after)
         super().__init__(
             f"The image service is rate-limiting the bot right now. Please try again {when}.",
             detail=detail,
             ref=ref,
         )
+
+
+def _in_about(seconds: float) -> str:
+    if seconds < 59.5:
+        return f"in about {plural(max(1, round(seconds)), 'second')}"
+    if seconds < 3570:
+        return f"in about {plural(round(seconds / 60), 'minute')}"
+    return "later"  # an hour or more (or an absurd header value): no false precision
 
 
 class ProviderOutageError(ImageBotError):

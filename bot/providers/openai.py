@@ -38,6 +38,7 @@ from bot.errors import (
     QuotaExhaustedError,
     RateLimitedError,
     SafetyRefusalError,
+    safety_categories,
 )
 from bot.models import (
     ProviderEdit,
@@ -49,7 +50,7 @@ from bot.models import (
     WriteAhead,
 )
 from bot.ports import OnPartial
-from bot.redact import redact
+from bot.redact import untrusted
 from bot.settings import OpenAISettings
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ TERMINAL_CODES = frozenset(
 )
 INITIAL_BACKOFF = 0.5
 MAX_BACKOFF = 8.0
-_SAFETY_LIST = re.compile(r"safety_violations=\[([^\]]*)\]")
+_SAFETY_LIST = re.compile(r"safety_violations=\[([^\]]{0,2000})\]")
+_FIELD_LIMIT = 64  # characters of an upstream type, code or param kept for the log
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _STREAM_CHUNK = 256 * 1024
 _SPOOL_FLUSH = 1024 * 1024  # spool writes go to a worker thread in pieces of about this size
@@ -188,14 +190,20 @@ def parse_sse_lines(lines: Iterable[str]) -> list[SSEEvent]:
 def translate_error(
     status: int, body: Any, *, model: str, retry_after: float | None = None, raw_text: str = ""
 ) -> ImageBotError:
-    """Turn a non-2xx answer into the right ``ImageBotError`` (the detail is redacted by the error)."""
+    """Turn a non-2xx answer into the right ``ImageBotError``.
+
+    Everything in the answer is untrusted: its fields only choose the error class and a message from a
+    fixed set; what reaches the detail (and so the log) is capped and redacted.
+    """
     error = body.get("error") if isinstance(body, dict) else None
     error = error if isinstance(error, dict) else {}
     message = str(error.get("message") or "")
     code = str(error.get("code") or "")
     etype = str(error.get("type") or "")
     param = str(error.get("param") or "")
-    detail = f"HTTP {status} type={etype or '-'} code={code or '-'} param={param or '-'}: {message or raw_text[:300]}"
+    shown = {"type": etype, "code": code, "param": param}
+    fields = " ".join(f"{name}={untrusted(value, _FIELD_LIMIT) or '-'}" for name, value in shown.items())
+    detail = f"HTTP {status} {fields}: {untrusted(message or raw_text)}"
 
     if code in {"moderation_blocked", "content_policy_violation", "content_filter"} or (
         etype == "image_generation_user_error" and "safety" in message.lower()
@@ -206,10 +214,10 @@ def translate_error(
         categories = moderation.get("categories")
         if not isinstance(categories, list):
             found = _SAFETY_LIST.search(message)
-            categories = [c.strip() for c in found.group(1).split(",")] if found else []
+            categories = found.group(1).split(",") if found else []
         return SafetyRefusalError(
-            stage=str(stage) if stage in {"input", "output"} else None,
-            categories=tuple(str(c) for c in categories if str(c).strip())[:5],
+            stage=stage if stage in ("input", "output") else None,  # a tuple: stage may be unhashable
+            categories=safety_categories(categories),
             detail=detail,
         )
     if code in {"billing_hard_limit_reached", "insufficient_quota"} or etype == "insufficient_quota":
@@ -843,7 +851,7 @@ def scrub_header(value: str | None) -> str:
     """An upstream header value fit for a log line: short, printable and redacted."""
     if not value:
         return "-"
-    return redact("".join(c for c in value[:128] if c.isprintable()))
+    return untrusted(value, 128)
 
 
 def _file_kind(data: bytes) -> tuple[str, str]:
@@ -855,7 +863,7 @@ def _file_kind(data: bytes) -> tuple[str, str]:
 def _json_or_none(raw: bytes) -> Any:
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested deeper than Python recurses
         return None
 
 
