@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -95,16 +96,18 @@ async def serve(settings: Settings, stopping: asyncio.Event | None = None) -> in
     if settings.slack_bot_token is not None and not SlackAdapter.configured(settings):
         raise SettingsError("setting SLACK_APP_TOKEN: set it for Socket Mode (or SLACK_SIGNING_SECRET for HTTP mode)")
     loop = asyncio.get_running_loop()
-    if stopping is None:
-        stopping = asyncio.Event()
+    on_signals = stopping is None and threading.current_thread() is threading.main_thread()
+    stopping = stopping or asyncio.Event()
+    if on_signals:  # (signal handlers can only be set from the main thread)
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, stopping.set)
     try:
         async with new_http_session() as session, open_core(settings, session) as core:
             return await _serve(settings, core, wire(core, settings, session), stopping)
     finally:
-        for signum in STOP_SIGNALS:
-            loop.remove_signal_handler(signum)
+        if on_signals:
+            for signum in STOP_SIGNALS:
+                loop.remove_signal_handler(signum)
 
 
 async def _serve(settings: Settings, core: Core, wiring: Wiring, stopping: asyncio.Event) -> int:
