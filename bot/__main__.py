@@ -1,4 +1,4 @@
-"""`imagebot` (== `python -m bot`): the command line and the composition root of the whole process.
+"""`imagebot` (== `python -m bot`): the command line; `run` (and `discord`) hand over to ``adapters.runner``.
 
     imagebot imagine PROMPT [-n N] [--size S] [--quality Q] [--model M] [--out DIR]
     imagebot edit IMAGE PROMPT [--mask MASK | --region REGION] [-n N] [--out DIR]
@@ -347,104 +347,6 @@ async def _prune(core: Core, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run(settings: Settings) -> int:
-    """`imagebot run`: every adapter with credentials (or else the playground) on one web server and loop."""
-    from adapters.web.server import is_loopback
-    from bot.redact import register_secrets
-
-    password = os.environ.get("IMAGEBOT_WEB_PASSWORD") or None
-    register_secrets([password])
-    playground_only = settings.discord_token is None and settings.slack_bot_token is None
-    if password is None and playground_only and not is_loopback(settings.web_host):
-        print(
-            f"imagebot: setting IMAGEBOT_WEB_HOST: {settings.web_host} is not a loopback address; "
-            "set IMAGEBOT_WEB_PASSWORD to protect the playground, or use 127.0.0.1",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
-    try:
-        return asyncio.run(_serve(settings, password))
-    except (SettingsError, StoreError) as exc:
-        print(f"imagebot: {exc.user_message}", file=sys.stderr)
-        return EXIT_CONFIG
-    except ImageBotError as exc:
-        print(f"imagebot: {exc.friendly()}", file=sys.stderr)
-        return EXIT_FAILED
-    except Exception as exc:
-        wrapped = UnexpectedError(detail=f"{type(exc).__name__}: {exc}")
-        log.exception("imagebot run failed (ref %s)", wrapped.ref)
-        print(f"imagebot: {wrapped.friendly()}", file=sys.stderr)
-        return EXIT_FAILED
-
-
-async def _serve(settings: Settings, password: str | None) -> int:
-    """Start the web server and the adapters; on SIGINT/SIGTERM drain running jobs and stop in order."""
-    import signal
-
-    from adapters.base import Adapter
-    from adapters.discord import DiscordAdapter
-    from adapters.slack import SlackAdapter
-    from adapters.web.playground import Playground
-    from adapters.web.server import WebServer, create_app, is_loopback
-
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stopping.set)
-    if settings.slack_bot_token is not None and not SlackAdapter.configured(settings):
-        raise SettingsError("setting SLACK_APP_TOKEN: set it for Socket Mode (or SLACK_SIGNING_SECRET for HTTP mode)")
-    async with new_http_session() as session, open_core(settings, session) as core:
-        adapters: list[Adapter] = []
-        app = create_app(core, adapters)
-        if settings.discord_token is not None:
-            adapters.append(DiscordAdapter(core, settings))
-        if SlackAdapter.configured(settings):
-            slack = SlackAdapter(core, settings, session)
-            slack.install_routes(app)  # HTTP mode: /slack/events on this server (Socket Mode: nothing)
-            adapters.append(slack)
-        playground: Playground | None = None
-        if not adapters:  # no platform credentials at all: the local playground is the bot
-            playground = Playground(core, password=password, local_only=is_loopback(settings.web_host))
-            playground.install(app)
-            adapters.append(playground)
-        server = WebServer(app, settings.web_host, settings.web_port)
-        try:
-            await server.start()
-        except OSError as exc:  # the port is taken, or the address is not this machine's
-            where = f"{settings.web_host}:{settings.web_port}"
-            print(f"imagebot: cannot listen on {where}: {exc.strerror or type(exc).__name__}", file=sys.stderr)
-            return EXIT_FAILED
-        started: list[Adapter] = []
-        try:
-            for adapter in adapters:
-                await adapter.start()
-                started.append(adapter)
-            everywhere = f" (listening on all interfaces, port {server.port})" if server.on_all_interfaces else ""
-            if playground is not None:
-                print(f"imagebot: playground at {server.url}{everywhere}", flush=True)
-            else:
-                names = ", ".join(adapter.name for adapter in adapters)
-                print(f"imagebot: running {names}; health at {server.url}healthz{everywhere}", flush=True)
-            await stopping.wait()
-            log.info(
-                "shutting down: no new jobs; %d running get up to %gs", core.admission.running, settings.shutdown_grace
-            )
-        finally:
-            core.admission.close()  # queued jobs fail with a "restarting" message their users see
-            deadline = loop.time() + settings.shutdown_grace
-            while core.admission.running and loop.time() < deadline:  # noqa: ASYNC110 (Admission has no event)
-                await asyncio.sleep(0.1)
-            if core.admission.running:
-                log.warning(
-                    "%d job(s) still running after %gs: interrupting", core.admission.running, settings.shutdown_grace
-                )
-            for adapter in reversed(started):
-                await adapter.stop()
-            await server.stop()
-    log.info("stopped")
-    return EXIT_OK
-
-
 async def _one_shot(settings: Settings, args: argparse.Namespace) -> int:
     handlers = {
         "imagine": _imagine,
@@ -472,14 +374,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"imagebot: {exc.user_message}", file=sys.stderr)
         return EXIT_CONFIG
-    if command == "discord":
-        from adapters.discord.cli import main as discord_main
+    if command in ("run", "discord"):
+        from adapters import runner  # the one arrow from the core up to the adapters: the process runner
 
-        configure_logging("DEBUG" if args.verbose else "WARNING", settings.log_format, brief=not args.verbose)
-        return discord_main(settings, args.discord_action)
-    if command == "run":
+        if command == "discord":
+            configure_logging("DEBUG" if args.verbose else "WARNING", settings.log_format, brief=not args.verbose)
+            return runner.discord(settings, args.discord_action)
         configure_logging(settings.log_level, settings.log_format)
-        return _run(settings)
+        return runner.run(settings)
     level = "DEBUG" if args.verbose else "ERROR"
     configure_logging(level, settings.log_format, brief=not args.verbose)
     try:

@@ -7,7 +7,8 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -57,8 +58,11 @@ def new_http_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(trust_env=True)
 
 
-def build_images(settings: Settings, session: aiohttp.ClientSession) -> Images:
-    """Wire the service from settings: provider by credentials (or IMAGEBOT_PROVIDER), limits, catalog."""
+def build_images(
+    settings: Settings, session: aiohttp.ClientSession, *, provider: ImageProvider | None = None
+) -> Images:
+    """Wire the service from settings: provider by credentials (or IMAGEBOT_PROVIDER, or the one given), limits,
+    catalog."""
     register_secrets([*settings.secret_values(), *_url_credentials(settings)])
     catalog = settings.catalog()
     limits = settings.limits
@@ -68,27 +72,8 @@ def build_images(settings: Settings, session: aiohttp.ClientSession) -> Images:
         per_user_jobs=limits.per_user_jobs,
         max_queue=limits.max_queue,
     )
-    provider: ImageProvider
-    if settings.provider_name == "openai":
-        if settings.openai_api_key is None:
-            raise SettingsError("setting OPENAI_API_KEY: IMAGEBOT_PROVIDER=openai needs an API key")
-        if urlsplit(settings.openai_base_url).username is not None:
-            # The API key already fills the Authorization header; aiohttp refuses URL credentials on top.
-            raise SettingsError(
-                "setting OPENAI_BASE_URL: remove the user:password part; the API key goes in OPENAI_API_KEY "
-                "(and a proxy's credentials in HTTPS_PROXY)"
-            )
-        provider = OpenAIImages(
-            session,
-            base_url=settings.openai_base_url,
-            api_key=settings.openai_api_key.get_secret_value(),
-            org_id=settings.openai_org_id.get_secret_value() if settings.openai_org_id else None,
-            project_id=settings.openai_project_id.get_secret_value() if settings.openai_project_id else None,
-            settings=settings.openai,
-            on_throttle=admission.throttle,
-        )
-    else:
-        provider = OfflineImages()
+    if provider is None:
+        provider = _provider(settings, session, admission)
     log.info("image provider: %s, default model %s", provider.name, settings.default_model)
     service = ImageService(
         provider=provider,
@@ -100,6 +85,29 @@ def build_images(settings: Settings, session: aiohttp.ClientSession) -> Images:
         partial_images=settings.openai.partial_images,
     )
     return Images(settings, catalog, admission, provider, service)
+
+
+def _provider(settings: Settings, session: aiohttp.ClientSession, admission: Admission) -> ImageProvider:
+    """The provider the settings ask for: OpenAI (or a compatible server) with a key, else the offline one."""
+    if settings.provider_name == "openai":
+        if settings.openai_api_key is None:
+            raise SettingsError("setting OPENAI_API_KEY: IMAGEBOT_PROVIDER=openai needs an API key")
+        if urlsplit(settings.openai_base_url).username is not None:
+            # The API key already fills the Authorization header; aiohttp refuses URL credentials on top.
+            raise SettingsError(
+                "setting OPENAI_BASE_URL: remove the user:password part; the API key goes in OPENAI_API_KEY "
+                "(and a proxy's credentials in HTTPS_PROXY)"
+            )
+        return OpenAIImages(
+            session,
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key.get_secret_value(),
+            org_id=settings.openai_org_id.get_secret_value() if settings.openai_org_id else None,
+            project_id=settings.openai_project_id.get_secret_value() if settings.openai_project_id else None,
+            settings=settings.openai,
+            on_throttle=admission.throttle,
+        )
+    return OfflineImages()
 
 
 def _url_credentials(settings: Settings) -> list[str]:
@@ -162,9 +170,17 @@ class DataFolderLock:
 
 @contextlib.asynccontextmanager
 async def open_core(
-    settings: Settings, session: aiohttp.ClientSession, *, exclusive: bool = True
+    settings: Settings,
+    session: aiohttp.ClientSession,
+    *,
+    exclusive: bool = True,
+    provider: ImageProvider | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Core]:
     """The whole core, with its job database under ``IMAGEBOT_DATA_DIR`` open for the duration.
+
+    ``provider`` and ``clock`` substitute the settings' provider and the wall clock (tests: a fake at the port,
+    a clock they move).
 
     ``exclusive`` (anything that runs jobs): the data folder is locked for the core's life, and jobs a previous
     process left unfinished are marked interrupted. Without it (reports such as ``usage`` and ``history``) the
@@ -174,7 +190,7 @@ async def open_core(
     if exclusive:
         await asyncio.to_thread(lock.acquire)  # first: a second process stops before it does or logs anything
     try:
-        images = build_images(settings, session)
+        images = build_images(settings, session, provider=provider)
         store = await SQLiteJobStore.open(settings.data_dir / "jobs.sqlite3")
         try:
             jobs = JobService(
@@ -183,6 +199,7 @@ async def open_core(
                 files=ResultFiles(settings.data_dir / "results"),
                 jobs=settings.jobs,
                 budgets=settings.budgets,
+                clock=clock,
             )
             if exclusive:
                 await jobs.start()

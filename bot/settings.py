@@ -153,6 +153,8 @@ class Settings(BaseSettings):
     # The process
     web_host: str = "127.0.0.1"
     web_port: int = Field(8080, ge=0, le=65535)
+    # the playground's shared password (HTTP Basic auth); required when web_host is not a loopback address
+    web_password: SecretStr | None = Field(None, validation_alias=AliasChoices("IMAGEBOT_WEB_PASSWORD", "web_password"))
     data_dir: Path = Path("./data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -179,6 +181,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("web_password", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value else value
 
     @field_validator("openai_base_url", "discord_api_base_url", "slack_api_url")
     @classmethod
@@ -243,6 +250,7 @@ class Settings(BaseSettings):
             self.slack_bot_token,
             self.slack_app_token,
             self.slack_signing_secret,
+            self.web_password,
         )
         return [f.get_secret_value() for f in fields if f is not None]
 

@@ -10,6 +10,11 @@ from typing import Any
 
 import pytest
 
+from adapters.web.session import SESSION_COOKIE
+from bot.bootstrap import new_http_session, open_core
+from bot.models import GenerateRequest, JobContext, JobStatus
+from bot.settings import load_settings
+from tests.fakes.provider import FakeImages
 from tests.images import png
 from tests.test_run import Running, run_env, start, wait_healthy
 
@@ -134,3 +139,33 @@ async def test_imagine_vary_and_upload_in_the_browser(bot: Running, tmp_path: Pa
         finally:
             await browser.close()
     assert problems == []
+
+
+async def test_a_job_a_restart_cut_off_shows_in_the_page_as_interrupted(tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    require_browser()
+    env = run_env(tmp_path)
+    session = "browser-session-cut-off-0001"
+    settings = load_settings(data_dir=Path(env["IMAGEBOT_DATA_DIR"]))
+    async with new_http_session() as http, open_core(settings, http, provider=FakeImages()) as core:
+        outcome = await core.jobs.submit(JobContext(platform="web", user=session), GenerateRequest(prompt="a lost fox"))
+        await core.jobs.store.update(outcome.job.id, status=JobStatus.RUNNING)  # as a crash leaves it
+    process = await start(env, tmp_path)  # the restart
+    base_url = f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}"
+    try:
+        await wait_healthy(f"{base_url}/healthz", process)
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                context = await browser.new_context()
+                await context.add_cookies([{"name": SESSION_COOKIE, "value": session, "url": base_url}])
+                page = await context.new_page()
+                await page.goto(base_url + "/")
+                past = page.locator("article.from-bot").filter(has_text="a lost fox")
+                await expect(past).to_contain_text("interrupted — a restart cut this off; nothing was charged")
+            finally:
+                await browser.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await process.communicate()

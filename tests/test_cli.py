@@ -1,8 +1,10 @@
-"""The `imagebot` command end to end: a real subprocess against the fake Images API on 127.0.0.1."""
+"""The `imagebot` command end to end against the fake Images API on 127.0.0.1: in-process through
+``bot.__main__.main(argv)`` (stdout/stderr captured), plus one smoke test of the real subprocess."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.__main__ import main
 from tests.fakes.openai_server import (
     BILLING_HARD_LIMIT,
     DEFAULT_KEY,
@@ -33,8 +36,8 @@ class Run:
         return self.stdout.splitlines()
 
 
-async def imagebot(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Run:
-    """Run `python -m bot ARGS` without blocking the loop that serves the fake."""
+async def imagebot_process(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Run:
+    """Run `python -m bot ARGS` as a real process, without blocking the loop that serves the fake."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "IMAGEBOT_"))}
     environment.update(env or {})
     process = await asyncio.create_subprocess_exec(
@@ -52,6 +55,37 @@ async def imagebot(*args: str, cwd: Path, env: dict[str, str] | None = None) -> 
     return Run(process.returncode, stdout.decode(), stderr.decode())
 
 
+@dataclass
+class CLI:
+    """``imagebot ARGS`` in this process: ``main(argv)`` in a worker thread (it runs its own event loop, while the
+    test's loop keeps serving the fakes), in ``cwd`` with ``env`` added, its output captured."""
+
+    capsys: pytest.CaptureFixture[str]
+
+    async def __call__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> Run:
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level  # main() configures logging: give pytest its own back
+        self.capsys.readouterr()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(cwd)
+            for name, value in (env or {}).items():
+                patch.setenv(name, value)
+            try:
+                code = await asyncio.to_thread(main, list(args))
+            except SystemExit as exit_:  # argparse's usage errors
+                code = exit_.code if isinstance(exit_.code, int) else 2
+            finally:
+                root.handlers[:] = handlers
+                root.setLevel(level)
+        out, err = self.capsys.readouterr()
+        return Run(code, out, err)
+
+
+@pytest.fixture
+def imagebot(capsys: pytest.CaptureFixture[str]) -> CLI:
+    return CLI(capsys)
+
+
 def openai_env(fake: FakeOpenAI, key: str = DEFAULT_KEY) -> dict[str, str]:
     return {"OPENAI_API_KEY": key, "OPENAI_BASE_URL": fake.base_url, "IMAGEBOT_OPENAI__MAX_RETRIES": "1"}
 
@@ -63,7 +97,7 @@ def assert_clean(run: Run, *secrets: str) -> None:
 
 
 async def test_imagine_writes_pngs_named_from_the_prompt(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
-    run = await imagebot(
+    run = await imagebot_process(  # the smoke test of the real command
         "imagine",
         "RESTfull API security",
         "-n",
@@ -88,7 +122,7 @@ async def test_imagine_writes_pngs_named_from_the_prompt(fake_openai: FakeOpenAI
     assert_clean(run)
 
 
-async def test_imagine_never_overwrites_existing_files(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+async def test_imagine_never_overwrites_existing_files(imagebot: CLI, fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     (tmp_path / "a_fox-1.png").write_bytes(b"keep me")
     run = await imagebot("imagine", "a fox", "-n", "2", cwd=tmp_path, env=openai_env(fake_openai))
     assert run.code == 0, run.stderr
@@ -96,7 +130,7 @@ async def test_imagine_never_overwrites_existing_files(fake_openai: FakeOpenAI, 
     assert (tmp_path / "a_fox-1.png").read_bytes() == b"keep me"
 
 
-async def test_model_and_quality_are_passed_as_given(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+async def test_model_and_quality_are_passed_as_given(imagebot: CLI, fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     run = await imagebot(
         "imagine",
         "a fox",
@@ -112,7 +146,9 @@ async def test_model_and_quality_are_passed_as_given(fake_openai: FakeOpenAI, tm
     assert fake_openai.last.json["quality"] == "low"
 
 
-async def test_edit_with_a_mask_sends_image_and_mask_of_the_same_size(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+async def test_edit_with_a_mask_sends_image_and_mask_of_the_same_size(
+    imagebot: CLI, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     (tmp_path / "kolochava.png").write_bytes(png(96, 64))
     (tmp_path / "kolochava-mask.png").write_bytes(half_white_mask(96, 64))
     run = await imagebot(
@@ -133,7 +169,7 @@ async def test_edit_with_a_mask_sends_image_and_mask_of_the_same_size(fake_opena
     assert mask.mode == "RGBA"
 
 
-async def test_edit_with_a_region(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+async def test_edit_with_a_region(imagebot: CLI, fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     (tmp_path / "photo.jpg").write_bytes(jpeg(120, 80))
     run = await imagebot(
         "edit", "photo.jpg", "a dragon", "--region", "top-half", cwd=tmp_path, env=openai_env(fake_openai)
@@ -145,7 +181,7 @@ async def test_edit_with_a_region(fake_openai: FakeOpenAI, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("region", ["", "   "])
-async def test_an_empty_region_is_refused_with_the_valid_ones(tmp_path: Path, region: str) -> None:
+async def test_an_empty_region_is_refused_with_the_valid_ones(imagebot: CLI, tmp_path: Path, region: str) -> None:
     (tmp_path / "in.png").write_bytes(png(64, 64))
     run = await imagebot("edit", "in.png", "a hat", "--region", region, cwd=tmp_path)
     assert run.code == 1
@@ -155,7 +191,9 @@ async def test_an_empty_region_is_refused_with_the_valid_ones(tmp_path: Path, re
     assert not list(tmp_path.glob("a_hat*"))
 
 
-async def test_vary_is_an_edit_with_the_variation_prompt(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+async def test_vary_is_an_edit_with_the_variation_prompt(
+    imagebot: CLI, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     (tmp_path / "photo.jpg").write_bytes(jpeg(120, 80))
     run = await imagebot("vary", "photo.jpg", "-n", "3", cwd=tmp_path, env=openai_env(fake_openai))
     assert run.code == 0, run.stderr
@@ -166,7 +204,7 @@ async def test_vary_is_an_edit_with_the_variation_prompt(fake_openai: FakeOpenAI
     assert request.form["prompt"][0].startswith("Create a variation")
 
 
-async def test_offline_without_a_key_still_makes_images(tmp_path: Path) -> None:
+async def test_offline_without_a_key_still_makes_images(imagebot: CLI, tmp_path: Path) -> None:
     run = await imagebot("imagine", "a lighthouse at dusk", "--out", "out", cwd=tmp_path)
     assert run.code == 0, run.stderr
     assert run.paths == ["out/a_lighthouse_at_dusk-1.png"]
@@ -183,7 +221,7 @@ async def test_offline_without_a_key_still_makes_images(tmp_path: Path) -> None:
     ],
 )
 async def test_failures_are_one_friendly_paragraph(
-    fake_openai: FakeOpenAI, tmp_path: Path, reply, fragment: str
+    imagebot: CLI, fake_openai: FakeOpenAI, tmp_path: Path, reply, fragment: str
 ) -> None:
     fake_openai.script(reply, reply)
     run = await imagebot("imagine", "a fox", cwd=tmp_path, env=openai_env(fake_openai))
@@ -196,7 +234,7 @@ async def test_failures_are_one_friendly_paragraph(
     assert_clean(run)
 
 
-async def test_a_wrong_key_is_never_echoed(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+async def test_a_wrong_key_is_never_echoed(imagebot: CLI, fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     wrong = "sk-proj-THISisWRONG000111222"
     run = await imagebot("imagine", "a fox", cwd=tmp_path, env=openai_env(fake_openai, key=wrong))
     assert run.code == 1
@@ -204,7 +242,9 @@ async def test_a_wrong_key_is_never_echoed(fake_openai: FakeOpenAI, tmp_path: Pa
     assert_clean(run, wrong, wrong[-4:], "THISisWRONG")
 
 
-async def test_verbose_logs_go_to_stderr_and_are_redacted(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+async def test_verbose_logs_go_to_stderr_and_are_redacted(
+    imagebot: CLI, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     wrong = "sk-proj-THISisWRONG000111222"
     run = await imagebot("-v", "imagine", "a fox", cwd=tmp_path, env=openai_env(fake_openai, key=wrong))
     assert run.code == 1
@@ -212,34 +252,34 @@ async def test_verbose_logs_go_to_stderr_and_are_redacted(fake_openai: FakeOpenA
     assert_clean(run, wrong, "THISisWRONG")
 
 
-async def test_a_missing_input_file_is_a_friendly_error(tmp_path: Path) -> None:
+async def test_a_missing_input_file_is_a_friendly_error(imagebot: CLI, tmp_path: Path) -> None:
     run = await imagebot("vary", "nope.png", cwd=tmp_path)
     assert run.code == 1
     assert "no file at nope.png" in run.stderr
     assert "Traceback" not in run.stderr
 
 
-async def test_a_text_file_posing_as_png_is_refused(tmp_path: Path) -> None:
+async def test_a_text_file_posing_as_png_is_refused(imagebot: CLI, tmp_path: Path) -> None:
     (tmp_path / "fake.png").write_text("hello, I am not a picture")
     run = await imagebot("vary", "fake.png", cwd=tmp_path)
     assert run.code == 1
     assert "PNG" in run.stderr and "Traceback" not in run.stderr
 
 
-async def test_a_bad_setting_stops_with_one_line(tmp_path: Path) -> None:
+async def test_a_bad_setting_stops_with_one_line(imagebot: CLI, tmp_path: Path) -> None:
     run = await imagebot("imagine", "a fox", cwd=tmp_path, env={"IMAGEBOT_LIMITS__MAX_CONCURRENT": "zero"})
     assert run.code == 2
     assert run.stderr.count("\n") == 1
     assert "IMAGEBOT_LIMITS__MAX_CONCURRENT" in run.stderr
 
 
-async def test_usage_errors_exit_non_zero(tmp_path: Path) -> None:
+async def test_usage_errors_exit_non_zero(imagebot: CLI, tmp_path: Path) -> None:
     run = await imagebot("imagine", "a fox", "-n", "0", cwd=tmp_path)
     assert run.code == 2
     assert "between 1 and 10" in run.stderr
 
 
-async def test_check_with_the_fake_server(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+async def test_check_with_the_fake_server(imagebot: CLI, fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     run = await imagebot("check", cwd=tmp_path, env=openai_env(fake_openai))
     assert run.code == 0, run.stderr
     assert "reachable: yes" in run.stdout
@@ -248,7 +288,7 @@ async def test_check_with_the_fake_server(fake_openai: FakeOpenAI, tmp_path: Pat
     assert_clean(run)
 
 
-async def test_check_reports_an_unreachable_provider(tmp_path: Path) -> None:
+async def test_check_reports_an_unreachable_provider(imagebot: CLI, tmp_path: Path) -> None:
     env = {"OPENAI_API_KEY": DEFAULT_KEY, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
     run = await imagebot("check", cwd=tmp_path, env=env)
     assert run.code == 1
@@ -256,14 +296,14 @@ async def test_check_reports_an_unreachable_provider(tmp_path: Path) -> None:
     assert_clean(run)
 
 
-async def test_check_offline(tmp_path: Path) -> None:
+async def test_check_offline(imagebot: CLI, tmp_path: Path) -> None:
     run = await imagebot("check", cwd=tmp_path)
     assert run.code == 0, run.stderr
     assert "provider: offline (built-in generator, no API key)" in run.stdout
     assert " at offline" not in run.stdout
 
 
-async def test_check_masks_credentials_inside_url_settings(tmp_path: Path) -> None:
+async def test_check_masks_credentials_inside_url_settings(imagebot: CLI, tmp_path: Path) -> None:
     env = {
         "DISCORD_API_BASE_URL": "https://Zm9vYmFyLXRva2Vu@discord.example/api/v10",
         "SLACK_API_URL": "https://bob:slack-Pa55word@slack.example/api/",
@@ -275,7 +315,9 @@ async def test_check_masks_credentials_inside_url_settings(tmp_path: Path) -> No
     assert_clean(run, "Zm9vYmFyLXRva2Vu", "slack-Pa55word")
 
 
-async def test_check_with_credentials_in_the_openai_url_masks_them_and_says_what_to_do(tmp_path: Path) -> None:
+async def test_check_with_credentials_in_the_openai_url_masks_them_and_says_what_to_do(
+    imagebot: CLI, tmp_path: Path
+) -> None:
     env = {"OPENAI_API_KEY": DEFAULT_KEY, "OPENAI_BASE_URL": "http://user:hunter2-proxy@127.0.0.1:9/v1"}
     run = await imagebot("check", cwd=tmp_path, env=env)
     assert run.code == 2
@@ -287,7 +329,9 @@ async def test_check_with_credentials_in_the_openai_url_masks_them_and_says_what
     assert_clean(run, "hunter2-proxy")
 
 
-async def test_usage_and_history_report_what_the_cli_made(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+async def test_usage_and_history_report_what_the_cli_made(
+    imagebot: CLI, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
     env = openai_env(fake_openai)
     assert (await imagebot("imagine", "a fox", "-n", "2", cwd=tmp_path, env=env)).code == 0
     assert (await imagebot("imagine", "a cat", cwd=tmp_path, env=env)).code == 0
@@ -305,7 +349,7 @@ async def test_usage_and_history_report_what_the_cli_made(fake_openai: FakeOpenA
     assert (tmp_path / "data" / "jobs.sqlite3").exists()
 
 
-async def test_history_names_vary_jobs_and_their_steer(tmp_path: Path) -> None:
+async def test_history_names_vary_jobs_and_their_steer(imagebot: CLI, tmp_path: Path) -> None:
     (tmp_path / "cat.png").write_bytes(png(64, 64))
     assert (await imagebot("vary", "cat.png", cwd=tmp_path)).code == 0
     assert (await imagebot("vary", "cat.png", "--prompt", "in winter", cwd=tmp_path)).code == 0
@@ -316,14 +360,14 @@ async def test_history_names_vary_jobs_and_their_steer(tmp_path: Path) -> None:
     assert "  variation (cli:" in plain
 
 
-async def test_prune_reports_what_it_removed(tmp_path: Path) -> None:
+async def test_prune_reports_what_it_removed(imagebot: CLI, tmp_path: Path) -> None:
     assert (await imagebot("imagine", "a fox", cwd=tmp_path)).code == 0
     run = await imagebot("prune", cwd=tmp_path)
     assert run.code == 0, run.stderr
     assert "of 0 job(s) older than 30 days" in run.stdout
 
 
-async def test_a_damaged_job_database_stops_with_one_line(tmp_path: Path) -> None:
+async def test_a_damaged_job_database_stops_with_one_line(imagebot: CLI, tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "jobs.sqlite3").write_text("garbage" * 200)
     run = await imagebot("imagine", "a fox", cwd=tmp_path)

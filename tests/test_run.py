@@ -1,13 +1,16 @@
-"""`imagebot run` as a real process: /healthz, a clean exit on SIGTERM, refusals at start-up."""
+"""`imagebot run`: /healthz, a clean exit on SIGINT/SIGTERM, refusals at start-up. In-process through
+``adapters.runner.serve`` and ``bot.__main__.main(argv)``, plus one smoke test of the real process and SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.settings import Settings
+from adapters.runner import serve
+from bot.__main__ import main
+from bot.settings import Settings, load_settings
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 
 SHUTDOWN_GRACE_SECONDS = float(Settings.model_fields["shutdown_grace"].default)
@@ -83,129 +88,157 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
             await process.wait()
 
 
-async def test_healthz_answers_200_with_json(running: Running) -> None:
-    health = await wait_healthy(f"{running.base_url}/healthz", running.process)
-    assert health["adapters"] == {"playground": "connected"}
-    assert health["provider"] == "offline"
-    assert health["queue_length"] == 0
-    assert health["running"] == 0
+# --- in process ----------------------------------------------------------------------------------------------
 
 
-async def test_sigterm_exits_0_within_the_grace_period_and_says_where_it_was(running: Running) -> None:
-    await wait_healthy(f"{running.base_url}/healthz", running.process)
-    running.process.send_signal(signal.SIGTERM)
-    stdout, stderr = await asyncio.wait_for(running.process.communicate(), timeout=SHUTDOWN_GRACE_SECONDS + 5)
-    assert running.process.returncode == 0
-    assert stdout.decode().splitlines() == [f"imagebot: playground at {running.base_url}/"]
-    log = stderr.decode()
-    assert "shutting down" in log and "stopped" in log
-    assert "Traceback" not in log
+@dataclass
+class Served:
+    """``serve`` running in the test's loop; ``stop()`` is what SIGTERM does."""
+
+    task: asyncio.Task[int]
+    stopping: asyncio.Event
+    base_url: str
+
+    async def stop(self) -> int:
+        self.stopping.set()
+        return await asyncio.wait_for(self.task, SHUTDOWN_GRACE_SECONDS + 5)
 
 
-async def test_sigint_also_stops_cleanly(running: Running) -> None:
-    await wait_healthy(f"{running.base_url}/healthz", running.process)
-    running.process.send_signal(signal.SIGINT)
-    await asyncio.wait_for(running.process.communicate(), timeout=SHUTDOWN_GRACE_SECONDS + 5)
-    assert running.process.returncode == 0
+@contextlib.asynccontextmanager
+async def served(tmp_path: Path, **overrides: Any) -> AsyncIterator[Served]:
+    settings = load_settings(data_dir=tmp_path / "data", web_port=free_port(), **overrides)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stopping))
+    running = Served(task, stopping, f"http://127.0.0.1:{settings.web_port}")
+    try:
+        yield running
+    finally:
+        if not task.done():
+            await running.stop()
 
 
-async def exits(env: dict[str, str], cwd: Path) -> tuple[int, str]:
-    process = await start(env, cwd)
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert process.returncode is not None
-    assert stdout == b""
-    return process.returncode, stderr.decode()
+async def healthy(served: Served, url: str | None = None) -> dict[str, Any]:
+    """Poll /healthz (at most ~20 s) until it answers 200."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            assert not served.task.done(), f"serve() ended early: {served.task.result()}"
+            try:
+                async with http.get(url or f"{served.base_url}/healthz") as response:
+                    if response.status == 200:
+                        body: dict[str, Any] = await response.json()
+                        return body
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("/healthz never answered 200")
 
 
-async def test_a_bad_setting_exits_nonzero_with_one_line(tmp_path: Path) -> None:
-    code, stderr = await exits(run_env(tmp_path, IMAGEBOT_WEB_PORT="abc"), tmp_path)
-    assert code != 0
-    assert len(stderr.splitlines()) == 1
-    assert "IMAGEBOT_WEB_PORT" in stderr
+@pytest.fixture
+def own_logging() -> Iterator[None]:
+    """main() configures the root logger for the process: give pytest its handlers back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
-async def test_a_non_local_bind_without_a_password_is_refused(tmp_path: Path) -> None:
-    code, stderr = await exits(run_env(tmp_path, IMAGEBOT_WEB_HOST="0.0.0.0"), tmp_path)  # noqa: S104
-    assert code != 0
-    assert len(stderr.splitlines()) == 1
-    assert "IMAGEBOT_WEB_PASSWORD" in stderr
+def cli(monkeypatch: pytest.MonkeyPatch, *argv: str, **env: str) -> int:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return main(list(argv))
 
 
-async def test_a_taken_port_exits_nonzero_with_one_line(tmp_path: Path) -> None:
+async def test_healthz_answers_200_with_json(tmp_path: Path) -> None:
+    async with served(tmp_path) as running:
+        health = await healthy(running)
+        assert health["adapters"] == {"playground": "connected"}
+        assert health["provider"] == "offline"
+        assert health["queue_length"] == 0
+        assert health["running"] == 0
+        assert await running.stop() == 0
+
+
+async def test_sigint_stops_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = load_settings(data_dir=tmp_path / "data", web_port=free_port())
+    task = asyncio.create_task(serve(settings))  # no event given: SIGINT and SIGTERM stop it
+    await healthy(Served(task, asyncio.Event(), f"http://127.0.0.1:{settings.web_port}"))
+    os.kill(os.getpid(), signal.SIGINT)
+    assert await asyncio.wait_for(task, SHUTDOWN_GRACE_SECONDS + 5) == 0
+    assert capsys.readouterr().out == f"imagebot: playground at http://127.0.0.1:{settings.web_port}/\n"
+
+
+def test_a_bad_setting_exits_nonzero_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], own_logging: None
+) -> None:
+    assert cli(monkeypatch, "run", IMAGEBOT_WEB_PORT="abc") == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert "IMAGEBOT_WEB_PORT" in err
+
+
+def test_a_non_local_bind_without_a_password_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], own_logging: None
+) -> None:
+    assert cli(monkeypatch, "run", IMAGEBOT_WEB_HOST="0.0.0.0") == 2  # noqa: S104
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert "IMAGEBOT_WEB_PASSWORD" in err
+
+
+def test_a_taken_port_exits_nonzero_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], own_logging: None
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        code, stderr = await exits(run_env(tmp_path, IMAGEBOT_WEB_PORT=port, IMAGEBOT_LOG_LEVEL="ERROR"), tmp_path)
-    assert code != 0
-    assert stderr.splitlines() == [line for line in stderr.splitlines() if line.startswith("imagebot: cannot listen")]
-    assert len(stderr.splitlines()) == 1
+        env = {"IMAGEBOT_WEB_PORT": port, "IMAGEBOT_LOG_LEVEL": "ERROR", "IMAGEBOT_DATA_DIR": str(tmp_path / "d")}
+        assert cli(monkeypatch, "run", **env) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"imagebot: cannot listen on 127.0.0.1:{port}: ")
 
 
-async def test_sigterm_lets_the_running_job_finish_and_tells_queued_users_it_is_restarting(tmp_path: Path) -> None:
-    async with FakeOpenAI(latency=1.5) as fake:
-        env = run_env(
-            tmp_path,
-            OPENAI_API_KEY=DEFAULT_KEY,
-            OPENAI_BASE_URL=fake.base_url,
-            IMAGEBOT_LIMITS__MAX_CONCURRENT="1",
-        )
-        process = await start(env, tmp_path)
-        base_url = f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}"
-        try:
-            await wait_healthy(f"{base_url}/healthz", process)
-            async with aiohttp.ClientSession() as http:
+async def test_stopping_lets_the_running_job_finish_and_tells_queued_users_it_is_restarting(tmp_path: Path) -> None:
+    async with FakeOpenAI(latency=1.0) as fake:
+        overrides = {"openai_api_key": DEFAULT_KEY, "openai_base_url": fake.base_url, "limits": {"max_concurrent": 1}}
+        async with served(tmp_path, **overrides) as running, aiohttp.ClientSession() as http:
+            await healthy(running)
 
-                async def imagine(text: str) -> tuple[int, dict[str, Any]]:
-                    async with http.post(
-                        f"{base_url}/api/imagine", json={"text": text}, headers={"X-Imagebot": "1"}
-                    ) as response:
-                        return response.status, await response.json()
+            async def imagine(text: str) -> tuple[int, dict[str, Any]]:
+                url = f"{running.base_url}/api/imagine"
+                async with http.post(url, json={"text": text}, headers={"X-Imagebot": "1"}) as response:
+                    return response.status, await response.json()
 
-                running = asyncio.create_task(imagine("a fox"))
-                queued = asyncio.create_task(imagine("a cat"))
-                for _ in range(100):  # until one job is running and the other waits behind it
-                    async with http.get(f"{base_url}/healthz") as response:
-                        health = await response.json()
-                    if (health["running"], health["queue_length"]) == (1, 1):
-                        break
-                    await asyncio.sleep(0.05)
-                assert (health["running"], health["queue_length"]) == (1, 1)
-                process.send_signal(signal.SIGTERM)
-                finished, refused = await running, await queued
-            await asyncio.wait_for(process.communicate(), timeout=SHUTDOWN_GRACE_SECONDS + 5)
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-    assert process.returncode == 0
+            first = asyncio.create_task(imagine("a fox"))
+            second = asyncio.create_task(imagine("a cat"))
+            while (health := await healthy(running))["queue_length"] < 1 or health["running"] < 1:
+                await asyncio.sleep(0.02)  # until one job runs and the other waits behind it
+            assert await running.stop() == 0  # what SIGTERM does
+            finished, refused = await first, await second
     assert finished[0] == 200
     assert len(finished[1]["images"]) == 1
     assert refused[0] == 503
     assert "restarting" in refused[1]["error"]["message"]
 
 
-async def test_a_non_local_bind_with_a_password_serves_and_asks_for_it(tmp_path: Path) -> None:
+async def test_a_non_local_bind_with_a_password_serves_and_asks_for_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     password = "correct-horse-battery"
-    env = run_env(tmp_path, IMAGEBOT_WEB_HOST="0.0.0.0", IMAGEBOT_WEB_PASSWORD=password)  # noqa: S104
-    process = await start(env, tmp_path)
-    base_url = f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}"
-    try:
-        await wait_healthy(f"{base_url}/healthz", process)
+    async with served(tmp_path, web_host="0.0.0.0", web_password=password) as running:  # noqa: S104
+        await healthy(running)
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"{base_url}/") as response:
+            async with http.get(f"{running.base_url}/") as response:
                 assert response.status == 401
             auth = {"Authorization": aiohttp.encode_basic_auth("me", password)}
-            async with http.get(f"{base_url}/", headers=auth) as response:
+            async with http.get(f"{running.base_url}/", headers=auth) as response:
                 assert response.status == 200
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=SHUTDOWN_GRACE_SECONDS + 5)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0
-    assert password not in stdout.decode() + stderr.decode()
+        assert await running.stop() == 0
+    out, err = capsys.readouterr()
+    assert password not in out + err + caplog.text
 
 
 def _ipv6_loopback_works() -> bool:
@@ -224,66 +257,60 @@ def _ipv6_loopback_works() -> bool:
         pytest.param("::", "[::1]", marks=pytest.mark.skipif(not _ipv6_loopback_works(), reason="no IPv6 here")),
     ],
 )
-async def test_a_bind_to_all_interfaces_prints_an_address_one_can_open(tmp_path: Path, host: str, opened: str) -> None:
-    env = run_env(tmp_path, IMAGEBOT_WEB_HOST=host, IMAGEBOT_WEB_PASSWORD="a-long-playground-password")
-    process = await start(env, tmp_path)
-    try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode().strip()
-        port = env["IMAGEBOT_WEB_PORT"]
-        assert line == f"imagebot: playground at http://{opened}:{port}/ (listening on all interfaces, port {port})"
-        url = line.split()[3]
-        health = await wait_healthy(f"{url}healthz", process)
+async def test_a_bind_to_all_interfaces_prints_an_address_one_can_open(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str, opened: str
+) -> None:
+    async with served(tmp_path, web_host=host, web_password="a-long-playground-password") as running:
+        port = running.base_url.rsplit(":", 1)[1]
+        health = await healthy(running, f"http://{opened}:{port}/healthz")
         assert health["adapters"] == {"playground": "connected"}
-    finally:
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.communicate(), timeout=SHUTDOWN_GRACE_SECONDS + 5)
+        line = capsys.readouterr().out.strip()
+        assert line == f"imagebot: playground at http://{opened}:{port}/ (listening on all interfaces, port {port})"
 
 
-async def imagebot_command(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        *args,
-        cwd=cwd,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
-
-
-async def test_a_second_run_on_the_same_data_folder_says_so_and_exits(running: Running, tmp_path: Path) -> None:
-    await wait_healthy(f"{running.base_url}/healthz", running.process)
-    code, stderr = await exits(run_env(tmp_path), tmp_path)  # same data folder, another free port
-    assert code == 2
-    folder = (tmp_path / "data").resolve()
-    assert stderr.splitlines() == [
-        f"imagebot: another imagebot is already using the data folder {folder} (pid {running.process.pid}); "
-        "stop it first, or set IMAGEBOT_DATA_DIR"
-    ]
-    assert running.process.returncode is None  # the first one is untouched and still serving
-    await wait_healthy(f"{running.base_url}/healthz", running.process)
+async def test_a_second_run_on_the_same_data_folder_says_so_and_exits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], own_logging: None
+) -> None:
+    async with served(tmp_path) as running:
+        await healthy(running)
+        env = {"IMAGEBOT_DATA_DIR": str(tmp_path / "data"), "IMAGEBOT_WEB_PORT": str(free_port())}
+        capsys.readouterr()
+        assert await asyncio.to_thread(cli, monkeypatch, "run", **env) == 2
+        folder = (tmp_path / "data").resolve()
+        assert capsys.readouterr().err.splitlines() == [
+            f"imagebot: another imagebot is already using the data folder {folder} (pid {os.getpid()}); "
+            "stop it first, or set IMAGEBOT_DATA_DIR"
+        ]
+        await healthy(running)  # the first one is untouched and still serving
 
 
 async def test_reports_work_beside_a_running_bot_and_job_commands_wait_their_turn(
-    running: Running, tmp_path: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], own_logging: None
 ) -> None:
-    await wait_healthy(f"{running.base_url}/healthz", running.process)
-    env = run_env(tmp_path)
-    for report in (["history"], ["usage"], ["check"]):
-        code, stdout, stderr = await imagebot_command(env, tmp_path, *report)
-        assert code == 0, stderr
-        assert stdout
-    code, stdout, stderr = await imagebot_command(env, tmp_path, "imagine", "a fox")
-    assert code == 2 and stdout == ""
-    assert stderr.startswith("imagebot: another imagebot is already using the data folder")
+    monkeypatch.chdir(tmp_path)
+    data = {"IMAGEBOT_DATA_DIR": str(tmp_path / "data")}
+    async with served(tmp_path) as running:
+        await healthy(running)
+        for report in (["history"], ["usage"], ["check"]):
+            capsys.readouterr()
+            assert await asyncio.to_thread(cli, monkeypatch, *report, **data) == 0
+            assert capsys.readouterr().out
+        assert await asyncio.to_thread(cli, monkeypatch, "imagine", "a fox", **data) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("imagebot: another imagebot is already using the data folder")
+    assert await asyncio.to_thread(cli, monkeypatch, "imagine", "a fox", **data) == 0  # the lock went with it
+    assert capsys.readouterr().out.strip() == "a_fox-1.png"
 
+
+# --- the real process: one smoke test ---------------------------------------------------------------------
+
+
+async def test_sigterm_exits_0_within_the_grace_period_and_says_where_it_was(running: Running) -> None:
+    await wait_healthy(f"{running.base_url}/healthz", running.process)
     running.process.send_signal(signal.SIGTERM)
-    await asyncio.wait_for(running.process.communicate(), timeout=SHUTDOWN_GRACE_SECONDS + 5)
-    code, stdout, stderr = await imagebot_command(env, tmp_path, "imagine", "a fox")
-    assert code == 0, stderr  # the lock went with the process
-    assert stdout.strip() == "a_fox-1.png"
+    stdout, stderr = await asyncio.wait_for(running.process.communicate(), timeout=SHUTDOWN_GRACE_SECONDS + 5)
+    assert running.process.returncode == 0
+    assert stdout.decode().splitlines() == [f"imagebot: playground at {running.base_url}/"]
+    log = stderr.decode()
+    assert "shutting down" in log and "stopped" in log
+    assert "Traceback" not in log

@@ -332,7 +332,7 @@ async def test_retried_event_is_processed_once(fake: FakeSlack, bot: SlackBot) -
     await bot.uploads_done()
     retry = await fake.send_event(event, event_id=first.payload["event_id"], retry_attempt=1, retry_reason="timeout")
     await fake.wait_for_ack(retry.envelope_id)
-    await asyncio.sleep(0.3)  # room for a second (wrong) upload to start
+    await asyncio.wait_for(bot.adapter.idle(), 10)  # every listener has finished: a second upload would be done
 
     assert len(fake.calls_to("files.completeUploadExternal")) == 1
 

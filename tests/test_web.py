@@ -7,7 +7,7 @@ import base64
 import io
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +17,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import ExifTags, Image, ImageChops
 
-from adapters.base import Adapter
-from adapters.web.commands import ImagineCommand, parse_imagine
-from adapters.web.playground import SESSION_COOKIE, Playground
-from adapters.web.server import create_app, is_loopback
+from adapters.common.flags import ImagineCommand, parse_imagine
+from adapters.runner import wire
+from adapters.web.adapter import Playground
+from adapters.web.server import is_loopback
+from adapters.web.session import SESSION_COOKIE
 from bot.bootstrap import Core, new_http_session, open_core
-from bot.errors import InvalidRequestError
+from bot.errors import ProviderOutageError
 from bot.models import JobStatus
+from bot.ports import ImageProvider
 from bot.settings import load_settings
+from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI, moderation_blocked, server_error
+from tests.fakes.provider import FakeImages
 from tests.images import decode, half_white_mask, png
 
 HEADERS = {"X-Imagebot": "1"}
@@ -55,18 +59,18 @@ class Harness:
         return decode(await response.read())
 
 
-async def _harness(tmp_path: Path, *, password: str | None = None, **overrides: Any) -> AsyncIterator[Harness]:
+async def _harness(
+    tmp_path: Path, *, provider: ImageProvider | None = None, **overrides: Any
+) -> AsyncIterator[Harness]:
+    """The playground as `imagebot run` wires it (``open_core`` + ``wire``), served by aiohttp's test server."""
     settings = load_settings(data_dir=tmp_path / "data", **overrides)
-    async with new_http_session() as session, open_core(settings, session) as core:
-        adapters: list[Adapter] = []
-        app = create_app(core, adapters)
-        playground = Playground(core, password=password)
-        playground.install(app)
-        adapters.append(playground)
-        await playground.start()
-        async with TestClient(TestServer(app)) as client:
-            yield Harness(core, client, playground)
-            await playground.stop()
+    async with new_http_session() as session, open_core(settings, session, provider=provider) as core:
+        wiring = wire(core, settings, session)
+        assert wiring.playground is not None
+        await wiring.playground.start()
+        async with TestClient(TestServer(wiring.app)) as client:
+            yield Harness(core, client, wiring.playground)
+            await wiring.playground.stop()
 
 
 @pytest.fixture
@@ -114,13 +118,17 @@ def test_flags_are_parsed_and_removed_from_the_prompt() -> None:
     assert parse_imagine("/imagine a fox --n=3 in snow --quality high --model fast --size 1024x1536") == (
         ImagineCommand(prompt="a fox in snow", n=3, size="1024x1536", quality="high", model="fast")
     )
-    assert parse_imagine("a --weird fox").prompt == "a --weird fox"
 
 
-@pytest.mark.parametrize("text", ["/imagine a fox --n", "a fox --n many", "/draw a fox"])
-def test_bad_commands_are_friendly_errors(text: str) -> None:
-    with pytest.raises(InvalidRequestError):
-        parse_imagine(text)
+# Changed in issue 9: the playground parses with Slack's grammar (adapters.common.flags), so an unknown
+# ``--flag`` is now an error instead of staying in the prompt (where it would be paid for).
+@pytest.mark.parametrize("text", ["/imagine a fox --n", "a fox --n many", "/draw a fox", "a --weird fox"])
+async def test_bad_commands_are_friendly_errors_and_make_no_job(web_bot: Harness, text: str) -> None:
+    result = await web_bot.imagine(text, status=400)
+    error = result["error"]
+    assert error["kind"] == "invalid_input"
+    assert error["message"].endswith(f"(ref {error['ref']})")
+    assert await web_bot.core.jobs.store.history(limit=5) == []
 
 
 async def test_empty_prompt_is_a_friendly_error(web_bot: Harness) -> None:
@@ -352,16 +360,13 @@ async def test_an_upload_over_the_limit_is_refused(tmp_path: Path) -> None:
         assert "too large" in result["error"]["message"]
 
 
-async def test_an_unexpected_failure_shows_only_the_generic_apology(
-    web_bot: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("database password is sk-secret123")
-
-    monkeypatch.setattr(web_bot.core.jobs, "submit", broken)
-    result = await web_bot.imagine("a fox", status=500)
-    assert result["error"]["message"].startswith("Sorry, something went wrong on my side")
-    assert "sk-secret" not in json.dumps(result)
+async def test_an_unexpected_failure_shows_only_the_generic_apology(tmp_path: Path) -> None:
+    provider = FakeImages()  # a bug below the playground, at the provider port (no patching of our own code)
+    provider.fail_with = RuntimeError("database password is sk-secret123")
+    async for bot in _harness(tmp_path, provider=provider):
+        result = await bot.imagine("a fox", status=500)
+        assert result["error"]["message"].startswith("Sorry, something went wrong on my side")
+        assert "sk-secret" not in json.dumps(result)
 
 
 async def test_no_blocking_calls_on_the_loop_while_serving_a_job(web_bot: Harness) -> None:
@@ -408,7 +413,7 @@ async def test_healthz_is_503_until_every_adapter_is_connected(web_bot: Harness)
 
 
 async def test_a_password_is_required_when_configured(tmp_path: Path) -> None:
-    async for bot in _harness(tmp_path, password="hunter2"):
+    async for bot in _harness(tmp_path, web_password="hunter2"):
         assert (await bot.client.get("/")).status == 401
         assert (await bot.client.get("/api/config")).status == 401
         wrong = {"Authorization": aiohttp.encode_basic_auth("anyone", "guess")}
@@ -472,3 +477,167 @@ async def test_history_lists_this_sessions_finished_jobs_for_a_reloaded_page(web
     assert jobs[0]["images"] == first["images"]
     web_bot.client.session.cookie_jar.clear()  # another browser
     assert (await (await web_bot.client.get("/api/history")).json())["jobs"] == []
+
+
+# --- ownership: a session sees and presses only its own jobs ------------------------------------------------
+
+
+async def test_job_routes_of_another_session_answer_like_an_unknown_job(web_bot: Harness) -> None:
+    mine = await web_bot.imagine("a fox --n 2")
+    job = mine["job"]["id"]
+    unknown = await web_bot.post("/api/jobs/nosuchjob1/reroll", status=404)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as stranger:  # another browser
+
+        async def attempt(method: str, path: str) -> tuple[int, Any]:
+            async with stranger.request(
+                method, web_bot.client.make_url(path), json={"prompt": "x"}, headers=HEADERS
+            ) as r:
+                return r.status, (await r.json() if r.content_type == "application/json" else None)
+
+        for method, path in [
+            ("GET", f"/api/jobs/{job}/images/1"),
+            ("POST", f"/api/jobs/{job}/reroll"),
+            ("POST", f"/api/jobs/{job}/remix"),
+            ("POST", f"/api/jobs/{job}/vary/1"),
+            ("POST", f"/api/jobs/{job}/confirm"),
+            ("POST", f"/api/jobs/{job}/cancel"),
+        ]:
+            status, body = await attempt(method, path)
+            assert status == 404, path
+            assert body["error"]["kind"] == unknown["error"]["kind"]
+            assert body["error"]["message"].rsplit(" (ref", 1)[0] == unknown["error"]["message"].rsplit(" (ref", 1)[0]
+    assert len(await web_bot.core.jobs.store.history(limit=10)) == 1  # the stranger made nothing
+    assert (await web_bot.client.get(mine["images"][0]["url"])).status == 200  # the owner still may
+
+
+# --- one flag grammar -----------------------------------------------------------------------------------------
+
+
+async def test_an_attachment_with_only_a_count_makes_that_many_variations(web_bot: Harness) -> None:
+    result = await web_bot.post("/api/edit", upload(solid_png(), prompt="--n 2"))  # what the page sends
+    assert result["job"]["kind"] == "vary"
+    assert len(result["images"]) == 2
+
+
+async def test_an_en_dash_flag_works_like_two_hyphens(web_bot: Harness) -> None:
+    result = await web_bot.imagine("a fox –n 2")
+    assert result["job"]["prompt"] == "a fox"
+    assert len(result["images"]) == 2
+
+
+# --- jobs a restart cut off ------------------------------------------------------------------------------------
+
+
+async def test_history_shows_a_job_a_restart_cut_off_and_a_failed_one(tmp_path: Path) -> None:
+    session = {SESSION_COOKIE: "alice-browser-session-0001"}
+    provider = FakeImages()
+    async for bot in _harness(tmp_path, provider=provider):
+        bot.client.session.cookie_jar.update_cookies(session)
+        running = await bot.imagine("a fox")
+        await bot.core.jobs.store.update(running["job"]["id"], status=JobStatus.RUNNING)  # as a crash leaves it
+        provider.fail_with = ProviderOutageError("upstream down", detail="HTTP 503 from upstream")
+        failed = await bot.imagine("a cat", status=502)
+    async for bot in _harness(tmp_path):  # the restart, on the same data folder
+        assert [job.id for job in await bot.core.jobs.cut_off("web")] == [running["job"]["id"]]
+        bot.client.session.cookie_jar.update_cookies(session)
+        jobs = (await (await bot.client.get("/api/history")).json())["jobs"]
+        assert [j["status"] for j in jobs] == ["interrupted", "failed"]
+        assert jobs[0]["job"]["id"] == running["job"]["id"]
+        assert jobs[1]["job"]["prompt"] == "a cat"
+        assert jobs[0]["message"] == "interrupted — a restart cut this off; nothing was charged"
+        assert jobs[1]["message"] == failed["error"]["message"]
+        assert await bot.core.jobs.cut_off("web") == []  # shown to its session: its requester has been told
+        bot.client.session.cookie_jar.clear()
+        assert (await (await bot.client.get("/api/history")).json())["jobs"] == []  # not another session's
+
+
+# --- every entry point x every failure kind: exactly one answer ---------------------------------------------
+
+ENTRY_POINTS = ("imagine", "edit", "vary", "reroll", "remix", "vary result", "confirm")
+FAILURES = ("bad option", "budget exceeded", "upstream refusal", "upstream 5xx after retries", "a bug")
+RAW = ("Traceback", "sk-", "RuntimeError", "invalid_request_error", "server_error", "moderation_blocked", "org-")
+
+
+@dataclass
+class Scenario:
+    """One request of ``entry`` whose answer is a failure of ``failure``."""
+
+    entry: str
+    failure: str
+    source: str = ""  # the job a button presses
+
+    async def prepare(self, bot: Harness) -> None:
+        if self.entry == "confirm":  # two held jobs (the confirmation threshold is tiny); the first confirmed
+            first = await bot.imagine("a fox")
+            self.source = (await bot.imagine("a fox at night"))["job"]["id"]
+            await bot.post(f"/api/jobs/{first['job']['id']}/confirm")
+        elif self.entry in ("reroll", "remix", "vary result"):
+            self.source = (await bot.imagine("a fox"))["job"]["id"]
+
+    def request(self) -> tuple[str, Any]:
+        bad = self.failure == "bad option"
+        if self.entry == "imagine":
+            return "/api/imagine", {"text": "a fox --quality ultra" if bad else "a fox"}
+        if self.entry == "edit":
+            return "/api/edit", upload(solid_png(), prompt="a dragon --size 999x999" if bad else "a dragon")
+        if self.entry == "vary":
+            return "/api/vary", upload(solid_png(), prompt="--n 11" if bad else "")
+        if self.entry == "reroll":  # a button has no options: a job that is not this session's
+            return "/api/jobs/nosuchjob1/reroll" if bad else f"/api/jobs/{self.source}/reroll", {}
+        if self.entry == "remix":
+            return f"/api/jobs/{self.source}/remix", {"prompt": " " if bad else "a fox in the rain"}
+        if self.entry == "vary result":
+            return f"/api/jobs/{self.source}/vary/{9 if bad else 1}", {}
+        return f"/api/jobs/{'nosuchjob1' if bad else self.source}/confirm", {}
+
+
+def table_settings(entry: str, failure: str, fake: FakeOpenAI) -> dict[str, Any]:
+    settings: dict[str, Any] = {"openai": {"max_retries": 1}}
+    if entry == "confirm":
+        settings["jobs"] = {"confirm_above_usd": 0.000001}
+    if failure != "a bug":
+        settings |= {"openai_api_key": DEFAULT_KEY, "openai_base_url": fake.base_url}
+    if failure == "budget exceeded":
+        settings["budgets"] = {"images_per_user_per_day": 1}
+    return settings
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+async def test_every_entry_point_fails_with_exactly_one_friendly_answer(
+    tmp_path: Path, entry: str, failure: str
+) -> None:
+    scenario = Scenario(entry, failure)
+    provider = FakeImages() if failure == "a bug" else None
+    async with FakeOpenAI(expect_violations=True) as fake:
+        async for bot in _harness(tmp_path, provider=provider, **table_settings(entry, failure, fake)):
+            await scenario.prepare(bot)
+            if failure == "upstream refusal":
+                fake.script(moderation_blocked())
+            elif failure == "upstream 5xx after retries":
+                fake.script(*[replace(server_error(), headers={"Retry-After": "0"})] * 2)
+            elif provider is not None:
+                provider.fail_with = RuntimeError("db password sk-secret123 leaked in a bug")
+            if scenario.entry != "confirm" and failure == "budget exceeded" and not scenario.source:
+                await bot.imagine("the one image of the day")
+
+            events = await bot.client.get("/api/events")
+            path, body = scenario.request()
+            started = asyncio.get_running_loop().time()
+            kwargs = {"data": body} if isinstance(body, aiohttp.FormData) else {"json": body}
+            response = await bot.client.post(path, params={"task": "t"}, headers=HEADERS, **kwargs)
+            answer = await response.json()
+            assert asyncio.get_running_loop().time() - started < 3.0
+            await bot.client.post("/api/jobs/nosuchjob1/cancel", params={"task": "end"}, headers=HEADERS)
+            seen = await read_events(events, lambda e: e["task"] == "end")
+            events.close()
+            assert fake.pending == 0  # the scripted upstream failure was what the request met
+
+    assert response.status >= 400, answer
+    error = answer["error"]
+    assert error["message"].endswith(f"(ref {error['ref']})")
+    assert not any(raw in json.dumps(answer) for raw in RAW), answer
+    finals = [e for e in seen if e["task"] == "t" and e["status"] not in ("accepted", "queued", "running")]
+    assert finals == [{"task": "t", "status": "failed", "message": error["message"]}]
+    if failure == "a bug":
+        assert error["message"].startswith("Sorry, something went wrong on my side")

@@ -275,6 +275,7 @@ async def test_kill_after_the_upstream_answered_loses_no_paid_image(tmp_path: Pa
                     assert delay_ms < 20, f"a complete answer was lost {delay_ms} ms after the 200"
                     seen = row["paid_at"] is not None
                     assert row["actual_cost"] == (row["estimated_cost"] if seen else None)
+                    assert [entry["status"] for entry in history] == ["interrupted"]  # the page tells them
                     assert not any(job.get("images") for job in history)
                     charged = row["estimated_cost"] if seen else 0.0
                 else:

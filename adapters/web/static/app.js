@@ -414,7 +414,15 @@
     };
   }
 
-  // Finished jobs of this browser session, so a reload (or a restart of the bot) keeps the timeline.
+  // A past job without images: why (failed, with its reference id; or cut off by a restart, at no charge).
+  function renderPast(body, result) {
+    const job = result.job;
+    body.append(el("div", { class: "text" }, el("strong", { text: job.prompt || "variation" })));
+    body.append(el("div", { class: result.status === "failed" ? "error" : "note interrupted",
+                            role: result.status === "failed" ? "alert" : null, text: result.message }));
+  }
+
+  // Past jobs of this browser session, so a reload (or a restart of the bot) keeps the timeline.
   async function loadHistory() {
     let data = null;
     try {
@@ -426,7 +434,8 @@
       const body = message("bot");
       const when = new Date(result.job.created_at * 1000);
       body.querySelector(".time").textContent = when.toLocaleString([], { dateStyle: "short", timeStyle: "short" });
-      renderResult(body, result);
+      if (result.status === "done") renderResult(body, result);
+      else renderPast(body, result);
     }
     scrollDown(true);
   }
