@@ -24,6 +24,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Slack tokens.
     (re.compile(r"(?<![A-Za-z0-9])xox[abposre]-[A-Za-z0-9\-]+"), MASK),
     (re.compile(r"(?<![A-Za-z0-9])xapp-[A-Za-z0-9\-]+"), MASK),
+    # Discord interaction tokens (they answer as the bot for 15 minutes), in webhook/callback paths and alone.
+    (re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9_\-.]{20,}"), r"\1" + MASK),
+    (re.compile(r"aW50ZXJhY3Rpb24[A-Za-z0-9_\-.]{20,}"), MASK),
     # Discord bot tokens: base64(user id) . timestamp . hmac.
     (re.compile(r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{18,40}\.[A-Za-z0-9_\-]{5,8}\.[A-Za-z0-9_\-]{25,60}"), MASK),
     # OpenAI organization and project ids (they identify the account).
