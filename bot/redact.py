@@ -48,6 +48,13 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str, tuple[str, ...]], ...] = (
     # Slack tokens (bot, user, app-level, refresh, config).
     (re.compile(r"(?<![A-Za-z0-9])xox[a-z](?:\.xox[a-z])?-[A-Za-z0-9\-]+"), MASK, ("xox",)),
     (re.compile(r"(?<![A-Za-z0-9])xapp-[A-Za-z0-9\-]+"), MASK, ("xapp-",)),
+    # Discord interaction tokens (they answer as the bot for 15 minutes), in webhook/callback paths and alone.
+    (
+        re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9_\-.]{20,}"),
+        r"\1" + MASK,
+        ("/webhooks/", "/interactions/"),
+    ),
+    (re.compile(r"aW50ZXJhY3Rpb24[A-Za-z0-9_\-.]{20,}"), MASK, ("aw50zxjhy3rpb24",)),
     # Discord bot tokens: base64(user id) . timestamp . hmac.
     (
         re.compile(r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{18,40}\.[A-Za-z0-9_\-]{5,8}\.[A-Za-z0-9_\-]{25,60}"),

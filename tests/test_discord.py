@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from adapters.discord import DiscordAdapter
-from adapters.discord.adapter import ProgressUpdater
+from adapters.discord.replies import Throttle
 from bot.bootstrap import open_core
 from bot.errors import ConfigurationError
 from bot.models import GenerateRequest, JobContext, JobStatus, Progress
@@ -223,31 +223,19 @@ async def test_streamed_previews_edit_the_response_before_the_result(fake: FakeD
     fake.assert_no_errors()
 
 
-class _Shown:
-    """A Target that records progress edits."""
-
-    size_limit = 10 * 1024 * 1024
-
-    def __init__(self) -> None:
-        self.edits: list[tuple[str, bytes | None]] = []
-
-    async def progress(self, text: str, preview: bytes | None = None) -> None:
-        self.edits.append((text, preview))
-
-    async def finish(self, rendered: Any) -> None: ...
-
-    async def fail(self, text: str) -> None: ...
-
-
 async def test_previews_in_one_interval_make_one_edit_with_the_latest() -> None:
-    target = _Shown()
-    updater = ProgressUpdater(target, "**a fox**", interval=0.05)
-    await updater(Progress(JobStatus.RUNNING))
+    edits: list[tuple[str, bytes | None]] = []
+
+    async def show(text: str, preview: bytes | None) -> None:
+        edits.append((text, preview))
+
+    throttle = Throttle(show, "**a fox**", interval=0.05)
+    await throttle(Progress(JobStatus.RUNNING))
     for preview in (b"first", b"second", b"third"):
-        await updater(Progress(JobStatus.RUNNING, preview=preview))
+        await throttle(Progress(JobStatus.RUNNING, preview=preview))
     await asyncio.sleep(0.15)
-    await updater.close()
-    assert [preview for _, preview in target.edits] == [b"third"]
+    await throttle.close()
+    assert [preview for _, preview in edits] == [b"third"]
 
 
 async def test_edit_with_mask_sends_image_and_mask_of_the_same_size(fake: FakeDiscord, tmp_path: Path) -> None:
@@ -426,7 +414,7 @@ async def test_attachments_from_other_hosts_are_refused(fake: FakeDiscord, bot: 
     inter = await fake.dispatch_slash_command("vary", {"image": evil})
 
     sent = await fake.next_webhook_message(inter.id)
-    assert "only use images uploaded to Discord" in (sent.content or "")
+    assert "only download images shared in Discord" in (sent.content or "")
     assert not [r for r in fake.requests if r.path.startswith("/attachments/")]
     fake.assert_no_errors()
 

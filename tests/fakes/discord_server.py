@@ -47,10 +47,12 @@ APP_ID = BOT_ID = "1185000000000000001"  # a bot user shares its application's i
 GUILD_ID = "1185000000000000100"
 CHANNEL_ID = "1185000000000000200"
 USER_ID = "1185000000000000300"
+ARTIST_ROLE_ID = "1185000000000000500"  # a role of the default guild (for role allow-lists)
 TOKEN = "MTE4NTAwMDAwMDAwMDAwMDAwMQ.GfAkE0.not-a-real-discord-bot-token"
 FILE_LIMIT = 10 * 1024 * 1024  # default per-file upload limit (2025-01-16)
 REQUEST_LIMIT = 25 * 1024 * 1024
 ACK_DEADLINE = 3.0
+NONCE_WINDOW = 5 * 60.0  # Discord drops a repeat of an enforced nonce from the same author for a few minutes
 TOKEN_LIFETIME = 15 * 60.0
 MESSAGE_CONTENT = 1 << 15
 PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | MESSAGE_CONTENT
@@ -78,8 +80,8 @@ def make_user(user_id: str = USER_ID, username: str = "ada", *, bot: bool = Fals
     return user | ({"bot": True} if bot else {})
 
 
-def make_member(user: Json, *, permissions: str | None = None) -> Json:
-    member: Json = {"user": user, "roles": [], "joined_at": "2025-06-01T12:00:00.000000+00:00", "flags": 0}
+def make_member(user: Json, *, permissions: str | None = None, roles: Sequence[str] = ()) -> Json:
+    member: Json = {"user": user, "roles": list(roles), "joined_at": "2025-06-01T12:00:00.000000+00:00", "flags": 0}
     member |= {"deaf": False, "mute": False, "pending": False} | dict.fromkeys(_MEMBER_NULLS)
     return member | ({"permissions": permissions} if permissions is not None else {})
 
@@ -98,6 +100,7 @@ def make_guild(guild_id: str = GUILD_ID, channels: Sequence[Json] | None = None,
     guild |= {"preferred_locale": "en-US", "premium_tier": 0, "icon": None, "system_channel_id": None}
     guild |= {key: [] for key in _GUILD_LISTS}
     guild["roles"] = [{"id": guild_id, "name": "@everyone", "permissions": MEMBER_PERMISSIONS, "position": 0}]
+    guild["roles"].append({"id": ARTIST_ROLE_ID, "name": "artists", "permissions": "0", "position": 1})
     guild["channels"] = list(channels) if channels is not None else [make_text_channel(guild_id=guild_id)]
     guild["members"] = [make_member(make_user(BOT_ID, "imagebot", bot=True)), *members]
     return guild
@@ -230,6 +233,7 @@ class InteractionContext(TypedDict, total=False):
     attachment_size_limit: int
     app_permissions: str
     message: Json  # the message a component / modal-from-component interaction belongs to
+    roles: list[str]  # the member's role ids (in a guild)
     expect_ack: bool  # False: never being acknowledged is not an error
 
 
@@ -239,6 +243,9 @@ class _CdnFile:
     content_type: str
     signature: str
     expires: int
+    served: int | None = None  # serve this many bytes instead of ``data`` (streamed, no Content-Length)
+    redirect: str | None = None  # answer 302 to this URL instead
+    sent: int = 0  # body bytes written so far
 
 
 @dataclass
@@ -312,6 +319,9 @@ class FakeDiscord(LoopbackServer):
         self.messages: dict[str, Json] = {}  # every message object the fake knows, by id
         self.dm_channels: dict[str, Json] = {}  # DM channels seen in dispatched events, by id
         self.requests: list[RecordedRequest] = []
+        self.nonce_window = NONCE_WINDOW
+        self.deduplicated: list[SentMessage] = []  # channel posts Discord dropped as repeats of a nonce
+        self._nonces: dict[tuple[str, str], tuple[float, str]] = {}  # (channel, nonce) -> (when, message id)
         self.errors: list[str] = []
         self._cdn: dict[str, _CdnFile] = {}
         self._cdn_key = secrets.token_bytes(16)
@@ -336,6 +346,7 @@ class FakeDiscord(LoopbackServer):
         routes.add_post(api + "/webhooks/{app}/{token}", self._followup)
         routes.add_route("*", api + "/webhooks/{app}/{token}/messages/{message}", self._webhook_message)
         routes.add_post(api + "/channels/{channel}/messages", self._channel_post)
+        routes.add_get(api + "/channels/{channel}/messages", self._channel_list)
         routes.add_get(api + "/channels/{channel}/messages/{message}", self._channel_get)
         routes.add_get("/attachments/{channel}/{attachment}/{filename}", self._cdn_get)
         routes.add_route("*", "/{tail:.*}", self._not_found)
@@ -486,6 +497,15 @@ class FakeDiscord(LoopbackServer):
             attachment["description"] = description
         return attachment
 
+    def serve_instead(self, attachment: Json, *, size: int | None = None, redirect: str | None = None) -> None:
+        """Make the CDN stream ``size`` bytes for this attachment whatever it declared, or redirect elsewhere."""
+        stored = self._cdn[str(attachment["id"])]
+        stored.served, stored.redirect = size, redirect
+
+    def cdn_bytes_sent(self, attachment: Json) -> int:
+        """How many body bytes the CDN has written for this attachment."""
+        return self._cdn[str(attachment["id"])].sent
+
     def expire_attachment(self, attachment: Json) -> None:
         """Make the CDN answer this attachment's signed URL like an expired one."""
         self._cdn[str(attachment["id"])].expires = 0
@@ -500,13 +520,14 @@ class FakeDiscord(LoopbackServer):
         guild_id: str | None = GUILD_ID,
         mentions: Sequence[Json] = (),
         reply_to: Json | None = None,
+        roles: Sequence[str] = (),
     ) -> Json:
         """A message posted by a user (stored, not dispatched); ``reply_to`` makes it a reply (type 19)."""
         author = author or self.user
         message = self._message(channel_id, author, content, guild_id=guild_id)
         message |= {"attachments": list(attachments), "mentions": [dict(u) for u in mentions]}
         if guild_id is not None:
-            message["member"] = {k: v for k, v in make_member(author).items() if k != "user"}
+            message["member"] = {k: v for k, v in make_member(author, roles=roles).items() if k != "user"}
         if reply_to is not None:
             message["type"] = 19
             message["message_reference"] = {"type": 0, "message_id": reply_to["id"], "channel_id": channel_id}
@@ -821,7 +842,17 @@ class FakeDiscord(LoopbackServer):
         if rejected := self._check_message(payload, files, FILE_LIMIT):
             return rejected
         channel, guild_id = found
+        nonce = payload.get("nonce")
+        if nonce is not None and payload.get("enforce_nonce"):
+            seen = self._nonces.get((channel["id"], str(nonce)))
+            if seen is not None and time.monotonic() - seen[0] < self.nonce_window and seen[1] in self.messages:
+                earlier = self.messages[seen[1]]
+                self.deduplicated.append(SentMessage("channel", "POST", request.path, payload, files, arrived, earlier))
+                return _json(earlier)
         message = self._message(channel["id"], self.bot_user, "", guild_id=guild_id)
+        if nonce is not None:
+            message["nonce"] = nonce
+            self._nonces[(channel["id"], str(nonce))] = (time.monotonic(), str(message["id"]))
         if ref := payload.get("message_reference"):
             referenced = self.messages.get(str(ref.get("message_id")))
             if referenced is None and ref.get("fail_if_not_exists", True):
@@ -830,6 +861,26 @@ class FakeDiscord(LoopbackServer):
         message = self._apply(message, payload, files, edit=False)
         await self._record_sent(SentMessage("channel", "POST", request.path, payload, files, arrived, message))
         return _json(message)
+
+    async def _channel_list(self, request: web.Request) -> web.Response:
+        """GET /channels/{id}/messages: newest first, ``limit`` (1-100), ``before`` / ``after`` ids."""
+        channel_id = request.match_info["channel"]
+        if self._channel(channel_id) is None:
+            return _error(*UNKNOWN_CHANNEL)
+        try:
+            limit = int(request.query.get("limit", "50"))
+        except ValueError:
+            return _form_error("limit", "NUMBER_TYPE_COERCE", "Value is not int.")
+        if not 1 <= limit <= 100:
+            return _form_error("limit", "NUMBER_TYPE_MAX", "int value should be between 1 and 100.")
+        before, after = request.query.get("before"), request.query.get("after")
+        found = [m for m in self.messages.values() if str(m["channel_id"]) == channel_id]
+        if before:
+            found = [m for m in found if int(m["id"]) < int(before)]
+        if after:
+            found = [m for m in found if int(m["id"]) > int(after)]
+        found.sort(key=lambda m: int(m["id"]), reverse=True)
+        return _json(found[:limit])
 
     async def _channel_get(self, request: web.Request) -> web.Response:
         message = self.messages.get(request.match_info["message"])
@@ -844,7 +895,24 @@ class FakeDiscord(LoopbackServer):
         expected = hmac.new(self._cdn_key, signed.encode(), hashlib.sha256).hexdigest()
         if stored is None or not hmac.compare_digest(q.get("hm", ""), expected) or stored.expires < time.time():
             return web.Response(status=404, text="This content is no longer available.")
-        return web.Response(body=stored.data, headers={"Content-Type": stored.content_type})
+        if stored.redirect is not None:
+            return web.Response(status=302, headers={"Location": stored.redirect})
+        if stored.served is None:
+            stored.sent += len(stored.data)
+            return web.Response(body=stored.data, headers={"Content-Type": stored.content_type})
+        response = web.StreamResponse(headers={"Content-Type": stored.content_type})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        chunk = (stored.data * (64 * 1024 // max(1, len(stored.data)) + 1))[: 64 * 1024]
+        try:
+            while stored.sent < stored.served:
+                part = chunk[: stored.served - stored.sent]
+                await response.write(part)
+                stored.sent += len(part)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):  # the client stopped reading: what a capped download does
+            pass
+        return response
 
     # --- gateway ------------------------------------------------------------------------------------------
 
@@ -919,6 +987,7 @@ class FakeDiscord(LoopbackServer):
         mentions: Sequence[Json] = (),
         reply_to: Json | None = None,
         ping_reply: bool = True,
+        roles: Sequence[str] = (),
     ) -> Json:
         """MESSAGE_CREATE from a user. A reply pings the replied-to author unless ``ping_reply=False``.
 
@@ -935,7 +1004,7 @@ class FakeDiscord(LoopbackServer):
         channel_id = channel_id or CHANNEL_ID
         message = self.user_message(
             content, attachments=attachments, author=author, channel_id=channel_id, guild_id=guild_id,
-            mentions=mentioned, reply_to=reply_to,
+            mentions=mentioned, reply_to=reply_to, roles=roles,
         )  # fmt: skip
         event = dict(message)
         visible = dm or message["author"]["id"] == BOT_ID or any(u["id"] == BOT_ID for u in mentioned)
@@ -1086,7 +1155,7 @@ class FakeDiscord(LoopbackServer):
             channel = self._channel(channel_id)
             payload |= {"guild_id": guild_id, "guild_locale": "en-US"}
             payload["guild"] = {"id": guild_id, "locale": "en-US", "features": []}
-            payload["member"] = make_member(user, permissions=MEMBER_PERMISSIONS)
+            payload["member"] = make_member(user, permissions=MEMBER_PERMISSIONS, roles=context.get("roles", ()))
             payload["channel"] = dict(channel[0] if channel else make_text_channel(channel_id, guild_id))
             payload["channel"]["permissions"] = MEMBER_PERMISSIONS
         payload["channel_id"] = channel_id
