@@ -108,4 +108,5 @@ async def slack_bot(
                 async with TestClient(TestServer(app, host="127.0.0.1")) as http:
                     yield SlackBot(fake, core, adapter, http)
         finally:
+            await fake.settle()  # every envelope acknowledged (or reported) before the socket closes
             await adapter.stop()
