@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI, Reply, invalid_value
-from tests.fakes.slack_server import ACK_DEADLINE, FakeSlack, command_body
-from tests.slack_harness import SlackBot, slack_bot
+from tests.fakes.slack_server import ACK_DEADLINE, USER_ID, FakeSlack, PostedMessage, command_body
+from tests.slack_harness import SlackBot, button, slack_bot
 
 RAW = ("Traceback", "Error:", "invalid_value", "{", "sk-", "xox")
 
@@ -90,3 +90,64 @@ async def test_instant_failure_is_acknowledged_over_http_mode(
     assert exchange.status == 200 and exchange.latency < ACK_DEADLINE and exchange.payload is not None
     assert_friendly(answer)
     assert not fake.uploads
+
+
+# --- who may press a result's buttons ---------------------------------------------------------------------------
+
+OTHER_USER = "U0HUMAN002"
+
+
+async def _result(bot: SlackBot, text: str = "a lighthouse") -> PostedMessage:
+    """Run /imagine to completion as alice; her buttons message."""
+    before = len(bot.controls())
+    await bot.fake.send_slash_command("/imagine", text)
+    await bot.uploads_done(before + 1)
+    return bot.controls()[before]
+
+
+@pytest.mark.parametrize("prefix", ["vary:", "reroll:", "remix:"])
+async def test_someone_else_pressing_a_results_button_is_refused_privately(
+    fake: FakeSlack, tmp_path: Path, prefix: str
+) -> None:
+    fake.add_user(OTHER_USER, "bob")
+    async with slack_bot(fake, tmp_path / "data") as bot:
+        controls = await _result(bot)
+        pressed = button(controls, prefix)
+        payload = fake.block_actions_payload(
+            pressed["action_id"], pressed["value"], message=controls.to_slack(), user_id=OTHER_USER
+        )
+        envelope = await fake.send_interactive(payload)
+        [refusal] = await fake.wait_for(lambda: [t for t in bot.ephemeral_texts() if "Only" in t])
+        await bot.adapter.idle()
+        assert len(await bot.core.jobs.store.history(limit=5)) == 1
+
+    assert (envelope.latency or 99) < ACK_DEADLINE
+    assert "can use these buttons" in refusal and USER_ID in refusal
+    [shown] = [r.body for r in fake.responses if "can use these buttons" in str(r.body)]
+    assert f"<@{USER_ID}>" in shown["blocks"][0]["text"]["text"]  # a real mention, not an escaped one
+    assert not fake.calls_to("views.open") and len(fake.calls_to("files.completeUploadExternal")) == 1
+
+
+async def test_others_may_press_when_the_operator_says_so(fake: FakeSlack, tmp_path: Path) -> None:
+    fake.add_user(OTHER_USER, "bob")
+    async with slack_bot(fake, tmp_path / "data", slack={"others_may_press": True}) as bot:
+        controls = await _result(bot)
+        reroll = button(controls, "reroll:")
+        payload = fake.block_actions_payload(
+            reroll["action_id"], reroll["value"], message=controls.to_slack(), user_id=OTHER_USER
+        )
+        await fake.send_interactive(payload)
+        await bot.uploads_done(2)
+
+        rerolled = await bot.job(button(bot.controls()[1], "vary:")["value"].split(":")[1])
+        assert rerolled.context.user == OTHER_USER
+
+
+async def test_a_burst_of_first_requests_makes_one_auth_test(fake: FakeSlack, tmp_path: Path) -> None:
+    async with slack_bot(fake, tmp_path / "data") as bot:
+        envelopes = [await fake.send_slash_command("/imagine", f"a fox number {i}") for i in range(3)]
+        await bot.uploads_done(3)
+        for envelope in envelopes:
+            await fake.wait_for_ack(envelope.envelope_id)
+
+    assert len(fake.calls_to("auth.test")) == 1

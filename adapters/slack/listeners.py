@@ -106,7 +106,7 @@ class Listeners:
             raise JobNotFoundError(detail=f"button of unknown job {job_id}")
         refusal = self.policy.may_press(job, to.requester())
         if refusal is not None:
-            await reply.say(refusal)
+            await reply.say(refusal, mentions=(job.context.user,))  # names the owner: a real mention
             return None
         return job
 

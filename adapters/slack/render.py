@@ -145,10 +145,13 @@ def confirmation_message(job: Job) -> dict[str, Any]:
     return {"text": text, "blocks": blocks}
 
 
-def notice(text: str) -> dict[str, Any]:
-    """A short ephemeral notice (errors, refusals, "working on it")."""
+def notice(text: str, *, mentions: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A short ephemeral notice (errors, refusals, "working on it"): escaped, except mentions of ``mentions``."""
     shown = text[:_TEXT_MAX]
-    return {"text": shown, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": escape(shown)}}]}
+    safe = escape(shown)
+    for user in mentions:
+        safe = safe.replace(f"&lt;@{escape(user)}&gt;", f"<@{escape(user)}>")
+    return {"text": shown, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": safe}}]}
 
 
 def _prompt_input(initial: str | None, placeholder: str) -> dict[str, Any]:

@@ -55,9 +55,11 @@ class Outbox:
     def reply(self, to: ReplyTo, acked: asyncio.Event | None = None) -> SlackReply:
         return SlackReply(self, to, acked)
 
-    async def say(self, to: ReplyTo, text: str, *, replace: bool = False, blocks: Any = None) -> None:
+    async def say(
+        self, to: ReplyTo, text: str, *, replace: bool = False, blocks: Any = None, mentions: tuple[str, ...] = ()
+    ) -> None:
         """An ephemeral message to the user: via response_url when there is one, else chat.postEphemeral."""
-        message = render.notice(text) if blocks is None else {"text": text, "blocks": blocks}
+        message = render.notice(text, mentions=mentions) if blocks is None else {"text": text, "blocks": blocks}
         if to.response_url:
             webhook = AsyncWebhookClient(to.response_url, session=self.session, timeout=WEB_API_TIMEOUT)
             await webhook.send(response_type="ephemeral", replace_original=replace, **message)
@@ -134,7 +136,7 @@ class SlackReply:
         await self._after_ack()
         await self._outbox.say(self._to, text)
 
-    async def say(self, text: str, *, replace: bool = False) -> None:
+    async def say(self, text: str, *, replace: bool = False, mentions: tuple[str, ...] = ()) -> None:
         """A note on the way (a refusal, "making variations…"): not the final answer."""
         await self._after_ack()
-        await self._outbox.say(self._to, text, replace=replace)
+        await self._outbox.say(self._to, text, replace=replace, mentions=mentions)
