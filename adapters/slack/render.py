@@ -105,7 +105,7 @@ def shows_controls_of(job: Job, message: dict[str, Any]) -> bool:
 def cut_off_text(job: Job) -> str:
     """What the requester of a job a restart interrupted is told."""
     what = {"edit": "an image edit", "vary": "variations"}.get(job.kind, "images")
-    about = f"“{escape(job.prompt[:100])}”" if job.prompt else what
+    about = f"“{job.prompt[:100]}”" if job.prompt else what  # notice() escapes it
     return f"A restart interrupted your request for {about}; nothing was charged. Please ask again."
 
 
