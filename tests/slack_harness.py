@@ -21,9 +21,9 @@ from tests.fakes.slack_server import (
     BOT_TOKEN,
     SIGNING_SECRET,
     FakeSlack,
+    HttpExchange,
     PostedMessage,
     SlackCall,
-    sign_request,
 )
 
 
@@ -35,10 +35,13 @@ class SlackBot:
     http: TestClient[Any, Any] | None = None  # HTTP mode: a client of the web app with /slack/events
 
     async def post(self, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, str]:
-        """POST a body Slack-signed (or with the given headers) to /slack/events."""
+        """The fake Slack POSTs a body, signed (or with the given headers), to /slack/events (recorded there)."""
+        exchange = await self.send_http(body, headers)
+        return exchange.status or 0, exchange.text
+
+    async def send_http(self, body: bytes, headers: dict[str, str] | None = None) -> HttpExchange:
         assert self.http is not None, "HTTP mode only"
-        async with self.http.post("/slack/events", data=body, headers=headers or sign_request(body)) as resp:
-            return resp.status, await resp.text()
+        return await self.fake.send_http(str(self.http.make_url("/slack/events")), body, headers)
 
     async def job(self, job_id: str) -> Job:
         job = await self.core.jobs.store.get(job_id)
@@ -105,4 +108,5 @@ async def slack_bot(
                 async with TestClient(TestServer(app, host="127.0.0.1")) as http:
                     yield SlackBot(fake, core, adapter, http)
         finally:
+            await fake.settle()  # every envelope acknowledged (or reported) before the socket closes
             await adapter.stop()

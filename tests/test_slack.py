@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from adapters.common.flags import parse_imagine
 from adapters.slack import SlackAdapter, render
-from adapters.slack.commands import parse_imagine
 from bot.bootstrap import new_http_session, open_core
 from bot.errors import InvalidRequestError
 from bot.models import JobContext, JobStatus, VaryRequest
@@ -41,6 +41,7 @@ from tests.slack_harness import SlackBot, button, slack_bot
 async def fake() -> AsyncIterator[FakeSlack]:
     async with FakeSlack() as server:
         yield server
+        await server.settle()
         server.assert_no_errors()
 
 
@@ -73,10 +74,19 @@ def test_flags_are_parsed_and_removed_from_the_prompt() -> None:
     assert (request.quality, request.model) == ("high", "gpt-image-2")
 
 
-@pytest.mark.parametrize("text", ["a fox --n", "a fox --n lots", "a fox --colour red", "--n 2", "a fox --size big"])
+@pytest.mark.parametrize("text", ["a fox --n", "a fox --n lots", "a fox --colour red", "a fox --size big"])
 def test_bad_flags_are_refused(text: str) -> None:
     with pytest.raises(InvalidRequestError):
         parse_imagine(text)
+
+
+async def test_options_without_a_prompt_are_refused_in_the_ack(fake: FakeSlack, bot: SlackBot) -> None:
+    envelope = await fake.send_slash_command("/imagine", "--n 2")  # the shared grammar allows it; /imagine doesn't
+    ack = await fake.wait_for_ack(envelope.envelope_id)
+
+    assert ack.payload is not None and ack.payload["response_type"] == "ephemeral"
+    assert "Tell me what to draw" in ack.payload["text"]
+    assert await bot.core.jobs.store.history(limit=5) == []
 
 
 async def test_imagine_over_socket_mode_acks_then_uploads_the_images_with_buttons(

@@ -38,6 +38,7 @@ SECRETS = (BOT_TOKEN, APP_TOKEN, SIGNING_SECRET, DEFAULT_KEY, "sk-", "org-", "re
 async def fake() -> AsyncIterator[FakeSlack]:
     async with FakeSlack() as server:
         yield server
+        await server.settle()
         server.assert_no_errors()
 
 

@@ -68,7 +68,8 @@ def upload_args(job: Job, result: ImageResult) -> dict[str, Any]:
     for index, image in enumerate(result.images, start=1):
         title = f"{index}/{total} · {result.prompt[:60]}" if total > 1 else result.prompt[:80]
         alt = image.alt_text or result.prompt or "AI-generated image"
-        uploads.append({"file": image.data, "filename": image.filename, "title": title, "alt_txt": alt[:_ALT_MAX]})
+        filename = file_name(job, index, image.filename)
+        uploads.append({"file": image.data, "filename": filename, "title": title, "alt_txt": alt[:_ALT_MAX]})
     verb = {"generate": "asked for", "edit": "edited an image", "vary": "asked for variations"}.get(job.kind, "asked")
     comment = f"<@{job.context.user}> {verb}:\n{quote(result.prompt)}" if result.prompt else f"<@{job.context.user}>"
     details = f"AI-generated · {result.model}" if result.model else "AI-generated"
@@ -80,6 +81,32 @@ def upload_args(job: Job, result: ImageResult) -> dict[str, Any]:
     if job.context.thread:
         args["thread_ts"] = job.context.thread
     return args
+
+
+def file_name(job: Job, index: int, original: str) -> str:
+    """The uploaded file's name carries the job id, so a restart can find images already posted."""
+    extension = original.rpartition(".")[2] if "." in original else "png"
+    return f"imagebot-{job.id}-{index}.{extension}"
+
+
+def shows_images_of(job: Job, message: dict[str, Any]) -> bool:
+    """True when a message read back from Slack holds the uploaded images of ``job``."""
+    prefix = f"imagebot-{job.id}-"
+    return any(str(file.get("name") or "").startswith(prefix) for file in message.get("files") or [])
+
+
+def shows_controls_of(job: Job, message: dict[str, Any]) -> bool:
+    """True when a message read back from Slack (with metadata) is the buttons message of ``job``."""
+    metadata = message.get("metadata") or {}
+    payload = metadata.get("event_payload") or {}
+    return metadata.get("event_type") == METADATA_EVENT and payload.get("job") == job.id
+
+
+def cut_off_text(job: Job) -> str:
+    """What the requester of a job a restart interrupted is told."""
+    what = {"edit": "an image edit", "vary": "variations"}.get(job.kind, "images")
+    about = f"“{job.prompt[:100]}”" if job.prompt else what  # notice() escapes it
+    return f"A restart interrupted your request for {about}; nothing was charged. Please ask again."
 
 
 def controls_message(job: Job, result: ImageResult) -> dict[str, Any]:
@@ -118,10 +145,13 @@ def confirmation_message(job: Job) -> dict[str, Any]:
     return {"text": text, "blocks": blocks}
 
 
-def notice(text: str) -> dict[str, Any]:
-    """A short ephemeral notice (errors, refusals, "working on it")."""
+def notice(text: str, *, mentions: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A short ephemeral notice (errors, refusals, "working on it"): escaped, except mentions of ``mentions``."""
     shown = text[:_TEXT_MAX]
-    return {"text": shown, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": escape(shown)}}]}
+    safe = escape(shown)
+    for user in mentions:
+        safe = safe.replace(f"&lt;@{escape(user)}&gt;", f"<@{escape(user)}>")
+    return {"text": shown, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": safe}}]}
 
 
 def _prompt_input(initial: str | None, placeholder: str) -> dict[str, Any]:

@@ -53,6 +53,7 @@ USER_ID = "U0HUMAN001"  # a human, "alice"
 CHANNEL_ID = "C0GENERAL1"  # public #general, the bot is a member
 DEFAULT_SCOPES = frozenset(
     {"commands", "chat:write", "files:write", "files:read", "app_mentions:read", "channels:read", "users:read"}
+    | {"channels:history", "groups:history", "im:history", "mpim:history"}
 )
 ACK_DEADLINE = 3.0  # seconds Slack waits for an envelope ack
 TRIGGER_TTL = 3.0  # trigger_ids are short-lived and single use
@@ -73,7 +74,10 @@ _SCOPE_NEEDED = {
     "files.info": "files:read",
     "conversations.info": "channels:read",
     "users.info": "users:read",
+    "conversations.history": "channels:history",
+    "conversations.replies": "channels:history",
 }
+_HISTORY_MAX = 999  # conversations.history/replies refuse a larger limit
 _JSON_ARGS = ("blocks", "attachments", "files", "view", "metadata")  # JSON-encoded strings when sent as a form
 _VIEW_MAX_BYTES, _VIEW_STACK_MAX = 250_000, 3
 T = TypeVar("T")
@@ -124,10 +128,14 @@ class PostedMessage:
     ephemeral_to: str | None = None  # chat.postEphemeral: the only user who sees it
     method: str = "chat.postMessage"  # the call that created it; "" for add_message()
     edited: bool = False
+    metadata: dict[str, Any] | None = None  # chat.postMessage's message metadata (event_type, event_payload)
 
-    def to_slack(self) -> dict[str, Any]:
-        """The message object as Slack puts it in API responses, events and shortcut payloads."""
+    def to_slack(self, *, with_metadata: bool = False) -> dict[str, Any]:
+        """The message object as Slack puts it in API responses, events and shortcut payloads (metadata only
+        where the caller asked for it, as conversations.history's ``include_all_metadata``)."""
         message: dict[str, Any] = {"type": "message", "user": self.user, "text": self.text, "ts": self.ts}
+        if with_metadata and self.metadata is not None:
+            message["metadata"] = self.metadata
         message["team"] = TEAM_ID
         if self.user == BOT_USER_ID:
             message |= {"bot_id": BOT_ID, "app_id": APP_ID}
@@ -177,6 +185,25 @@ class Envelope:
         if self.type == "events_api":
             what = self.payload.get("event", {}).get("type", "")
         return f"{self.type} envelope {self.envelope_id} ({what})"
+
+
+@dataclass(frozen=True)
+class HttpExchange:
+    """An HTTP-mode request the fake (as Slack) POSTed to the app, and what came back in time."""
+
+    body: bytes
+    status: int | None  # None: no answer at all (connection error or timeout)
+    text: str
+    latency: float
+
+    @property
+    def payload(self) -> dict[str, Any] | None:
+        """The JSON the app answered with (an ack's message), or None for an empty 200."""
+        try:
+            value = json.loads(self.text) if self.text.strip() else None
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
 
 
 @dataclass(frozen=True)
@@ -300,6 +327,7 @@ class FakeSlack(LoopbackServer):
         self.views: dict[str, dict[str, Any]] = {}  # view objects by id, as last opened/updated/pushed
         self.envelopes: dict[str, Envelope] = {}
         self.responses: list[ResponsePost] = []
+        self.http_exchanges: list[HttpExchange] = []
         self.downloads: list[Download] = []
         self.errors: list[str] = []
         self.channels: dict[str, Channel] = {}
@@ -332,6 +360,8 @@ class FakeSlack(LoopbackServer):
             "files.upload": self._files_upload_v1,
             "conversations.info": self._conversations_info,
             "users.info": self._users_info,
+            "conversations.history": self._history,
+            "conversations.replies": self._replies,
         }
         self.app = web.Application(client_max_size=1024**3)
         self.app.router.add_route("*", "/api/{method}", self._api)
@@ -446,6 +476,41 @@ class FakeSlack(LoopbackServer):
 
     async def wait_for_ack(self, envelope_id: str, timeout: float = 5.0) -> Ack:
         return await self.wait_for(lambda: self.envelopes[envelope_id].ack, timeout, f"ack of {envelope_id}")
+
+    async def settle(self) -> None:
+        """Wait until every envelope sent has been acknowledged or is past its deadline (a missing ack is an
+        error, as for Slack: the user sees "dispatch_failed" / "operation_timeout")."""
+        for envelope in list(self.envelopes.values()):
+            remaining = envelope.sent_at + self.ack_deadline - time.monotonic()
+            if envelope.ack is None and remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    await self.wait_for(lambda e=envelope: e.ack, remaining, f"ack of {envelope.envelope_id}")
+            if envelope.ack is None and not envelope.late:
+                envelope.late = True
+                self._error(f"{envelope.describe()} was never acknowledged")
+
+    async def send_http(self, url: str, body: bytes, headers: Mapping[str, str] | None = None) -> HttpExchange:
+        """POST ``body`` (signed, unless ``headers`` are given) to the app's Request URL, as Slack does in HTTP
+        mode, and record the answer: anything but a 200 within the ack deadline is an error (a 401 is expected
+        only when the test gave its own bad headers)."""
+        import aiohttp  # the fake's own client: Slack's side of the connection
+
+        sent = time.monotonic()
+        status: int | None = None
+        text = ""
+        timeout = aiohttp.ClientTimeout(total=self.ack_deadline + 2)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            try:
+                async with session.post(url, data=body, headers=dict(headers or sign_request(body))) as resp:
+                    status, text = resp.status, await resp.text()
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+        exchange = HttpExchange(body, status, text, time.monotonic() - sent)
+        self.http_exchanges.append(exchange)
+        if headers is None and (status != 200 or exchange.latency > self.ack_deadline):
+            self._error(f"HTTP request to {url} answered {status} after {exchange.latency:.2f} s (not a timely 200)")
+        self._notify()
+        return exchange
 
     # --- payload builders (also for HTTP mode) -----------------------------------------------------------
 
@@ -719,6 +784,8 @@ class FakeSlack(LoopbackServer):
         message = PostedMessage(channel.id, self._new_ts(), BOT_USER_ID, str(args.get("text") or ""), method=method)
         message.blocks, message.thread_ts = args.get("blocks"), args.get("thread_ts") or None
         message.ephemeral_to = str(args["user"]) if ephemeral else None
+        if not ephemeral and args.get("metadata") is not None:
+            message.metadata = _metadata(args["metadata"])
         self._record_message(message)
         if ephemeral:
             return {"message_ts": message.ts}
@@ -902,6 +969,44 @@ class FakeSlack(LoopbackServer):
     def _conversations_info(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"channel": self._visible_channel(args.get("channel")).to_slack()}
 
+    def _history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A channel's main timeline (thread replies excluded), newest first, from ``oldest`` on."""
+        channel = self._readable_channel(args.get("channel"))
+        found = [m for m in self.messages if m.channel == channel.id and m.ephemeral_to is None]
+        found = [m for m in found if m.thread_ts is None or m.thread_ts == m.ts]
+        return self._page(found, args, newest_first=True)
+
+    def _replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A thread: its parent first, then the replies, oldest first."""
+        channel = self._readable_channel(args.get("channel"))
+        ts = str(args.get("ts") or "")
+        if not ts:
+            raise SlackError("invalid_arguments")
+        found = [m for m in self.messages if m.channel == channel.id and m.ephemeral_to is None]
+        thread = [m for m in found if m.ts == ts or m.thread_ts == ts]
+        if not thread and not any(m.ts == ts for m in found):
+            raise SlackError("thread_not_found")
+        return self._page(thread, args, newest_first=False)
+
+    def _page(self, found: list[PostedMessage], args: dict[str, Any], *, newest_first: bool) -> dict[str, Any]:
+        try:
+            limit = int(args.get("limit") or 100)
+            oldest = float(args.get("oldest") or 0)
+        except (TypeError, ValueError):
+            raise SlackError("invalid_arguments") from None
+        if not 0 < limit <= _HISTORY_MAX:
+            raise SlackError("invalid_limit")
+        with_metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
+        found = sorted((m for m in found if float(m.ts) >= oldest), key=lambda m: float(m.ts), reverse=newest_first)
+        messages = [m.to_slack(with_metadata=with_metadata) for m in found[:limit]]
+        return {"messages": messages, "has_more": len(found) > limit, "response_metadata": {"next_cursor": ""}}
+
+    def _readable_channel(self, channel_id: object) -> Channel:
+        channel = self._visible_channel(channel_id)
+        if not channel.is_member and not channel.is_im:
+            raise SlackError("not_in_channel")
+        return channel
+
     def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
         user = self.users.get(str(args.get("user")))
         if user is None:
@@ -1018,6 +1123,15 @@ class FakeSlack(LoopbackServer):
                 file["original_w"], file["original_h"] = Image.open(io.BytesIO(data)).size
         self.files[file_id], self._file_data[file_id] = file, data
         return file
+
+
+def _metadata(value: object) -> dict[str, Any]:
+    """Message metadata as chat.postMessage accepts it: an event_type and an object payload."""
+    if not isinstance(value, dict) or not isinstance(value.get("event_type"), str):
+        raise SlackError("invalid_metadata_format")
+    if not isinstance(value.get("event_payload", {}), dict):
+        raise SlackError("invalid_metadata_format")
+    return {"event_type": value["event_type"], "event_payload": dict(value.get("event_payload") or {})}
 
 
 def _bearer(request: web.Request) -> str | None:

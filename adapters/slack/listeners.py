@@ -1,0 +1,370 @@
+"""Slack payloads -> requests for the core, each answered exactly once through ``adapters.common.lifecycle``.
+
+Every listener acknowledges first — with the refusal or the form error as the acknowledgement's message where
+there is one — and then runs its work through ``answer()``, so no exception ever leaves a listener after its
+ack (slack-bolt's async runner would un-send the ack: Slack shows "dispatch_failed" / "operation_timeout").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp
+
+from adapters.common.access import AccessPolicy
+from adapters.common.flags import USAGE, parse_imagine
+from adapters.common.lifecycle import answer, friendly
+from adapters.slack import render
+from adapters.slack.errors import translate
+from adapters.slack.files import SlackFiles, image_files
+from adapters.slack.payloads import (
+    event_reply_to,
+    input_value,
+    job_value,
+    message_reply_to,
+    metadata,
+    reply_to,
+    result_reply_to,
+)
+from adapters.slack.replies import Outbox, ReplyTo, SlackReply
+from bot.bootstrap import Core
+from bot.errors import InvalidRequestError
+from bot.jobs import JobNotFoundError, JobOutcome
+from bot.models import EditRequest, GenerateRequest, Job, VaryRequest
+from bot.ports import ProgressSink
+
+log = logging.getLogger(__name__)
+
+_VARY_ACTION = re.compile(rf"^{render.VARY}_\d+$")
+_INDEX = re.compile(r"\b([1-9])\b")
+
+Work = Callable[[SlackReply, ProgressSink], Awaitable[JobOutcome | None]]
+Handler = Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], Awaitable[None]]  # body, action, context
+Listener = Callable[[AsyncAck, dict[str, Any], dict[str, Any], dict[str, Any]], Awaitable[None]]
+
+
+class Listeners:
+    """Registers the adapter's listeners on a bolt app; ``busy`` holds the ones still working after their ack."""
+
+    def __init__(self, core: Core, policy: AccessPolicy, outbox: Outbox, files: SlackFiles):
+        self.core = core
+        self.policy = policy
+        self.outbox = outbox
+        self.files = files
+        self.busy: set[asyncio.Task[Any]] = set()
+
+    def register(self, app: AsyncApp) -> None:
+        app.error(self._unanswered)
+        app.command("/imagine")(self.imagine)
+        app.action(_VARY_ACTION)(self._button(self._vary_button))
+        app.action(render.REROLL)(self._button(self._reroll_button))
+        app.action(render.REMIX)(self._button(self._remix_button))
+        app.action(render.CONFIRM)(self._button(self._confirm_button))
+        app.action(render.CANCEL)(self._button(self._cancel_button))
+        app.view(render.REMIX_VIEW)(self.remix_submit)
+        app.view(render.EDIT_VIEW)(self.edit_submit)
+        app.message_shortcut("vary_image")(self._shortcut(self._vary_shortcut))
+        app.message_shortcut("edit_image")(self._shortcut(self._edit_shortcut))
+        app.event("app_mention")(self.mention)
+        app.event("message")(self.message)
+
+    async def _unanswered(self, error: Exception, body: dict[str, Any]) -> None:
+        """bolt's last resort: only reached if something failed before a listener could even start."""
+        log.error("slack listener failed before answering (%s)", type(error).__name__, exc_info=error)
+
+    async def _run(self, to: ReplyTo, work: Work, context: Mapping[str, Any]) -> None:
+        """Run ``work`` to exactly one answer (never raises), tracked so ``stop`` can let it finish."""
+        acked = context.get("acked")
+        reply = self.outbox.reply(to, acked if isinstance(acked, asyncio.Event) else None)
+        task = asyncio.current_task()
+        if task is not None:
+            self.busy.add(task)
+        try:
+            await answer(reply, lambda progress: work(reply, progress), translate=translate)
+        finally:
+            if task is not None:
+                self.busy.discard(task)
+
+    async def _admitted(self, reply: SlackReply, to: ReplyTo) -> bool:
+        """The access policy; a refusal is said privately (it is the request's one answer)."""
+        refusal = self.policy.refusal(to.requester())
+        if refusal is not None:
+            log.info("refused slack user %s in %s/%s", to.user, to.team, to.channel)
+            await reply.say(refusal)
+        return refusal is None
+
+    async def _may_press(self, reply: SlackReply, to: ReplyTo, job_id: str) -> Job | None:
+        """The job behind a result's button, if ``to`` may use it (else a private refusal and None)."""
+        if not await self._admitted(reply, to):
+            return None
+        job = await self.core.jobs.find(job_id)
+        if job is None:
+            raise JobNotFoundError(detail=f"button of unknown job {job_id}")
+        refusal = self.policy.may_press(job, to.requester())
+        if refusal is not None:
+            await reply.say(refusal, mentions=(job.context.user,))  # names the owner: a real mention
+            return None
+        return job
+
+    # --- /imagine ---------------------------------------------------------------------------------------------
+
+    async def imagine(self, ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
+        to = reply_to(body)
+        try:
+            request = self._read_imagine(to, body)
+        except Exception as exc:  # a refusal or a bad option: the acknowledgement is the answer
+            await ack(**render.notice(friendly(exc, translate)), response_type="ephemeral")
+            return
+        if isinstance(request, str):
+            await ack(**render.notice(request), response_type="ephemeral")
+            return
+        admission = self.core.admission  # read without I/O: the ack can already say where the job will wait
+        busy = admission.running >= self.core.settings.limits.max_concurrent
+        await ack(**render.working_message(request.prompt, admission.queue_length + 1 if busy else None))
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome:
+            return await self.core.jobs.submit(to.context(), request, progress)
+
+        await self._run(to, work, context)
+
+    def _read_imagine(self, to: ReplyTo, body: Mapping[str, Any]) -> GenerateRequest | str:
+        """The request, or the refusal to acknowledge with (bad options raise ``InvalidRequestError``)."""
+        refusal = self.policy.refusal(to.requester())
+        if refusal is not None:
+            return refusal
+        command = parse_imagine(str(body.get("text") or ""))
+        if not command.prompt:
+            raise InvalidRequestError(f"Tell me what to draw. {USAGE}")
+        return GenerateRequest(
+            prompt=command.prompt, n=command.n or 1, size=command.size, quality=command.quality, model=command.model
+        )
+
+    # --- buttons ----------------------------------------------------------------------------------------------
+
+    def _button(self, work: Handler) -> Listener:
+        async def listener(
+            ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: dict[str, Any]
+        ) -> None:
+            await ack()
+            await work(body, action, context)
+
+        return listener
+
+    async def _vary_button(self, body: dict[str, Any], action: dict[str, Any], context: dict[str, Any]) -> None:
+        to = result_reply_to(body)
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome | None:
+            job_id, index = job_value(action, "vary", with_index=True)
+            if await self._may_press(reply, to, job_id) is None:
+                return None
+            await reply.say(f"Making variations of image {index}…")
+            return await self.core.jobs.vary_result(job_id, index, to.context())
+
+        await self._run(to, work, context)
+
+    async def _reroll_button(self, body: dict[str, Any], action: dict[str, Any], context: dict[str, Any]) -> None:
+        to = result_reply_to(body)
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome | None:
+            job_id, _ = job_value(action, "reroll")
+            if await self._may_press(reply, to, job_id) is None:
+                return None
+            await reply.say("Rerolling…")
+            return await self.core.jobs.reroll(job_id, to.context(), progress)
+
+        await self._run(to, work, context)
+
+    async def _remix_button(self, body: dict[str, Any], action: dict[str, Any], context: dict[str, Any]) -> None:
+        to = result_reply_to(body)
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> None:
+            job_id, _ = job_value(action, "remix")
+            job = await self._may_press(reply, to, job_id)  # local reads only: the trigger_id is still fresh
+            if job is not None:
+                view = render.remix_modal(job, to.channel or "", to.thread)
+                await self.outbox.client.views_open(trigger_id=body["trigger_id"], view=view)
+
+        await self._run(to, work, context)
+
+    async def _confirm_button(self, body: dict[str, Any], action: dict[str, Any], context: dict[str, Any]) -> None:
+        to = reply_to(body)
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome | None:
+            job_id, _ = job_value(action, "confirm")
+            if await self._may_press(reply, to, job_id) is None:
+                return None
+            await reply.say("Confirmed — working on it.", replace=True)
+            return await self.core.jobs.confirm(job_id, to.context(), progress)
+
+        await self._run(to, work, context)
+
+    async def _cancel_button(self, body: dict[str, Any], action: dict[str, Any], context: dict[str, Any]) -> None:
+        to = reply_to(body)
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> None:
+            job_id, _ = job_value(action, "cancel")
+            if await self._may_press(reply, to, job_id) is None:
+                return
+            await self.core.jobs.cancel(job_id)
+            await reply.say("Cancelled: nothing was made or charged.", replace=True)
+
+        await self._run(to, work, context)
+
+    # --- modals -----------------------------------------------------------------------------------------------
+
+    async def remix_submit(
+        self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], context: dict[str, Any]
+    ) -> None:
+        prompt = input_value(view, render.PROMPT_BLOCK, render.PROMPT_ACTION).strip()
+        if not prompt:
+            await ack(response_action="errors", errors={render.PROMPT_BLOCK: "Write a prompt."})
+            return
+        await ack()
+        to = reply_to(body)
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome | None:
+            job_id = str(metadata(view).get("job") or "")
+            if await self._may_press(reply, to, job_id) is None:
+                return None
+            return await self.core.jobs.remix(job_id, prompt, to.context(), progress)
+
+        await self._run(to, work, context)
+
+    async def edit_submit(
+        self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], context: dict[str, Any]
+    ) -> None:
+        prompt = input_value(view, render.PROMPT_BLOCK, render.PROMPT_ACTION).strip()
+        if not prompt:
+            await ack(response_action="errors", errors={render.PROMPT_BLOCK: "Say what should change."})
+            return
+        await ack()
+        to = reply_to(body)
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome | None:
+            if not await self._admitted(reply, to):
+                return None
+            values = view.get("state", {}).get("values", {})
+            option = values.get(render.REGION_BLOCK, {}).get(render.REGION_ACTION, {}).get("selected_option") or {}
+            region = str(option.get("value") or render.WHOLE_IMAGE)
+            masks = image_files(values.get(render.MASK_BLOCK, {}).get(render.MASK_ACTION, {}).get("files"))
+            file = metadata(view).get("file")
+            if not isinstance(file, dict):
+                raise InvalidRequestError(detail="edit modal without a file in its metadata")
+            image = await self.files.image(file)
+            mask = await self.files.image(masks[0]) if masks else None
+            chosen = None if region == render.WHOLE_IMAGE else region
+            request = EditRequest(images=(image,), prompt=prompt, mask=mask, region=chosen)
+            return await self.core.jobs.submit(to.context(), request, progress)
+
+        await self._run(to, work, context)
+
+    # --- message shortcuts ------------------------------------------------------------------------------------
+
+    def _shortcut(self, work: Handler) -> Listener:
+        async def listener(
+            ack: AsyncAck, body: dict[str, Any], shortcut: dict[str, Any], context: dict[str, Any]
+        ) -> None:
+            await ack()
+            await work(body, shortcut, context)
+
+        return listener
+
+    async def _vary_shortcut(self, body: dict[str, Any], shortcut: dict[str, Any], context: dict[str, Any]) -> None:
+        to = message_reply_to(body, shortcut)
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome | None:
+            if not await self._admitted(reply, to):
+                return None
+            images = image_files(shortcut.get("message", {}).get("files"))
+            if not images:
+                await reply.say("That message has no image I can vary.")
+                return None
+            await reply.say("Making variations…")
+            data = await self.files.image(images[0])
+            return await self.core.jobs.submit(to.context(), VaryRequest(image=data), progress)
+
+        await self._run(to, work, context)
+
+    async def _edit_shortcut(self, body: dict[str, Any], shortcut: dict[str, Any], context: dict[str, Any]) -> None:
+        to = message_reply_to(body, shortcut)
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> None:
+            if not await self._admitted(reply, to):
+                return
+            images = image_files(shortcut.get("message", {}).get("files"))
+            if not images:
+                await reply.say("That message has no image I can edit.")
+                return
+            file = {key: images[0].get(key) for key in ("id", "url_private", "url_private_download", "size")}
+            modal = render.edit_modal({"channel": to.channel, "thread": to.thread, "file": file})
+            await self.outbox.client.views_open(trigger_id=body["trigger_id"], view=modal)  # the trigger lives 3 s
+
+        await self._run(to, work, context)
+
+    # --- events (bolt acknowledges them before the listener runs) --------------------------------------------
+
+    async def message(self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]) -> None:
+        """An image posted in a result's thread, or with a mention of the bot: variations in that thread."""
+        if event.get("subtype") != "file_share" or event.get("bot_id"):
+            return
+        to = event_reply_to(body, event)
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome | None:
+            images = image_files(event.get("files"))
+            store = self.outbox.store
+            if not images or store is None:
+                return None
+            mentioned = f"<@{context.get('bot_user_id')}>" in str(event.get("text") or "")
+            mentioned = mentioned or event.get("channel_type") == "im"  # in a DM every image is meant for the bot
+            thread_ts = event.get("thread_ts")
+            in_result_thread = bool(thread_ts) and thread_ts != event.get("ts")
+            if in_result_thread and not mentioned:
+                in_result_thread = await store.job_at(to.channel or "", str(thread_ts)) is not None
+            if not (mentioned or in_result_thread) or not await self._first_time(event):
+                return None
+            return await self._vary_posted(reply, to, images[0], progress)
+
+        await self._run(to, work, context)
+
+    async def mention(self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]) -> None:
+        """A mention with an image: its variations; in a result's thread without one: variations of the result."""
+        to = event_reply_to(body, event)
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome | None:
+            store = self.outbox.store
+            if store is None or not await self._first_time(event):
+                return None
+            images = image_files(event.get("files"))
+            if images:
+                return await self._vary_posted(reply, to, images[0], progress)
+            thread_ts = event.get("thread_ts")
+            job_id = await store.job_at(to.channel or "", str(thread_ts)) if thread_ts else None
+            if job_id is None:
+                if await self._admitted(reply, to):
+                    await reply.say("Send me an image with the mention for variations, or use /imagine <prompt>.")
+                return None
+            if await self._may_press(reply, to, job_id) is None:
+                return None
+            match = _INDEX.search(re.sub(r"<[^>]*>", " ", str(event.get("text") or "")))
+            return await self.core.jobs.vary_result(job_id, int(match.group(1)) if match else 1, to.context())
+
+        await self._run(to, work, context)
+
+    async def _vary_posted(
+        self, reply: SlackReply, to: ReplyTo, file: Mapping[str, Any], progress: ProgressSink
+    ) -> JobOutcome | None:
+        if not await self._admitted(reply, to):
+            return None
+        data = await self.files.image(file)
+        return await self.core.jobs.submit(to.context(), VaryRequest(image=data), progress)
+
+    async def _first_time(self, event: Mapping[str, Any]) -> bool:
+        """Once per message: the same message comes as ``message`` and ``app_mention``, and retries repeat it."""
+        store = self.outbox.store
+        if store is None:
+            return False
+        return await store.first_time(f"{event.get('channel')}:{event.get('ts') or event.get('event_ts')}")
