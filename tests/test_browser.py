@@ -150,7 +150,8 @@ async def test_a_job_a_restart_cut_off_shows_in_the_page_as_interrupted(tmp_path
     settings = load_settings(data_dir=Path(env["IMAGEBOT_DATA_DIR"]))
     async with new_http_session() as http, open_core(settings, http, provider=FakeImages()) as core:
         outcome = await core.jobs.submit(JobContext(platform="web", user=session), GenerateRequest(prompt="a lost fox"))
-        await core.jobs.store.update(outcome.job.id, status=JobStatus.RUNNING)  # as a crash leaves it
+        # as a crash while the image service was still working leaves it: running, nothing paid, no files
+        await core.jobs.store.update(outcome.job.id, status=JobStatus.RUNNING, paid_at=None, actual_cost=None)
     process = await start(env, tmp_path)  # the restart
     base_url = f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}"
     try:
@@ -163,7 +164,9 @@ async def test_a_job_a_restart_cut_off_shows_in_the_page_as_interrupted(tmp_path
                 page = await context.new_page()
                 await page.goto(base_url + "/")
                 past = page.locator("article.from-bot").filter(has_text="a lost fox")
-                await expect(past).to_contain_text("interrupted — a restart cut this off; nothing was charged")
+                await expect(past).to_contain_text(
+                    "A restart interrupted your request for “a lost fox”; nothing was charged."
+                )
             finally:
                 await browser.close()
     finally:

@@ -15,7 +15,6 @@ import pytest
 import yarl
 
 from adapters.discord.adapter import apply_endpoints
-from adapters.discord.recovery import CUT_OFF_NOTICE
 from bot.bootstrap import open_core
 from bot.models import JobStatus
 from bot.settings import load_settings
@@ -195,7 +194,7 @@ async def test_a_job_cut_off_by_a_restart_is_told_once(
         for _ in range(2):  # the second restart must not tell again
             async with running(openai_settings(fake, openai, crashed), **lifetime):
                 pass
-    notices = [s for s in fake.sent[told_before:] if CUT_OFF_NOTICE in (s.content or "")]
+    notices = [s for s in fake.sent[told_before:] if "A restart interrupted your request" in (s.content or "")]
     assert len(notices) == 1, [s.content for s in fake.sent[told_before:]]
     [notice] = notices
     if token_lives:

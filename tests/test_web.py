@@ -534,7 +534,8 @@ async def test_history_shows_a_job_a_restart_cut_off_and_a_failed_one(tmp_path: 
     async for bot in _harness(tmp_path, provider=provider):
         bot.client.session.cookie_jar.update_cookies(session)
         running = await bot.imagine("a fox")
-        await bot.core.jobs.store.update(running["job"]["id"], status=JobStatus.RUNNING)  # as a crash leaves it
+        # as a crash while the image service was still working leaves it: running, nothing paid
+        await bot.core.jobs.store.update(running["job"]["id"], status=JobStatus.RUNNING, paid_at=None, actual_cost=None)
         provider.fail_with = ProviderOutageError("upstream down", detail="HTTP 503 from upstream")
         failed = await bot.imagine("a cat", status=502)
     async for bot in _harness(tmp_path):  # the restart, on the same data folder
@@ -544,7 +545,10 @@ async def test_history_shows_a_job_a_restart_cut_off_and_a_failed_one(tmp_path: 
         assert [j["status"] for j in jobs] == ["interrupted", "failed"]
         assert jobs[0]["job"]["id"] == running["job"]["id"]
         assert jobs[1]["job"]["prompt"] == "a cat"
-        assert jobs[0]["message"] == "interrupted — a restart cut this off; nothing was charged"
+        assert (
+            jobs[0]["message"]
+            == "A restart interrupted your request for “a fox”; nothing was charged. Please ask again."
+        )
         assert jobs[1]["message"] == failed["error"]["message"]
         assert await bot.core.jobs.cut_off("web") == []  # shown to its session: its requester has been told
         bot.client.session.cookie_jar.clear()

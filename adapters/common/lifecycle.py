@@ -17,7 +17,7 @@ from typing import Protocol
 
 from bot.errors import ImageBotError, UnexpectedError
 from bot.jobs import JobOutcome
-from bot.models import Progress
+from bot.models import Job, Progress
 from bot.ports import ProgressSink
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,20 @@ async def fail(reply: Reply, error: BaseException, translate: Translate | None =
         raise
     except Exception as exc:
         log.warning("could not tell the user about a failure (%s)", type(exc).__name__)
+
+
+def cut_off_text(job: Job) -> str:
+    """What the requester of a job a restart interrupted is told, on every platform (plain text: each platform
+    escapes it its own way). Honest about the charge: the service bills a generation once it has answered."""
+    what = {"edit": "an image edit", "vary": "variations"}.get(job.kind, "images")
+    prompt = " ".join(job.prompt.split())
+    about = f"“{prompt[:100]}{'…' if len(prompt) > 100 else ''}”" if prompt else what
+    if job.paid_at is None:
+        return f"A restart interrupted your request for {about}; nothing was charged. Please ask again."
+    return (
+        f"A restart interrupted your request for {about} while its images were arriving; the image service "
+        "had already made them, so they count against the budget, but they are lost. Please ask again."
+    )
 
 
 def friendly_detail(error: BaseException) -> str:

@@ -13,6 +13,7 @@ import logging
 
 import discord
 
+from adapters.common.lifecycle import cut_off_text
 from adapters.discord import render
 from adapters.discord.replies import Address, Delivery, nonce_for, requester_only
 from bot.errors import ImageBotError
@@ -21,7 +22,6 @@ from bot.models import ImageResult, Job
 log = logging.getLogger(__name__)
 
 HISTORY_DEPTH = 50  # recent channel messages searched for an earlier post of a result
-CUT_OFF_NOTICE = "Sorry — I restarted while making this image, so it didn't finish. Please ask again."
 
 
 class Recovery:
@@ -114,7 +114,7 @@ class Recovery:
         if address is not None and address.message_id is not None and address.token_alive(self.delivery.token_lifetime):
             try:
                 await self._webhook(address).edit_message(
-                    address.message_id, content=CUT_OFF_NOTICE, attachments=[], view=None
+                    address.message_id, content=cut_off_notice(job), attachments=[], view=None
                 )
                 return True
             except (discord.NotFound, discord.Forbidden):
@@ -122,7 +122,7 @@ class Recovery:
         if not job.context.channel:
             log.info("discord: job %s was cut off with no channel to tell its user in", job.id)
             return False
-        notice = render.Rendered(CUT_OFF_NOTICE, [], None)
+        notice = render.Rendered(cut_off_notice(job), [], None)
         nonce = nonce_for(job.id, address, "cut-off")
         await self.delivery.post_to_channel(int(job.context.channel), notice, user, nonce)
         return True
@@ -130,6 +130,11 @@ class Recovery:
     def _webhook(self, address: Address) -> discord.Webhook:
         """The interaction's webhook: it edits and reads the response while the token lives."""
         return discord.Webhook.partial(address.application_id or 0, address.token or "", client=self.delivery.client)
+
+
+def cut_off_notice(job: Job) -> str:
+    """The shared wording, with the prompt's markdown escaped (mentions are off client-wide)."""
+    return discord.utils.escape_markdown(cut_off_text(job))[: render.MESSAGE_LIMIT]
 
 
 def _carries(message: discord.Message, job_id: str) -> bool:

@@ -7,7 +7,7 @@ import logging
 
 from slack_sdk.errors import SlackApiError
 
-from adapters.common.lifecycle import friendly_detail
+from adapters.common.lifecycle import cut_off_text, friendly_detail
 from adapters.slack import render
 from adapters.slack.replies import Outbox
 from bot.models import ImageResult, Job
@@ -39,7 +39,7 @@ async def _tell_cut_off(outbox: Outbox, job: Job) -> None:
             channel=context.channel,
             user=context.user,
             thread_ts=context.thread,
-            **render.notice(render.cut_off_text(job)),
+            **render.notice(cut_off_text(job)),
         )
     except SlackApiError as exc:  # gone for good (channel archived, user left): telling again won't help
         log.warning("could not tell %s about interrupted job %s: %s", context.user, job.id, exc.response.get("error"))

@@ -102,13 +102,6 @@ def shows_controls_of(job: Job, message: dict[str, Any]) -> bool:
     return metadata.get("event_type") == METADATA_EVENT and payload.get("job") == job.id
 
 
-def cut_off_text(job: Job) -> str:
-    """What the requester of a job a restart interrupted is told."""
-    what = {"edit": "an image edit", "vary": "variations"}.get(job.kind, "images")
-    about = f"“{job.prompt[:100]}”" if job.prompt else what  # notice() escapes it
-    return f"A restart interrupted your request for {about}; nothing was charged. Please ask again."
-
-
 def controls_message(job: Job, result: ImageResult) -> dict[str, Any]:
     """``chat.postMessage`` arguments of the buttons under a result (job id in values and in metadata)."""
     count = min(len(result.images), _MAX_VARY_BUTTONS)

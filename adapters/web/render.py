@@ -6,13 +6,13 @@ import base64
 from collections.abc import Sequence
 from typing import Any
 
+from adapters.common.lifecycle import cut_off_text
 from bot import imaging
 from bot.budgets import format_dollars
 from bot.errors import InvalidRequestError
 from bot.jobs import JobOutcome
 from bot.models import GeneratedImage, Job, JobStatus, StoredImage
 
-INTERRUPTED = "interrupted — a restart cut this off; nothing was charged"
 SHOWN_IN_HISTORY = frozenset({JobStatus.DONE, JobStatus.DELIVERED, JobStatus.FAILED, JobStatus.INTERRUPTED})
 
 
@@ -77,7 +77,7 @@ def history_entry(job: Job) -> dict[str, Any] | None:
             return None
         return {"status": "done", "job": job_info(job), "images": images(job.id, job.results)}
     if job.status is JobStatus.INTERRUPTED:
-        return {"status": "interrupted", "job": job_info(job), "message": INTERRUPTED}
+        return {"status": "interrupted", "job": job_info(job), "message": cut_off_text(job)}
     if job.status is JobStatus.FAILED:
         message = job.error_message or "This one failed."
         if job.error_ref:

@@ -1,0 +1,121 @@
+"""kill -9 of `imagebot run` serving Discord and Slack, at each moment of a job, then two restarts on the same
+data folder: no result is posted twice, every result paid for is posted once, and whoever a restart cut off
+is told once. The fakes (Discord REST + gateway, Slack Web API + Socket Mode, the Images API) live in the
+test's process and outlive the bot, as the real platforms do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.discord_server import FakeDiscord, SentMessage
+from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
+from tests.fakes.slack_server import APP_TOKEN, BOT_TOKEN, CHANNEL_ID, USER_ID, FakeSlack
+from tests.test_run import run_env, start, wait_healthy
+
+CUT_OFF = "A restart interrupted your request"
+
+
+def rows(data: Path) -> list[sqlite3.Row]:
+    with contextlib.closing(sqlite3.connect(data / "jobs.sqlite3")) as db:
+        db.row_factory = sqlite3.Row
+        return db.execute("SELECT * FROM jobs ORDER BY platform").fetchall()
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)
+    assert condition(), what
+
+
+@contextlib.asynccontextmanager
+async def bot(env: dict[str, str], cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    process = await start(env, cwd)
+    try:
+        await wait_healthy(f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}/healthz", process)
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 30)
+
+
+def discord_results(fake: FakeDiscord) -> list[SentMessage]:
+    return [message for message in fake.sent if message.files]
+
+
+def slack_uploads(fake: FakeSlack) -> int:
+    return len([call for call in fake.calls_to("files.completeUploadExternal") if call.ok])
+
+
+def slack_cut_off_notes(fake: FakeSlack) -> list[str]:
+    return [m.text for m in fake.messages if m.ephemeral_to == USER_ID and CUT_OFF in m.text]
+
+
+def discord_cut_off_notes(fake: FakeDiscord) -> list[SentMessage]:
+    return [message for message in fake.sent if CUT_OFF in (message.content or "")]
+
+
+@pytest.mark.parametrize("moment", ["queued and upstream working", "just after the 200", "during delivery"])
+async def test_kill_9_then_two_restarts_answers_everyone_exactly_once(tmp_path: Path, moment: str) -> None:
+    working = moment == "queued and upstream working"
+    async with (
+        FakeDiscord() as discord_fake,
+        FakeSlack() as slack_fake,
+        FakeOpenAI(latency=60.0 if working else 0.0, photo_like=not working) as openai,
+    ):
+        env = run_env(
+            tmp_path,
+            DISCORD_TOKEN=discord_fake.token,
+            DISCORD_API_BASE_URL=discord_fake.api_base,
+            DISCORD_GATEWAY_URL=discord_fake.gateway_url,
+            SLACK_BOT_TOKEN=BOT_TOKEN,
+            SLACK_APP_TOKEN=APP_TOKEN,
+            SLACK_API_URL=slack_fake.api_url,
+            OPENAI_API_KEY=DEFAULT_KEY,
+            OPENAI_BASE_URL=openai.base_url,
+            IMAGEBOT_LIMITS__MAX_CONCURRENT="1",  # one job at the image service, the other one waits in line
+        )
+        data = Path(env["IMAGEBOT_DATA_DIR"])
+        async with bot(env, tmp_path) as process:
+            await slack_fake.send_slash_command("/imagine", "a red fox", channel_id=CHANNEL_ID)
+            await discord_fake.dispatch_slash_command("imagine", {"prompt": "a lighthouse at dusk"})
+            if working:
+                statuses = lambda: sorted(r["status"] for r in rows(data))  # noqa: E731
+                await until(lambda: statuses() == ["queued", "running"], "one job running, one queued")
+                assert len(openai.image_requests) == 1
+            elif moment == "just after the 200":
+                await until(lambda: len(openai.answered) == 2, "the image service answered both")
+                await asyncio.sleep(0.05)
+            else:
+                await until(lambda: bool(discord_results(discord_fake) or slack_uploads(slack_fake)), "a post")
+            os.kill(process.pid, signal.SIGKILL)
+            await process.wait()
+        asked = len(openai.image_requests)
+
+        for _ in range(2):  # the second restart must change nothing
+            async with bot(env, tmp_path):
+                if working:
+                    await until(lambda: all(r["notified_at"] for r in rows(data)), "everyone cut off was told")
+                else:
+                    await until(lambda: all(r["status"] == "delivered" for r in rows(data)), "both delivered")
+
+        assert len(openai.image_requests) == asked, "a restart asked the image service (and paid) again"
+        if working:
+            assert [r["status"] for r in rows(data)] == ["interrupted", "interrupted"]
+            assert len(slack_cut_off_notes(slack_fake)) == 1
+            assert len(discord_cut_off_notes(discord_fake)) == 1
+            assert discord_results(discord_fake) == [] and slack_uploads(slack_fake) == 0
+        else:
+            assert len(discord_results(discord_fake)) == 1, "Discord got the result twice (or never)"
+            assert slack_uploads(slack_fake) == 1, "Slack got the result twice (or never)"
+            assert slack_cut_off_notes(slack_fake) == [] and discord_cut_off_notes(discord_fake) == []
