@@ -175,6 +175,32 @@ async def test_buttons_after_a_restart(fake: FakeDiscord, tmp_path: Path) -> Non
     fake.assert_no_errors()
 
 
+async def test_forms_opened_before_a_restart_are_still_answered(fake: FakeDiscord, tmp_path: Path) -> None:
+    """discord.py forgets open forms when the process stops: a remix form still runs from what it carries,
+    an edit form (which needs its message) asks to be reopened; neither leaves "interaction failed"."""
+    settings = settings_for(fake, tmp_path)
+    target = fake.user_message("look", attachments=[fake.add_attachment(png(48, 48), "cat.png")])
+    async with running(settings):
+        inter = await fake.dispatch_slash_command("imagine", {"prompt": "a lighthouse"})
+        first = await result_of(fake, inter.id)
+        job = custom_ids(first)[0].split(":")[2]
+        remix = await fake.next_callback((await fake.dispatch_component(f"img:x:{job}:0", message=first.message)).id)
+        edit = await fake.next_callback((await fake.dispatch_message_command("Edit image", target)).id)
+        assert remix.type == edit.type == 9
+
+    async with running(settings):  # the restart, then both forms are sent
+        submit = await fake.dispatch_modal_submit(remix.data["custom_id"], {"prompt": "a lighthouse at night"})
+        assert (await fake.next_callback(submit.id)).latency < 3
+        sent = await result_of(fake, submit.id)
+        assert len(sent.files) == 1 and "a lighthouse at night" in (sent.content or "")
+
+        stale = await fake.dispatch_modal_submit(edit.data["custom_id"], {"prompt": "a hat", "region": ""})
+        answer = await fake.next_callback(stale.id)
+        assert answer.latency < 3 and answer.data["flags"] & 64  # ephemeral
+        assert "open it again" in answer.data["content"]
+    fake.assert_no_errors()
+
+
 # --- with the real OpenAI provider against FakeOpenAI ------------------------------------------------------------
 
 

@@ -151,3 +151,16 @@ async def test_a_burst_of_first_requests_makes_one_auth_test(fake: FakeSlack, tm
             await fake.wait_for_ack(envelope.envelope_id)
 
     assert len(fake.calls_to("auth.test")) == 1
+
+
+async def test_the_socket_attribute_the_health_check_reads_is_where_the_adapter_expects_it(
+    fake: FakeSlack, tmp_path: Path
+) -> None:
+    """/healthz tells a dropped Socket Mode connection from the SDK client's ``current_session`` (no public
+    accessor exists): this fails if slack_sdk moves it, instead of /healthz silently always saying connected."""
+    async with slack_bot(fake, tmp_path / "data") as bot:
+        handler = bot.adapter._handler
+        assert handler is not None
+        session = handler.client.current_session
+        assert session is not None and not session.closed
+        assert bot.adapter.state == "connected"

@@ -40,6 +40,8 @@ from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
+STALE_FORM_GRACE = 0.75  # seconds a form still in memory has to answer its own submit (it defers at once)
+
 
 def apply_endpoints(settings: Settings) -> None:
     """Point discord.py at DISCORD_API_BASE_URL / DISCORD_GATEWAY_URL (each only when set).
@@ -78,6 +80,19 @@ class ImageClient(discord.Client):
 
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.listeners.on_message(message)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """A form opened before a restart: discord.py keeps open forms in memory only, so nothing else would
+        answer its submit and the user would see "interaction failed". Give a live form its moment first."""
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        data: dict[str, Any] = dict(interaction.data or {})
+        kind, _, reference = str(data.get("custom_id", "")).partition(":")
+        if kind not in {"remix", "edit"}:
+            return
+        await asyncio.sleep(STALE_FORM_GRACE)
+        if not interaction.response.is_done():
+            await self.adapter.listeners.stale_form(interaction, kind, reference)
 
 
 class ImageTree(app_commands.CommandTree[ImageClient]):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -278,6 +279,19 @@ class Listeners:
 
         await answer(reply, work, translate=translate)
 
+    async def stale_form(self, interaction: discord.Interaction, kind: str, reference: str) -> None:
+        """The submit of a form opened before a restart: a remix runs from what it carries (the job id and the
+        prompt); an edit needs the message it was opened on, which the form no longer has: ask to reopen it."""
+        data: dict[str, Any] = dict(interaction.data or {})
+        prompt = submitted_value(data.get("components"), "prompt")
+        if kind == "remix" and prompt and prompt.strip():
+            await self.remix_submit(interaction, reference, prompt.strip())
+            return
+        await interaction.response.send_message(
+            "That form was opened before I restarted, so I lost what it was for. Please open it again.",
+            ephemeral=True,
+        )
+
     async def remix_submit(self, interaction: discord.Interaction, job_id: str, prompt: str) -> None:
         async def prepare() -> Submit:
             return lambda context, sink: self.core.jobs.remix(job_id, prompt, context, sink)
@@ -361,3 +375,20 @@ class Listeners:
             return await self.core.jobs.submit(context, request, sink)
 
         return submit
+
+
+def submitted_value(components: object, custom_id: str) -> str | None:
+    """The value a modal submit carries for ``custom_id`` (text inputs may sit in rows or labels)."""
+    if isinstance(components, list):
+        for component in components:
+            found = submitted_value(component, custom_id)
+            if found is not None:
+                return found
+    elif isinstance(components, dict):
+        if components.get("custom_id") == custom_id and isinstance(components.get("value"), str):
+            return str(components["value"])
+        for key in ("components", "component"):
+            found = submitted_value(components.get(key), custom_id)
+            if found is not None:
+                return found
+    return None
