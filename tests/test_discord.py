@@ -384,8 +384,11 @@ async def test_a_mention_replying_to_any_image_varies_it(fake: FakeDiscord, bot:
 async def test_reply_to_someone_else_without_mention_is_ignored(fake: FakeDiscord, bot: DiscordAdapter) -> None:
     other = fake.user_message("hello", attachments=[fake.add_attachment(png(), "x.png")])
 
+    handled = bot.messages_handled
     await fake.dispatch_message_create("nice", reply_to=other)
-    await asyncio.sleep(0.2)
+    async with asyncio.timeout(5):  # until the bot has handled it (answered or ignored), not a fixed sleep
+        while bot.messages_handled == handled:
+            await asyncio.sleep(0.01)
 
     assert not [s for s in fake.sent if s.kind == "channel"]
 

@@ -79,7 +79,10 @@ class ImageClient(discord.Client):
         self.adapter.connected = False
 
     async def on_message(self, message: discord.Message) -> None:
-        await self.adapter.listeners.on_message(message)
+        try:
+            await self.adapter.listeners.on_message(message)
+        finally:
+            self.adapter.messages_handled += 1  # tests wait on this instead of sleeping
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         """A form opened before a restart: discord.py keeps open forms in memory only, so nothing else would
@@ -133,6 +136,7 @@ class DiscordAdapter:
         install_commands(self.tree, self.listeners, settings)
         self.recovery = Recovery(delivery)
         self.connected = False
+        self.messages_handled = 0  # gateway messages whose handling has finished (answered or ignored)
         self.synced: bool | None = None  # whether start() had to sync the commands
         self._state = AdapterState.STOPPED
         self._connection: asyncio.Task[None] | None = None
