@@ -118,7 +118,6 @@ def _url_credentials(settings: Settings) -> list[str]:
         settings.discord_api_base_url,
         settings.discord_gateway_url,
         settings.slack_api_url,
-        settings.database_url.get_secret_value() if settings.database_url else None,
     )
     found: list[str] = []
     for url in urls:

@@ -17,6 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -260,9 +261,20 @@ class Settings(BaseSettings):
             self.slack_app_token,
             self.slack_signing_secret,
             self.web_password,
-            self.database_url,
         )
-        return [f.get_secret_value() for f in fields if f is not None]
+        return [f.get_secret_value() for f in fields if f is not None] + self.database_passwords()
+
+    def database_passwords(self) -> list[str]:
+        """The password(s) inside IMAGEBOT_DATABASE_URL (user:password@, or ?password=).
+
+        Only these go to the redactor: the whole URL would make it mask words such as "post" and the user name.
+        """
+        if self.database_url is None:
+            return []
+        parts = urlsplit(self.database_url.get_secret_value())
+        found = [parts.password] if parts.password else []
+        found += parse_qs(parts.query).get("password", [])
+        return [unquote(secret) for secret in found if secret]
 
     def masked(self) -> dict[str, str]:
         """A flat, printable view with every secret masked (for ``imagebot check``)."""
