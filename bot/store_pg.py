@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
+from bot.errors import ImageBotError
 from bot.models import Job, JobContext, JobStatus, Spend, UsageRow
 from bot.redact import redact
 from bot.store import (
@@ -34,6 +36,28 @@ from bot.store import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# A connection the server cut (restart, failover, idle timeout) or one that can't be made yet: worth trying
+# again on a fresh connection. Every operation below is safe to repeat (see ``submit`` for the one insert).
+# (InternalClientError: a cut connection used before asyncpg has read that it is closed.)
+_CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.OperatorInterventionError,
+    OSError,
+)
+RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)  # about 8 s in all, then the operation fails
+
+
+class DatabaseUnavailableError(ImageBotError):
+    """The PostgreSQL job database stayed unreachable through every retry."""
+
+    kind = "database_unavailable"
+    retryable = True
+    default_message = "I can't reach my job database right now. Please try again in a minute."
+
 
 # Each entry moves the schema one version up; the schema_version table records where a database stands.
 MIGRATIONS: tuple[str, ...] = (
@@ -95,14 +119,22 @@ def database_location(url: str) -> str:
 class PostgresJobStore:
     """The ``JobStore`` port on PostgreSQL. Open with ``await PostgresJobStore.open(url)``."""
 
-    def __init__(self, pool: asyncpg.Pool, where: str):
+    def __init__(self, pool: asyncpg.Pool, where: str, *, retry_delays: tuple[float, ...] = RETRY_DELAYS):
         self._pool = pool
         self.where = where
+        self._retry_delays = retry_delays
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, url: str, *, connect_timeout: float = 10.0, max_connections: int = 10) -> PostgresJobStore:
+    async def open(
+        cls,
+        url: str,
+        *,
+        connect_timeout: float = 10.0,
+        max_connections: int = 10,
+        retry_delays: tuple[float, ...] = RETRY_DELAYS,
+    ) -> PostgresJobStore:
         """Connect and migrate, or raise ``StoreError`` saying why not (never with the URL's credentials)."""
         where = database_location(url)
         try:
@@ -117,7 +149,7 @@ class PostgresJobStore:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, where)
+        return cls(pool, where, retry_delays=retry_delays)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -126,8 +158,22 @@ class PostgresJobStore:
 
     async def submit(self, job: Job, *, dedupe_since: float) -> tuple[Job, bool]:
         """Insert ``job``, unless the same user has an identical active job since ``dedupe_since``."""
+        attempts = 0
+
+        async def attempt() -> tuple[Job, bool]:
+            nonlocal attempts
+            attempts += 1
+            return await self._submit(job, dedupe_since, retried=attempts > 1)
+
+        return await self._retrying(attempt)
+
+    async def _submit(self, job: Job, dedupe_since: float, *, retried: bool) -> tuple[Job, bool]:
         c = job.context
         async with self._pool.acquire() as connection, connection.transaction():
+            if retried:  # the connection may have dropped after an earlier attempt committed
+                mine = await connection.fetchrow("SELECT * FROM jobs WHERE id = $1", job.id)
+                if mine is not None:
+                    return job_from_row(mine), True
             # Serialises identical submissions from every process until this transaction ends.
             key = f"{c.platform}\x1f{c.user}\x1f{job.request_hash}"
             await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
@@ -149,11 +195,8 @@ class PostgresJobStore:
         """Change fields of a job (status, costs, results, error, delivered_at...) and return it."""
         values = update_values(changes)
         assignments = ", ".join(f"{name} = ${number}" for number, name in enumerate(values, start=1))
-        row = await self._pool.fetchrow(
-            f"UPDATE jobs SET {assignments} WHERE id = ${len(values) + 1} RETURNING *",  # noqa: S608 - names checked
-            *values.values(),
-            job_id,
-        )
+        query = f"UPDATE jobs SET {assignments} WHERE id = ${len(values) + 1} RETURNING *"  # noqa: S608 - names checked
+        row = await self._retrying(lambda: self._pool.fetchrow(query, *values.values(), job_id))
         if row is None:
             raise KeyError(job_id)
         return job_from_row(row)
@@ -161,7 +204,7 @@ class PostgresJobStore:
     # --- reads --------------------------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> Job | None:
-        row = await self._pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+        row = await self._retrying(lambda: self._pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id))
         return job_from_row(row) if row is not None else None
 
     async def unfinished(self) -> list[Job]:
@@ -218,14 +261,14 @@ class PostgresJobStore:
         elif per == "workspace" and context is not None:
             query += " AND platform = $2 AND workspace IS NOT DISTINCT FROM $3"
             args += [context.platform, context.workspace]
-        images, dollars = await self._pool.fetchrow(query, *args)  # an aggregate always answers one row
+        images, dollars = await self._retrying(lambda: self._pool.fetchrow(query, *args))  # an aggregate: one row
         return Spend(int(images), float(dollars))
 
     async def usage(self, since: float, *, by: str = "user") -> list[UsageRow]:
         """Jobs, images and dollars per user, channel or workspace since ``since``: paid jobs only."""
         if by not in USAGE_KEYS:
             raise ValueError(f"usage by {by!r}")
-        rows = await self._pool.fetch(
+        rows = await self._fetch(
             f'SELECT ({USAGE_KEYS[by]}) COLLATE "C" AS k, count(*), sum(images_requested), sum({CHARGE}) FROM jobs'  # noqa: S608
             " WHERE created_at >= $1 AND paid_at IS NOT NULL GROUP BY k ORDER BY 4 DESC, k",
             since,
@@ -235,7 +278,22 @@ class PostgresJobStore:
         ]
 
     async def _select(self, query: str, *args: Any) -> list[Job]:
-        return [job_from_row(row) for row in await self._pool.fetch(query, *args)]
+        return [job_from_row(row) for row in await self._fetch(query, *args)]
+
+    async def _fetch(self, query: str, *args: Any) -> list[Any]:
+        return await self._retrying(lambda: self._pool.fetch(query, *args))
+
+    async def _retrying(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation``; when the connection was lost, again on a fresh one (the pool replaces it)."""
+        for delay in (*self._retry_delays, None):
+            try:
+                return await operation()
+            except _CONNECTION_LOST as exc:
+                if delay is None:
+                    raise DatabaseUnavailableError(detail=f"{self.where}: {type(exc).__name__}") from None
+                log.warning("job database %s: connection lost (%s), retrying", self.where, type(exc).__name__)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
 
 async def _migrate(connection: asyncpg.Connection, where: str) -> None:

@@ -17,7 +17,8 @@ from bot.models import Job, JobContext, JobStatus, StoredImage
 from bot.ports import JobStore
 from bot.store import SQLiteJobStore, StoreError
 from bot.store_pg import SCHEMA_VERSION as PG_SCHEMA_VERSION
-from bot.store_pg import PostgresJobStore
+from bot.store_pg import DatabaseUnavailableError, PostgresJobStore
+from tests.postgres import PASSWORD, running_server
 
 ALICE = JobContext("discord", "alice", workspace="guild1", channel="c1", reply="interaction:abc")
 BOB = JobContext("discord", "bob", workspace="guild1", channel="c2")
@@ -353,3 +354,55 @@ async def test_a_wrong_password_is_a_clear_error_without_the_password(postgres_u
 async def test_nothing_listening_is_a_clear_error(unused_tcp_port: int) -> None:
     with pytest.raises(StoreError, match=r"cannot connect to 127\.0\.0\.1:\d+/jobs \(connection refused"):
         await PostgresJobStore.open(f"postgresql://u:secret@127.0.0.1:{unused_tcp_port}/jobs", connect_timeout=5)
+
+
+async def test_postgres_carries_on_after_the_database_server_restarts() -> None:
+    with running_server() as server:  # a server of its own: this test restarts it
+        store = await PostgresJobStore.open(server.url(), max_connections=2)
+        try:
+            (before,) = await put(store, job(ALICE, prompt="before"))
+            await asyncio.to_thread(server.restart)  # every pooled connection is cut
+            assert await store.get(before.id) == before
+            done = await store.update(before.id, status=JobStatus.DONE, paid_at=T0)
+            (after,) = await put(store, job(BOB, prompt="after"))
+            assert [j.id for j in await store.history()] == [after.id, before.id]
+            assert (await store.spend(T0)).images == 2 and done.status is JobStatus.DONE
+        finally:
+            await store.close()
+
+
+async def test_postgres_down_for_good_is_a_friendly_retryable_error() -> None:
+    with running_server() as server:
+        store = await PostgresJobStore.open(server.url(), retry_delays=(0.05, 0.1))
+        try:
+            await asyncio.to_thread(server.stop)
+            with pytest.raises(DatabaseUnavailableError) as caught:
+                await store.history()
+        finally:
+            await store.close()
+    assert caught.value.retryable
+    assert caught.value.user_message == "I can't reach my job database right now. Please try again in a minute."
+    assert PASSWORD not in caught.value.detail
+
+
+async def test_a_submit_whose_commit_was_cut_off_is_not_inserted_twice(postgres_url: str) -> None:
+    """The connection drops after the insert committed: the retry finds the job instead of failing or doubling."""
+    store = await PostgresJobStore.open(postgres_url)
+    candidate = job(ALICE, status=JobStatus.DONE)
+    await put(store, candidate)  # the first attempt, committed
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        # the retry, on a fresh connection, finds the committed job (it is done: dedupe alone would miss it)
+        assert await store._submit(candidate, T0 + 1, retried=True) == (candidate, True)
+        assert await admin.fetchval("SELECT count(*) FROM jobs") == 1
+        # through the port: the first attempt meets a cut connection, the retry inserts the job once
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        second = job(BOB)
+        assert await store.submit(second, dedupe_since=T0 - 1) == (second, True)
+        assert await admin.fetchval("SELECT count(*) FROM jobs") == 2
+    finally:
+        await admin.close()
+        await store.close()
