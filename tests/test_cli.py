@@ -302,6 +302,7 @@ async def test_check_offline(imagebot: CLI, tmp_path: Path) -> None:
     run = await imagebot("check", cwd=tmp_path)
     assert run.code == 0, run.stderr
     assert "provider: offline (built-in generator, no API key)" in run.stdout
+    assert "database: SQLite at data/jobs.sqlite3\n  reachable: yes" in run.stdout
     assert " at offline" not in run.stdout
 
 
