@@ -150,7 +150,11 @@ async def main(jobs: int, concurrency: int, budgets: bool, database_url: str | N
     print(
         f"store work: {timed_store.calls} database calls executing {Busy.seconds:.2f}s"
         f" + {TimedFiles.seconds:.2f}s writing result files = {store_work / jobs * 1000:.2f} ms/job"
-        " (wall time inside the worker threads, GIL waits included)"
+        + (
+            " (database: awaited round trips divided by the workers, as they overlap; files: worker-thread time)"
+            if database_url
+            else " (wall time inside the worker threads, GIL waits included)"
+        )
     )
     print(f"database size: {size / 1024:.0f} KiB")
 
