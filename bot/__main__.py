@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bot import imaging
-from bot.bootstrap import Core, new_http_session, open_core
+from bot.bootstrap import Core, describe_database, new_http_session, open_core
 from bot.budgets import month_window
 from bot.errors import ImageBotError, InvalidImageError, UnexpectedError
 from bot.jobs import Request
@@ -288,6 +288,7 @@ def _print_settings(settings: Settings) -> None:
 async def _check(core: Core, args: argparse.Namespace) -> int:
     """The settings are printed before the core is built (see ``_one_shot``); this tests the provider."""
     settings = core.settings
+    print("  reachable: yes (schema up to date)")  # the core opened (and migrated) the job database
     model, spec = core.catalog.resolve(None)
     if spec.shutdown is not None and (spec.shutdown - dt.date.today()).days <= 30:
         print(f"warning: the default model {model} shuts down on {spec.shutdown}; use {spec.replacement}")
@@ -359,6 +360,7 @@ async def _one_shot(settings: Settings, args: argparse.Namespace) -> int:
     }
     if args.command == "check":
         _print_settings(settings)  # even when the core can't be built: the listing helps to see why
+        print(f"database: {describe_database(settings)}")  # a database it can't open ends the check here
     # Reports only read: they work beside a running bot. Whatever runs or deletes jobs takes the data folder.
     exclusive = args.command not in READ_ONLY_COMMANDS
     async with new_http_session() as session, open_core(settings, session, exclusive=exclusive) as core:

@@ -19,13 +19,14 @@ import aiohttp
 from bot.catalog import Catalog
 from bot.jobs import JobService
 from bot.limits import Admission
-from bot.ports import ImageProvider
+from bot.ports import ImageProvider, JobStore
 from bot.providers.offline import OfflineImages
 from bot.providers.openai import OpenAIImages
 from bot.redact import register_secrets
 from bot.service import ImageService
 from bot.settings import Settings, SettingsError
 from bot.store import ResultFiles, SQLiteJobStore, StoreError
+from bot.store_pg import PostgresJobStore, database_location
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,24 @@ class DataFolderLock:
             self._handle = None
 
 
+def describe_database(settings: Settings) -> str:
+    """Which job database the settings choose, without credentials (for ``imagebot check`` and the log)."""
+    if settings.database_url is not None:
+        return f"PostgreSQL at {database_location(settings.database_url.get_secret_value())}"
+    return f"SQLite at {settings.data_dir / 'jobs.sqlite3'}"
+
+
+async def open_store(settings: Settings) -> JobStore:
+    """The job store: PostgreSQL when IMAGEBOT_DATABASE_URL is set, else SQLite under the data folder.
+
+    Result files stay under IMAGEBOT_DATA_DIR either way, so one process per data folder still holds (the lock).
+    """
+    log.info("job database: %s", describe_database(settings))
+    if settings.database_url is not None:
+        return await PostgresJobStore.open(settings.database_url.get_secret_value())
+    return await SQLiteJobStore.open(settings.data_dir / "jobs.sqlite3")
+
+
 @contextlib.asynccontextmanager
 async def open_core(
     settings: Settings,
@@ -191,7 +210,7 @@ async def open_core(
         await asyncio.to_thread(lock.acquire)  # first: a second process stops before it does or logs anything
     try:
         images = build_images(settings, session, provider=provider)
-        store = await SQLiteJobStore.open(settings.data_dir / "jobs.sqlite3")
+        store = await open_store(settings)
         try:
             jobs = JobService(
                 images=images.service,

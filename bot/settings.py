@@ -17,6 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -156,6 +157,8 @@ class Settings(BaseSettings):
     # the playground's shared password (HTTP Basic auth); required when web_host is not a loopback address
     web_password: SecretStr | None = Field(None, validation_alias=AliasChoices("IMAGEBOT_WEB_PASSWORD", "web_password"))
     data_dir: Path = Path("./data")
+    # the job database on PostgreSQL (postgresql://user:password@host:port/db); unset: SQLite under data_dir
+    database_url: SecretStr | None = Field(None, validation_alias=AliasChoices("IMAGEBOT_DATABASE_URL", "database_url"))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     shutdown_grace: float = Field(10.0, ge=0)  # seconds running jobs get to finish on SIGTERM
@@ -182,10 +185,17 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("web_password", mode="before")
+    @field_validator("web_password", "database_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a PostgreSQL URL: postgresql://user:password@host:5432/database")
+        return value
 
     @field_validator("openai_base_url", "discord_api_base_url", "slack_api_url")
     @classmethod
@@ -252,7 +262,19 @@ class Settings(BaseSettings):
             self.slack_signing_secret,
             self.web_password,
         )
-        return [f.get_secret_value() for f in fields if f is not None]
+        return [f.get_secret_value() for f in fields if f is not None] + self.database_passwords()
+
+    def database_passwords(self) -> list[str]:
+        """The password(s) inside IMAGEBOT_DATABASE_URL (user:password@, or ?password=).
+
+        Only these go to the redactor: the whole URL would make it mask words such as "post" and the user name.
+        """
+        if self.database_url is None:
+            return []
+        parts = urlsplit(self.database_url.get_secret_value())
+        found = [parts.password] if parts.password else []
+        found += parse_qs(parts.query).get("password", [])
+        return [unquote(secret) for secret in found if secret]
 
     def masked(self) -> dict[str, str]:
         """A flat, printable view with every secret masked (for ``imagebot check``)."""
@@ -313,6 +335,8 @@ def _toml_settings(path: Path | None) -> dict[str, Any]:
 
 def _env_name(loc: tuple[Any, ...]) -> str:
     top = str(loc[0]) if loc else ""
+    if top.startswith("IMAGEBOT_"):  # reported under its environment alias already
+        return top
     field = Settings.model_fields.get(top)
     alias = field.validation_alias if field else None
     if isinstance(alias, AliasChoices) and str(alias.choices[0]).isupper():
@@ -338,7 +362,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             loc = (field_name,)
         name = _env_name(loc)
         shown = first.get("input")
-        secret = any(word in name for word in ("KEY", "TOKEN", "SECRET", "ORG", "PROJECT"))
+        secret = any(word in name for word in ("KEY", "TOKEN", "SECRET", "ORG", "PROJECT", "PASSWORD", "DATABASE"))
         got = f" (got {shown!r})" if isinstance(shown, str | int | float) and not secret else ""
         raise SettingsError(f"setting {name}: {reason}{got}", detail=str(exc)) from None
     except (OSError, ValueError) as exc:  # e.g. a malformed .env or environment JSON

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from bot.errors import ConfigurationError
 from bot.models import Job, JobContext, JobStatus, Spend, StoredImage, UsageRow
@@ -75,16 +75,28 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-_ACTIVE = tuple(s.value for s in JobStatus if s.active)
-_UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
-_USAGE_KEYS = {"user": "platform || ':' || user", "channel": "platform || ':' || coalesce(channel, '-')"}
-_USAGE_KEYS["workspace"] = "platform || ':' || coalesce(workspace, '-')"
+# The SQL below and the row mapping at the end are shared with bot.store_pg (same columns, same ledger rules);
+# "user" is quoted because PostgreSQL reserves the word.
+ACTIVE = tuple(s.value for s in JobStatus if s.active)
+UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+USAGE_KEYS = {
+    "user": "platform || ':' || \"user\"",
+    "channel": "platform || ':' || coalesce(channel, '-')",
+    "workspace": "platform || ':' || coalesce(workspace, '-')",
+}
 # What a job costs in the ledger (see Job.cost): paid -> actual (estimate if none reported); else the estimate,
-# which only the statuses in _RESERVING are counted with.
-_CHARGE = (
+# which only the statuses in RESERVING are counted with.
+CHARGE = (
     "CASE WHEN paid_at IS NOT NULL THEN coalesce(actual_cost, estimated_cost, 0) ELSE coalesce(estimated_cost, 0) END"
 )
-_RESERVING = f"('{JobStatus.QUEUED.value}', '{JobStatus.RUNNING.value}')"
+RESERVING = f"('{JobStatus.QUEUED.value}', '{JobStatus.RUNNING.value}')"
+# Every column of a job row, in the order of ``job_row``.
+JOB_COLUMNS = (
+    "id", "kind", "platform", "workspace", "channel", "thread", '"user"', "request", "request_hash", "status",
+    "created_at", "updated_at", "images_requested", "estimated_cost", "actual_cost", "model", "provider",
+    "error_ref", "error_message", "results", "delivered_at", "results_pruned", "paid_at", "delivery_attempts",
+    "reply", "notified_at",
+)  # fmt: skip
 
 
 class StoreError(ConfigurationError):
@@ -97,6 +109,7 @@ class SQLiteJobStore:
     def __init__(self, connection: sqlite3.Connection, executor: concurrent.futures.ThreadPoolExecutor, path: Path):
         self._db = connection
         self._executor = executor
+        self._closed = False
         self.path = path
 
     # --- lifecycle ----------------------------------------------------------------------------------------
@@ -114,6 +127,10 @@ class SQLiteJobStore:
         return cls(connection, executor, path)
 
     async def close(self) -> None:
+        """Close the database (again: nothing happens)."""
+        if self._closed:
+            return
+        self._closed = True
         await self._run(self._db.close)
         self._executor.shutdown(wait=True)
 
@@ -131,20 +148,17 @@ class SQLiteJobStore:
 
     def _submit(self, job: Job, dedupe_since: float) -> tuple[Job, bool]:
         with _transaction(self._db):
-            marks = ",".join("?" * len(_ACTIVE))
+            marks = ",".join("?" * len(ACTIVE))
             row = self._db.execute(
                 f"SELECT * FROM jobs WHERE request_hash = ? AND platform = ? AND user = ? AND created_at >= ?"  # noqa: S608
-                f" AND status IN ({marks}) ORDER BY created_at LIMIT 1",
-                (job.request_hash, job.context.platform, job.context.user, dedupe_since, *_ACTIVE),
+                f" AND status IN ({marks}) ORDER BY created_at, rowid LIMIT 1",
+                (job.request_hash, job.context.platform, job.context.user, dedupe_since, *ACTIVE),
             ).fetchone()
             if row is not None:
-                return _job(row), False
+                return job_from_row(row), False
             self._db.execute(
-                "INSERT INTO jobs (id, kind, platform, workspace, channel, thread, user, request, request_hash,"
-                " status, created_at, updated_at, images_requested, estimated_cost, actual_cost, model, provider,"
-                " error_ref, error_message, results, delivered_at, results_pruned, paid_at, delivery_attempts,"
-                " reply, notified_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                _row(job),
+                f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({','.join('?' * len(JOB_COLUMNS))})",  # noqa: S608
+                job_row(job),
             )
         return job, True
 
@@ -153,20 +167,7 @@ class SQLiteJobStore:
         return await self._run(self._update, job_id, changes)
 
     def _update(self, job_id: str, changes: dict[str, Any]) -> Job:
-        allowed = {f.name for f in dataclasses.fields(Job)} - {"id", "context", "kind", "created_at"}
-        unknown = set(changes) - allowed
-        if unknown:
-            raise ValueError(f"cannot update {sorted(unknown)}")
-        values = dict(changes)
-        values.setdefault("updated_at", time.time())
-        if "status" in values:
-            values["status"] = JobStatus(values["status"]).value
-        if "results" in values:
-            values["results"] = _dump_results(values["results"])
-        if "request" in values:
-            values["request"] = json.dumps(values["request"])
-        if "results_pruned" in values:
-            values["results_pruned"] = int(bool(values["results_pruned"]))
+        values = update_values(changes)
         assignments = ", ".join(f"{name} = ?" for name in values)
         with _transaction(self._db):
             cursor = self._db.execute(
@@ -176,11 +177,11 @@ class SQLiteJobStore:
             if cursor.rowcount != 1:
                 raise KeyError(job_id)
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row)
+        return job_from_row(row)
 
     async def unfinished(self) -> list[Job]:
         """Jobs left queued or running by a process that stopped (start-up recovers or interrupts them)."""
-        return await self._select("SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at", _UNFINISHED)
+        return await self._select("SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at, rowid", UNFINISHED)
 
     # --- reads --------------------------------------------------------------------------------------------
 
@@ -189,26 +190,28 @@ class SQLiteJobStore:
 
     def _get(self, job_id: str) -> Job | None:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if row is not None else None
+        return job_from_row(row) if row is not None else None
 
     async def cut_off(self, platform: str) -> list[Job]:
         """Jobs of ``platform`` a restart interrupted whose requester has not been told yet."""
         return await self._select(
-            "SELECT * FROM jobs WHERE platform = ? AND status = ? AND notified_at IS NULL ORDER BY created_at",
+            "SELECT * FROM jobs WHERE platform = ? AND status = ? AND notified_at IS NULL ORDER BY created_at, rowid",
             (platform, JobStatus.INTERRUPTED.value),
         )
 
     async def undelivered(self, platform: str) -> list[Job]:
         """Jobs whose images are stored but were never delivered (e.g. the process stopped in between)."""
         return await self._select(
-            "SELECT * FROM jobs WHERE platform = ? AND status = ? ORDER BY created_at", (platform, JobStatus.DONE.value)
+            "SELECT * FROM jobs WHERE platform = ? AND status = ? ORDER BY created_at, rowid",
+            (platform, JobStatus.DONE.value),
         )
 
     async def history(self, *, user: str | None = None, limit: int = 20) -> list[Job]:
         if user is None:
-            return await self._select("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
+            return await self._select("SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))
         return await self._select(
-            "SELECT * FROM jobs WHERE user = ? OR platform || ':' || user = ? ORDER BY created_at DESC LIMIT ?",
+            "SELECT * FROM jobs WHERE user = ? OR platform || ':' || user = ?"
+            " ORDER BY created_at DESC, rowid DESC LIMIT ?",
             (user, user, limit),
         )
 
@@ -216,8 +219,9 @@ class SQLiteJobStore:
         """Jobs older than ``before`` with files on disk: results, or the inputs of failed and interrupted jobs."""
         return await self._select(
             "SELECT * FROM jobs WHERE created_at < ? AND results_pruned = 0 AND status NOT IN (?, ?)"
-            " AND (results != '[]' OR coalesce(json_array_length(request, '$.inputs'), 0) > 0)",
-            (before, *_UNFINISHED),
+            " AND (results != '[]' OR coalesce(json_array_length(request, '$.inputs'), 0) > 0)"
+            " ORDER BY created_at, rowid",
+            (before, *UNFINISHED),
         )
 
     async def spend(self, since: float, *, context: JobContext | None = None, per: str = "all") -> Spend:
@@ -231,8 +235,8 @@ class SQLiteJobStore:
 
     def _spend(self, since: float, context: JobContext | None, per: str) -> Spend:
         query = (
-            f"SELECT coalesce(sum(images_requested), 0), coalesce(sum({_CHARGE}), 0)"  # noqa: S608 - fixed text
-            f" FROM jobs WHERE created_at >= ? AND (paid_at IS NOT NULL OR status IN {_RESERVING})"
+            f"SELECT coalesce(sum(images_requested), 0), coalesce(sum({CHARGE}), 0)"  # noqa: S608 - fixed text
+            f" FROM jobs WHERE created_at >= ? AND (paid_at IS NOT NULL OR status IN {RESERVING})"
         )
         args: list[Any] = [since]
         if per == "user" and context is not None:
@@ -246,14 +250,14 @@ class SQLiteJobStore:
 
     async def usage(self, since: float, *, by: str = "user") -> list[UsageRow]:
         """Jobs, images and dollars per user, channel or workspace since ``since``: paid jobs only."""
-        if by not in _USAGE_KEYS:
+        if by not in USAGE_KEYS:
             raise ValueError(f"usage by {by!r}")
-        return await self._run(self._usage, since, _USAGE_KEYS[by])
+        return await self._run(self._usage, since, USAGE_KEYS[by])
 
     def _usage(self, since: float, key: str) -> list[UsageRow]:
         rows = self._db.execute(
             f"SELECT {key} AS k, count(*), sum(images_requested),"  # noqa: S608 - key from a fixed table
-            f" sum({_CHARGE}) FROM jobs"
+            f" sum({CHARGE}) FROM jobs"
             " WHERE created_at >= ? AND paid_at IS NOT NULL GROUP BY k ORDER BY 4 DESC, k",
             (since,),
         ).fetchall()
@@ -263,7 +267,7 @@ class SQLiteJobStore:
 
     async def _select(self, query: str, args: Iterable[Any]) -> list[Job]:
         def select() -> list[Job]:
-            return [_job(row) for row in self._db.execute(query, tuple(args))]
+            return [job_from_row(row) for row in self._db.execute(query, tuple(args))]
 
         return await self._run(select)
 
@@ -362,22 +366,52 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
 
 
 def _migrate(db: sqlite3.Connection, where: str) -> None:
-    version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"The job database {where} was written by a newer imagebot (schema {version}, this one knows "
-            f"{SCHEMA_VERSION}). Upgrade imagebot or use another IMAGEBOT_DATA_DIR."
-        )
-    for number in range(version, SCHEMA_VERSION):
-        with _transaction(db):
+    # The version is read inside the write transaction: two processes opening a new file at once migrate it once.
+    with _transaction(db):
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"The job database {where} was written by a newer imagebot (schema {version}, this one knows "
+                f"{SCHEMA_VERSION}). Upgrade imagebot or use another IMAGEBOT_DATA_DIR."
+            )
+        for number in range(version, SCHEMA_VERSION):
             for statement in MIGRATIONS[number].split(";"):
                 if statement.strip():
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {number + 1}")
-        log.info("job database migrated to schema %d", number + 1)
+            log.info("job database migrated to schema %d", number + 1)
 
 
-def _row(job: Job) -> tuple[Any, ...]:
+# --- the row mapping (shared with bot.store_pg) ---------------------------------------------------------------
+
+
+class Row(Protocol):
+    """A database row read by column name (``sqlite3.Row``, ``asyncpg.Record``)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def update_values(changes: dict[str, Any], *, now: float | None = None) -> dict[str, Any]:
+    """Check the fields ``JobStore.update`` may change and turn them into column values."""
+    allowed = {f.name for f in dataclasses.fields(Job)} - {"id", "context", "kind", "created_at"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValueError(f"cannot update {sorted(unknown)}")
+    values = dict(changes)
+    values.setdefault("updated_at", time.time() if now is None else now)
+    if "status" in values:
+        values["status"] = JobStatus(values["status"]).value
+    if "results" in values:
+        values["results"] = _dump_results(values["results"])
+    if "request" in values:
+        values["request"] = json.dumps(values["request"])
+    if "results_pruned" in values:
+        values["results_pruned"] = bool(values["results_pruned"])
+    return values
+
+
+def job_row(job: Job) -> tuple[Any, ...]:
+    """The column values of ``job``, in ``JOB_COLUMNS`` order."""
     c = job.context
     return (
         job.id,
@@ -401,7 +435,7 @@ def _row(job: Job) -> tuple[Any, ...]:
         job.error_message,
         _dump_results(job.results),
         job.delivered_at,
-        int(job.results_pruned),
+        job.results_pruned,
         job.paid_at,
         job.delivery_attempts,
         c.reply,
@@ -413,7 +447,7 @@ def _dump_results(results: Iterable[StoredImage]) -> str:
     return json.dumps([dataclasses.asdict(r) for r in results])
 
 
-def _job(row: sqlite3.Row) -> Job:
+def job_from_row(row: Row) -> Job:
     return Job(
         id=row["id"],
         kind=row["kind"],

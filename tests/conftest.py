@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
+import asyncpg
 import pytest
 
 from tests.fakes.openai_server import FakeOpenAI
+from tests.postgres import PostgresServer, running_server
 
 _OURS = ("OPENAI_", "IMAGEBOT_", "DISCORD_", "SLACK_")
 
@@ -34,3 +37,23 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (see tests/postgres.py); skips locally without the binaries."""
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture
+async def postgres_url(postgres_server: PostgresServer) -> AsyncIterator[str]:
+    """The URL of a fresh, empty database on the session's server (dropped afterwards)."""
+    name = "test_" + secrets.token_hex(6)
+    admin = await asyncpg.connect(postgres_server.url())
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield postgres_server.url(name)
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

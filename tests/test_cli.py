@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from bot.__main__ import main
@@ -21,6 +22,7 @@ from tests.fakes.openai_server import (
     server_error,
 )
 from tests.images import decode, half_white_mask, jpeg, png
+from tests.postgres import PASSWORD
 
 SECRET_LOOKING = ("sk-", "Bearer", "Traceback", '{"error"', "invalid_request_error")
 
@@ -300,6 +302,7 @@ async def test_check_offline(imagebot: CLI, tmp_path: Path) -> None:
     run = await imagebot("check", cwd=tmp_path)
     assert run.code == 0, run.stderr
     assert "provider: offline (built-in generator, no API key)" in run.stdout
+    assert "database: SQLite at data/jobs.sqlite3\n  reachable: yes" in run.stdout
     assert " at offline" not in run.stdout
 
 
@@ -347,6 +350,64 @@ async def test_usage_and_history_report_what_the_cli_made(
     assert len(rows) == 2
     assert "delivered" in rows[0] and "a cat" in rows[0]
     assert (tmp_path / "data" / "jobs.sqlite3").exists()
+
+
+# --- PostgreSQL (IMAGEBOT_DATABASE_URL) ----------------------------------------------------------------------------
+
+
+async def test_with_a_database_url_the_jobs_live_in_postgresql(
+    imagebot: CLI, fake_openai: FakeOpenAI, tmp_path: Path, postgres_url: str
+) -> None:
+    env = {**openai_env(fake_openai), "IMAGEBOT_DATABASE_URL": postgres_url}
+    assert (await imagebot("imagine", "a fox", "-n", "2", cwd=tmp_path, env=env)).code == 0
+    usage = await imagebot("usage", "--by", "user", cwd=tmp_path, env=env)
+    assert usage.code == 0, usage.stderr
+    assert next(line for line in usage.stdout.splitlines() if line.startswith("cli:")).split()[1:3] == ["1", "2"]
+    history = await imagebot("history", cwd=tmp_path, env=env)
+    (row,) = history.stdout.splitlines()[1:]
+    assert "delivered" in row and "a fox" in row
+    assert not (tmp_path / "data" / "jobs.sqlite3").exists()  # nothing went to SQLite
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        assert await connection.fetchval("SELECT count(*) FROM jobs WHERE status = 'delivered'") == 1
+    finally:
+        await connection.close()
+    assert_clean(usage, PASSWORD)
+    assert_clean(history, PASSWORD)
+
+
+async def test_check_reports_the_database_with_its_password_masked(
+    imagebot: CLI, tmp_path: Path, postgres_url: str
+) -> None:
+    run = await imagebot("check", cwd=tmp_path, env={"IMAGEBOT_DATABASE_URL": postgres_url})
+    assert run.code == 0, run.stderr
+    where = postgres_url.rsplit("@", 1)[1]
+    assert f"database: PostgreSQL at {where}\n  reachable: yes" in run.stdout
+    assert f"database_url = set ({len(postgres_url)} characters)" in run.stdout
+    assert_clean(run, PASSWORD, "imagebot:pg-")
+
+
+async def test_check_with_an_unreachable_database_fails_with_one_line(
+    imagebot: CLI, tmp_path: Path, unused_tcp_port: int
+) -> None:
+    url = f"postgresql://bot:Sup3r-secret-pw@127.0.0.1:{unused_tcp_port}/imagebot"
+    run = await imagebot("check", cwd=tmp_path, env={"IMAGEBOT_DATABASE_URL": url})
+    assert run.code == 2
+    assert f"database: PostgreSQL at 127.0.0.1:{unused_tcp_port}/imagebot" in run.stdout
+    assert run.stderr.strip().splitlines() == [
+        f"imagebot: IMAGEBOT_DATABASE_URL: cannot connect to 127.0.0.1:{unused_tcp_port}/imagebot "
+        "(connection refused: is PostgreSQL running there?)."
+    ]
+    assert_clean(run, "Sup3r-secret-pw")
+
+
+async def test_a_database_url_that_is_not_postgresql_stops_with_one_line(imagebot: CLI, tmp_path: Path) -> None:
+    run = await imagebot("check", cwd=tmp_path, env={"IMAGEBOT_DATABASE_URL": "mysql://root:hunter2-db@db/bot"})
+    assert run.code == 2
+    assert run.stderr.strip().splitlines() == [
+        "imagebot: setting IMAGEBOT_DATABASE_URL: must be a PostgreSQL URL: postgresql://user:password@host:5432/database"
+    ]
+    assert_clean(run, "hunter2-db")
 
 
 async def test_history_names_vary_jobs_and_their_steer(imagebot: CLI, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,11 @@ from bot.errors import ProviderOutageError
 from bot.jobs import JobNotFoundError, JobService
 from bot.limits import Admission
 from bot.models import EditRequest, GenerateRequest, JobContext, JobStatus, ProviderEdit, ProviderGenerate
+from bot.ports import JobStore
 from bot.service import ImageService
 from bot.settings import BudgetSettings, JobSettings, load_settings
 from bot.store import MIGRATIONS, SCHEMA_VERSION, ResultFiles, SQLiteJobStore, StoreError
+from bot.store_pg import PostgresJobStore
 from tests.fakes.provider import FakeImages
 from tests.images import decode, jpeg, png
 
@@ -37,16 +40,32 @@ class Clock:
         return self.now
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where a JobService keeps its state: the data folder, and a PostgreSQL database when one is given."""
+
+    folder: Path
+    database_url: str | None = None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def place(request: pytest.FixtureRequest, tmp_path: Path) -> Place:
+    """Every main flow runs on both job stores (PostgreSQL: a fresh database on the session's real server)."""
+    if request.param == "postgresql":
+        return Place(tmp_path, str(request.getfixturevalue("postgres_url")))
+    return Place(tmp_path)
+
+
 @contextlib.asynccontextmanager
 async def job_service(
-    data: Path,
+    place: Place,
     provider: FakeImages,
     clock: Clock,
     *,
     budgets: BudgetSettings | None = None,
     jobs: JobSettings | None = None,
 ) -> AsyncIterator[JobService]:
-    """A JobService on a real SQLite store in ``data``: opening another on the same folder is a restart."""
+    """A JobService on a real store at ``place``: opening another on the same place is a restart."""
     settings = load_settings()
     images = ImageService(
         provider=provider,
@@ -55,11 +74,15 @@ async def job_service(
         imaging_settings=settings.imaging,
         variation_prompt=settings.variation_prompt,
     )
-    store = await SQLiteJobStore.open(data / "jobs.sqlite3", busy_timeout=0.2)
+    store: JobStore
+    if place.database_url is not None:
+        store = await PostgresJobStore.open(place.database_url)
+    else:
+        store = await SQLiteJobStore.open(place.folder / "jobs.sqlite3", busy_timeout=0.2)
     service = JobService(
         images=images,
         store=store,
-        files=ResultFiles(data / "results"),
+        files=ResultFiles(place.folder / "results"),
         jobs=jobs or JobSettings(),
         budgets=budgets or BudgetSettings(),
         clock=clock,
@@ -85,10 +108,10 @@ def clock() -> Clock:
 
 
 async def test_a_job_running_when_the_process_stops_is_interrupted_after_restart(
-    tmp_path: Path, provider: FakeImages, clock: Clock
+    place: Place, provider: FakeImages, clock: Clock
 ) -> None:
     provider.gate = asyncio.Event()
-    async with job_service(tmp_path, provider, clock) as jobs:
+    async with job_service(place, provider, clock) as jobs:
         task = asyncio.create_task(jobs.submit(ALICE, GenerateRequest(prompt="a fox")))
         while not provider.calls:
             await asyncio.sleep(0.01)
@@ -97,46 +120,44 @@ async def test_a_job_running_when_the_process_stops_is_interrupted_after_restart
         task.cancel()  # the process stops mid-call
         with pytest.raises(asyncio.CancelledError):
             await task
-    async with job_service(tmp_path, FakeImages(), clock) as restarted:
+    async with job_service(place, FakeImages(), clock) as restarted:
         again = await restarted.store.get(job.id)
         assert again is not None and again.status is JobStatus.INTERRUPTED
 
 
-async def test_stale_running_rows_become_interrupted_at_start(
-    tmp_path: Path, provider: FakeImages, clock: Clock
-) -> None:
-    async with job_service(tmp_path, provider, clock) as jobs:
+async def test_stale_running_rows_become_interrupted_at_start(place: Place, provider: FakeImages, clock: Clock) -> None:
+    async with job_service(place, provider, clock) as jobs:
         outcome = await jobs.submit(ALICE, GenerateRequest(prompt="a fox"))
         await jobs.store.update(outcome.job.id, status=JobStatus.RUNNING)  # as a killed process leaves it
-    async with job_service(tmp_path, provider, clock) as restarted:
+    async with job_service(place, provider, clock) as restarted:
         interrupted = await restarted.store.get(outcome.job.id)
         assert interrupted is not None and interrupted.status is JobStatus.INTERRUPTED
 
 
 async def test_a_paid_result_not_yet_delivered_is_delivered_once_after_restart(
-    tmp_path: Path, provider: FakeImages, clock: Clock
+    place: Place, provider: FakeImages, clock: Clock
 ) -> None:
-    async with job_service(tmp_path, provider, clock) as jobs:
+    async with job_service(place, provider, clock) as jobs:
         outcome = await jobs.submit(ALICE, GenerateRequest(prompt="a fox", n=2))
         assert outcome.job.status is JobStatus.DONE  # stored; the adapter crashed before posting
-    async with job_service(tmp_path, FakeImages(), clock) as restarted:
+    async with job_service(place, FakeImages(), clock) as restarted:
         pending = await restarted.undelivered("discord")
         assert [job.id for job, _ in pending] == [outcome.job.id]
         job, result = pending[0]
         assert [image.data for image in result.images] == [image.data for image in outcome.result.images]  # type: ignore[union-attr]
         assert await restarted.undelivered("slack") == []
         await restarted.mark_delivered(job.id)
-    async with job_service(tmp_path, FakeImages(), clock) as again:
+    async with job_service(place, FakeImages(), clock) as again:
         assert await again.undelivered("discord") == []
         delivered = await again.store.get(outcome.job.id)
         assert delivered is not None and delivered.status is JobStatus.DELIVERED and delivered.delivered_at == START
 
 
-async def test_buttons_work_after_a_restart(tmp_path: Path, provider: FakeImages, clock: Clock) -> None:
-    async with job_service(tmp_path, provider, clock) as jobs:
+async def test_buttons_work_after_a_restart(place: Place, provider: FakeImages, clock: Clock) -> None:
+    async with job_service(place, provider, clock) as jobs:
         first = await jobs.submit(ALICE, GenerateRequest(prompt="a fox", n=2, size="1536x1024", quality="low"))
     second_provider = FakeImages()
-    async with job_service(tmp_path, second_provider, clock) as restarted:
+    async with job_service(place, second_provider, clock) as restarted:
         reroll = await restarted.reroll(first.job.id, ALICE)
         remix = await restarted.remix(first.job.id, "a fox in the snow", ALICE)
         varied = await restarted.vary_result(first.job.id, 2, ALICE, n=1)
@@ -152,9 +173,9 @@ async def test_buttons_work_after_a_restart(tmp_path: Path, provider: FakeImages
 
 
 async def test_an_edit_reroll_reuses_the_stored_input_and_mask(
-    tmp_path: Path, provider: FakeImages, clock: Clock
+    place: Place, provider: FakeImages, clock: Clock
 ) -> None:
-    async with job_service(tmp_path, provider, clock) as jobs:
+    async with job_service(place, provider, clock) as jobs:
         first = await jobs.submit(ALICE, EditRequest(images=(jpeg(80, 60),), prompt="a moon", region="A1:B2"))
         await jobs.reroll(first.job.id, ALICE)
     original, rerolled = provider.calls
@@ -162,8 +183,8 @@ async def test_an_edit_reroll_reuses_the_stored_input_and_mask(
     assert rerolled.images == original.images and rerolled.mask == original.mask
 
 
-async def test_an_unknown_job_id_is_a_friendly_error(tmp_path: Path, provider: FakeImages, clock: Clock) -> None:
-    async with job_service(tmp_path, provider, clock) as jobs:
+async def test_an_unknown_job_id_is_a_friendly_error(place: Place, provider: FakeImages, clock: Clock) -> None:
+    async with job_service(place, provider, clock) as jobs:
         with pytest.raises(JobNotFoundError):
             await jobs.reroll("nosuchjob1", ALICE)
         with pytest.raises(JobNotFoundError):
@@ -174,10 +195,10 @@ async def test_an_unknown_job_id_is_a_friendly_error(tmp_path: Path, provider: F
 
 
 async def test_concurrent_duplicates_make_one_job_and_one_charge(
-    tmp_path: Path, provider: FakeImages, clock: Clock
+    place: Place, provider: FakeImages, clock: Clock
 ) -> None:
     provider.gate = asyncio.Event()
-    async with job_service(tmp_path, provider, clock) as jobs:
+    async with job_service(place, provider, clock) as jobs:
         tasks = [asyncio.create_task(jobs.submit(ALICE, GenerateRequest(prompt="a fox"))) for _ in range(3)]
         while not provider.calls:
             await asyncio.sleep(0.01)
@@ -192,19 +213,17 @@ async def test_concurrent_duplicates_make_one_job_and_one_charge(
 
 
 async def test_the_same_request_from_someone_else_is_its_own_job(
-    tmp_path: Path, provider: FakeImages, clock: Clock
+    place: Place, provider: FakeImages, clock: Clock
 ) -> None:
-    async with job_service(tmp_path, provider, clock) as jobs:
+    async with job_service(place, provider, clock) as jobs:
         await asyncio.gather(
             jobs.submit(ALICE, GenerateRequest(prompt="a fox")), jobs.submit(BOB, GenerateRequest(prompt="a fox"))
         )
     assert len(provider.calls) == 2
 
 
-async def test_a_repeat_after_the_first_finished_is_a_new_job(
-    tmp_path: Path, provider: FakeImages, clock: Clock
-) -> None:
-    async with job_service(tmp_path, provider, clock) as jobs:
+async def test_a_repeat_after_the_first_finished_is_a_new_job(place: Place, provider: FakeImages, clock: Clock) -> None:
+    async with job_service(place, provider, clock) as jobs:
         first = await jobs.submit(ALICE, GenerateRequest(prompt="a fox"))
         second = await jobs.submit(ALICE, GenerateRequest(prompt="a fox"))
     assert first.job.id != second.job.id and not second.duplicate
@@ -215,9 +234,9 @@ async def test_a_repeat_after_the_first_finished_is_a_new_job(
 
 
 async def test_images_per_user_per_day_refuses_then_resets_at_midnight_utc(
-    tmp_path: Path, provider: FakeImages, clock: Clock
+    place: Place, provider: FakeImages, clock: Clock
 ) -> None:
-    async with job_service(tmp_path, provider, clock, budgets=BudgetSettings(images_per_user_per_day=3)) as jobs:
+    async with job_service(place, provider, clock, budgets=BudgetSettings(images_per_user_per_day=3)) as jobs:
         await jobs.submit(ALICE, GenerateRequest(prompt="one", n=2))
         await jobs.submit(ALICE, GenerateRequest(prompt="two", n=1))
         with pytest.raises(BudgetExceededError) as caught:
@@ -231,8 +250,8 @@ async def test_images_per_user_per_day_refuses_then_resets_at_midnight_utc(
     assert len(provider.calls) == 4
 
 
-async def test_dollars_per_user_per_day_counts_actual_costs(tmp_path: Path, provider: FakeImages, clock: Clock) -> None:
-    async with job_service(tmp_path, provider, clock, budgets=BudgetSettings(dollars_per_user_per_day=0.10)) as jobs:
+async def test_dollars_per_user_per_day_counts_actual_costs(place: Place, provider: FakeImages, clock: Clock) -> None:
+    async with job_service(place, provider, clock, budgets=BudgetSettings(dollars_per_user_per_day=0.10)) as jobs:
         for index in range(3):  # 3 x $0.03193 actual = $0.0958
             await jobs.submit(ALICE, GenerateRequest(prompt=f"p{index}", **LOW))
         with pytest.raises(BudgetExceededError) as caught:  # + $0.00588 estimate > $0.10
@@ -241,9 +260,9 @@ async def test_dollars_per_user_per_day_counts_actual_costs(tmp_path: Path, prov
     assert len(provider.calls) == 3
 
 
-async def test_failed_jobs_cost_nothing(tmp_path: Path, provider: FakeImages, clock: Clock) -> None:
+async def test_failed_jobs_cost_nothing(place: Place, provider: FakeImages, clock: Clock) -> None:
     provider.fail_with = ProviderOutageError(detail="500")
-    async with job_service(tmp_path, provider, clock, budgets=BudgetSettings(images_per_user_per_day=1)) as jobs:
+    async with job_service(place, provider, clock, budgets=BudgetSettings(images_per_user_per_day=1)) as jobs:
         with pytest.raises(ProviderOutageError) as caught:
             await jobs.submit(ALICE, GenerateRequest(prompt="a fox"))
         (failed,) = await jobs.store.history()
@@ -252,11 +271,9 @@ async def test_failed_jobs_cost_nothing(tmp_path: Path, provider: FakeImages, cl
         await jobs.submit(ALICE, GenerateRequest(prompt="a fox"))
 
 
-async def test_workspace_budget_per_month_resets_on_the_first(
-    tmp_path: Path, provider: FakeImages, clock: Clock
-) -> None:
+async def test_workspace_budget_per_month_resets_on_the_first(place: Place, provider: FakeImages, clock: Clock) -> None:
     budgets = BudgetSettings(dollars_per_workspace_per_month=0.05)
-    async with job_service(tmp_path, provider, clock, budgets=budgets) as jobs:
+    async with job_service(place, provider, clock, budgets=budgets) as jobs:
         await jobs.submit(ALICE, GenerateRequest(prompt="one", **LOW))  # $0.03193
         with pytest.raises(BudgetExceededError) as caught:
             await jobs.submit(BOB, GenerateRequest(prompt="two", n=4, **LOW))  # + 4 x $0.00588
@@ -268,15 +285,15 @@ async def test_workspace_budget_per_month_resets_on_the_first(
         await jobs.submit(BOB, GenerateRequest(prompt="two", n=4, **LOW))
 
 
-async def test_overall_monthly_budget(tmp_path: Path, provider: FakeImages, clock: Clock) -> None:
-    async with job_service(tmp_path, provider, clock, budgets=BudgetSettings(dollars_per_month=0.04)) as jobs:
+async def test_overall_monthly_budget(place: Place, provider: FakeImages, clock: Clock) -> None:
+    async with job_service(place, provider, clock, budgets=BudgetSettings(dollars_per_month=0.04)) as jobs:
         await jobs.submit(ALICE, GenerateRequest(prompt="one", **LOW))
         with pytest.raises(BudgetExceededError, match="The bot has used its monthly image budget"):
             await jobs.submit(JobContext("slack", "dave", workspace="T1"), GenerateRequest(prompt="x", n=2, **LOW))
 
 
-async def test_costs_add_up_from_usage_in_the_ledger(tmp_path: Path, provider: FakeImages, clock: Clock) -> None:
-    async with job_service(tmp_path, provider, clock) as jobs:
+async def test_costs_add_up_from_usage_in_the_ledger(place: Place, provider: FakeImages, clock: Clock) -> None:
+    async with job_service(place, provider, clock) as jobs:
         await jobs.submit(ALICE, GenerateRequest(prompt="one", n=2))
         await jobs.submit(ALICE, GenerateRequest(prompt="two"))
         await jobs.submit(BOB, GenerateRequest(prompt="three"))
@@ -291,8 +308,8 @@ async def test_costs_add_up_from_usage_in_the_ledger(tmp_path: Path, provider: F
 # --- confirmation -------------------------------------------------------------------------------------------
 
 
-async def test_expensive_jobs_wait_for_confirmation(tmp_path: Path, provider: FakeImages, clock: Clock) -> None:
-    async with job_service(tmp_path, provider, clock, jobs=JobSettings(confirm_above_usd=0.10)) as jobs:
+async def test_expensive_jobs_wait_for_confirmation(place: Place, provider: FakeImages, clock: Clock) -> None:
+    async with job_service(place, provider, clock, jobs=JobSettings(confirm_above_usd=0.10)) as jobs:
         held = await jobs.submit(ALICE, GenerateRequest(prompt="a fox", quality="high", n=2))  # ≈ $0.42
         assert held.needs_confirmation and held.result is None
         assert held.job.estimated_cost == pytest.approx(2 * 0.210_72)
@@ -303,8 +320,8 @@ async def test_expensive_jobs_wait_for_confirmation(tmp_path: Path, provider: Fa
         assert not cheap.needs_confirmation
 
 
-async def test_a_held_job_can_be_cancelled(tmp_path: Path, provider: FakeImages, clock: Clock) -> None:
-    async with job_service(tmp_path, provider, clock, jobs=JobSettings(confirm_above_usd=0.01)) as jobs:
+async def test_a_held_job_can_be_cancelled(place: Place, provider: FakeImages, clock: Clock) -> None:
+    async with job_service(place, provider, clock, jobs=JobSettings(confirm_above_usd=0.01)) as jobs:
         held = await jobs.submit(ALICE, GenerateRequest(prompt="a fox"))
         cancelled = await jobs.cancel(held.job.id)
     assert cancelled.status is JobStatus.FAILED and provider.calls == []
@@ -313,8 +330,8 @@ async def test_a_held_job_can_be_cancelled(tmp_path: Path, provider: FakeImages,
 # --- retention --------------------------------------------------------------------------------------------------
 
 
-async def test_prune_deletes_old_files_but_keeps_the_ledger(tmp_path: Path, provider: FakeImages, clock: Clock) -> None:
-    async with job_service(tmp_path, provider, clock, jobs=JobSettings(retention_days=30)) as jobs:
+async def test_prune_deletes_old_files_but_keeps_the_ledger(place: Place, provider: FakeImages, clock: Clock) -> None:
+    async with job_service(place, provider, clock, jobs=JobSettings(retention_days=30)) as jobs:
         old = await jobs.submit(ALICE, GenerateRequest(prompt="old"))
         clock.now += 31 * 86_400
         new = await jobs.submit(ALICE, GenerateRequest(prompt="new"))
@@ -322,7 +339,7 @@ async def test_prune_deletes_old_files_but_keeps_the_ledger(tmp_path: Path, prov
         with pytest.raises(JobNotFoundError):
             await jobs.result_image(old.job.id, 1)
         assert (await jobs.result_image(new.job.id, 1)).data == png(32, 32)
-        assert not (tmp_path / "results" / old.job.id).exists()
+        assert not (place.folder / "results" / old.job.id).exists()
         assert sum(row.jobs for row in await jobs.store.usage(0)) == 2
 
 

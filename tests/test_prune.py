@@ -14,9 +14,11 @@ from bot.errors import ProviderOutageError
 from bot.jobs import JobService
 from bot.limits import Admission
 from bot.models import EditRequest, GenerateRequest, JobContext, JobStatus, VaryRequest
+from bot.ports import JobStore
 from bot.service import ImageService
 from bot.settings import BudgetSettings, JobSettings, load_settings
 from bot.store import ResultFiles, SQLiteJobStore
+from bot.store_pg import PostgresJobStore
 from tests.fakes.provider import FakeImages
 from tests.images import jpeg, png
 
@@ -32,11 +34,17 @@ class Clock:
         return self.now
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """None: the SQLite store; else a fresh database on the session's real PostgreSQL server."""
+    return str(request.getfixturevalue("postgres_url")) if request.param == "postgresql" else None
+
+
 @contextlib.asynccontextmanager
 async def job_service(
-    data: Path, provider: FakeImages, clock: Clock, *, jobs: JobSettings
+    data: Path, provider: FakeImages, clock: Clock, *, jobs: JobSettings, database_url: str | None
 ) -> AsyncIterator[JobService]:
-    """A JobService on a real SQLite store in ``data``."""
+    """A JobService with its files in ``data`` and its rows in SQLite there or in PostgreSQL at ``database_url``."""
     settings = load_settings()
     images = ImageService(
         provider=provider,
@@ -45,7 +53,11 @@ async def job_service(
         imaging_settings=settings.imaging,
         variation_prompt=settings.variation_prompt,
     )
-    store = await SQLiteJobStore.open(data / "jobs.sqlite3")
+    store: JobStore
+    if database_url is not None:
+        store = await PostgresJobStore.open(database_url)
+    else:
+        store = await SQLiteJobStore.open(data / "jobs.sqlite3")
     service = JobService(
         images=images,
         store=store,
@@ -61,9 +73,12 @@ async def job_service(
         await store.close()
 
 
-async def test_prune_deletes_the_uploads_of_failed_and_interrupted_jobs(tmp_path: Path) -> None:
+async def test_prune_deletes_the_uploads_of_failed_and_interrupted_jobs(
+    tmp_path: Path, database_url: str | None
+) -> None:
     provider, clock = FakeImages(), Clock()
-    async with job_service(tmp_path, provider, clock, jobs=JobSettings(retention_days=30)) as jobs:
+    settings = JobSettings(retention_days=30)
+    async with job_service(tmp_path, provider, clock, jobs=settings, database_url=database_url) as jobs:
         provider.fail_with = ProviderOutageError()
         with pytest.raises(ProviderOutageError):
             await jobs.submit(ALICE, EditRequest(images=(png(),), prompt="a hat"))
@@ -88,9 +103,10 @@ async def test_prune_deletes_the_uploads_of_failed_and_interrupted_jobs(tmp_path
         assert await jobs.prune() == 0  # done once
 
 
-async def test_prune_leaves_failed_jobs_without_files_alone(tmp_path: Path) -> None:
+async def test_prune_leaves_failed_jobs_without_files_alone(tmp_path: Path, database_url: str | None) -> None:
     provider, clock = FakeImages(), Clock()
-    async with job_service(tmp_path, provider, clock, jobs=JobSettings(retention_days=30)) as jobs:
+    settings = JobSettings(retention_days=30)
+    async with job_service(tmp_path, provider, clock, jobs=settings, database_url=database_url) as jobs:
         provider.fail_with = ProviderOutageError()
         with pytest.raises(ProviderOutageError):
             await jobs.submit(ALICE, GenerateRequest(prompt="a fox"))

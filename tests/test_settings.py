@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.redact import redact, register_secrets
 from bot.settings import SettingsError, load_settings
 
 
@@ -61,6 +62,26 @@ def test_masked_view_never_shows_secrets(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "supersecret" not in shown
     assert "discord-token-value" not in shown
     assert "set (24 characters)" in shown
+
+
+def test_the_database_url_is_a_secret_whose_password_alone_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgresql://imagebot:Kq7-db-pass%2Fword@db.internal:5432/imagebot?password=Zz9-query-pass"
+    monkeypatch.setenv("IMAGEBOT_DATABASE_URL", url)
+    settings = load_settings()
+    assert settings.masked()["database_url"] == f"set ({len(url)} characters)"
+    assert settings.database_passwords() == ["Kq7-db-pass/word", "Zz9-query-pass"]
+    register_secrets(settings.secret_values())
+    line = redact("could not post to imagebot: password Kq7-db-pass/word refused, then Zz9-query-pass")
+    assert "Kq7" not in line and "Zz9" not in line
+    assert line.startswith("could not post to imagebot: ")  # the URL's ordinary words stay readable
+
+
+def test_a_database_url_that_is_not_postgresql_is_refused_without_echoing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEBOT_DATABASE_URL", "sqlite:///root:hunter2@x")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert caught.value.user_message.startswith("setting IMAGEBOT_DATABASE_URL: must be a PostgreSQL URL")
+    assert "hunter2" not in caught.value.user_message
 
 
 def test_missing_config_file_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

@@ -16,17 +16,21 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from bot.jobs import JobService
 from bot.limits import Admission
 from bot.models import GenerateRequest, Job, JobContext, JobStatus, ProviderGenerate, Spend, WriteAhead
+from bot.ports import JobStore
 from bot.providers.openai import OpenAIImages, spool_part
 from bot.service import ImageService
 from bot.settings import BudgetSettings, JobSettings, OpenAISettings, load_settings
 from bot.store import ResultFiles, SQLiteJobStore
+from bot.store_pg import PostgresJobStore
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 from tests.images import decode
 from tests.test_run import run_env, start, wait_healthy
@@ -37,11 +41,32 @@ LOW_ESTIMATE = 0.00588  # gpt-image-2, 1024x1024, low quality
 MONTH_START = 0.0
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment that picks the job store of ``imagebot run``: SQLite (default) or a real PostgreSQL."""
+    if request.param == "postgresql":
+        return {"IMAGEBOT_DATABASE_URL": str(request.getfixturevalue("postgres_url"))}
+    return {}
+
+
+async def open_store(data: Path, database: dict[str, str]) -> JobStore:
+    """The job store ``database`` names (PostgreSQL by its URL), else SQLite in ``data``."""
+    url = database.get("IMAGEBOT_DATABASE_URL")
+    if url is not None:
+        return await PostgresJobStore.open(url)
+    return await SQLiteJobStore.open(data / "jobs.sqlite3")
+
+
 @contextlib.asynccontextmanager
 async def core(
-    data: Path, fake: FakeOpenAI, http: aiohttp.ClientSession, *, dollars_per_month: float = 0.0
+    data: Path,
+    fake: FakeOpenAI,
+    http: aiohttp.ClientSession,
+    database: dict[str, str],
+    *,
+    dollars_per_month: float = 0.0,
 ) -> AsyncIterator[JobService]:
-    """The real core (OpenAI provider, SQLite store, result files) on ``data``: opening it again is a restart."""
+    """The real core (OpenAI provider, job store, result files) on ``data``: opening it again is a restart."""
     settings = load_settings()
     provider = OpenAIImages(http, base_url=fake.base_url, api_key=DEFAULT_KEY, settings=OpenAISettings())
     images = ImageService(
@@ -51,7 +76,7 @@ async def core(
         imaging_settings=settings.imaging,
         variation_prompt=settings.variation_prompt,
     )
-    store = await SQLiteJobStore.open(data / "jobs.sqlite3")
+    store = await open_store(data, database)
     jobs = JobService(
         images=images,
         store=store,
@@ -87,10 +112,12 @@ async def ignore(cost: float | None) -> None:
     """The dying process never got to record the cost."""
 
 
-async def leave_spooled_answer(data: Path, fake: FakeOpenAI, http: aiohttp.ClientSession, *, stream: bool) -> str:
+async def leave_spooled_answer(
+    data: Path, fake: FakeOpenAI, http: aiohttp.ClientSession, database: dict[str, str], *, stream: bool
+) -> str:
     """What a process killed right after the upstream's 200 leaves: a running job and its committed spool."""
     job = running_job("spooled01")
-    store = await SQLiteJobStore.open(data / "jobs.sqlite3")
+    store = await open_store(data, database)
     try:
         await store.submit(job, dedupe_since=0)
     finally:
@@ -111,11 +138,11 @@ async def leave_spooled_answer(data: Path, fake: FakeOpenAI, http: aiohttp.Clien
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "event-stream"])
 async def test_a_spooled_answer_is_finished_charged_once_and_delivered_after_a_restart(
-    tmp_path: Path, http: aiohttp.ClientSession, stream: bool
+    tmp_path: Path, http: aiohttp.ClientSession, database: dict[str, str], stream: bool
 ) -> None:
     async with FakeOpenAI(photo_like=True) as fake:
-        job_id = await leave_spooled_answer(tmp_path, fake, http, stream=stream)
-        async with core(tmp_path, fake, http) as jobs:
+        job_id = await leave_spooled_answer(tmp_path, fake, http, database, stream=stream)
+        async with core(tmp_path, fake, http, database) as jobs:
             job = await jobs.store.get(job_id)
             assert job is not None and job.status is JobStatus.DONE
             assert job.paid_at is not None and job.actual_cost == pytest.approx(ONE_CALL)
@@ -125,25 +152,25 @@ async def test_a_spooled_answer_is_finished_charged_once_and_delivered_after_a_r
             (row,) = await jobs.store.usage(MONTH_START)
             assert (row.jobs, row.images, row.dollars) == (1, 1, pytest.approx(ONE_CALL))
         assert len(fake.image_requests) == 1  # finished from the spool: nothing was asked (or paid) twice
-        async with core(tmp_path, fake, http) as again:  # a second restart changes nothing
+        async with core(tmp_path, fake, http, database) as again:  # a second restart changes nothing
             (row,) = await again.store.usage(MONTH_START)
             assert row.dollars == pytest.approx(ONE_CALL)
 
 
 async def test_a_job_cut_off_while_its_answer_arrived_is_interrupted_and_charged_its_estimate(
-    tmp_path: Path, http: aiohttp.ClientSession
+    tmp_path: Path, http: aiohttp.ClientSession, database: dict[str, str]
 ) -> None:
     """The 200 came (the generation is billed) but the body never completed: the images are lost, the
     charge is not; the ledger says so at the estimate."""
     async with FakeOpenAI() as fake:
-        async with core(tmp_path, fake, http) as jobs:
+        async with core(tmp_path, fake, http, database) as jobs:
             job = running_job("halfway01")
             await jobs.store.submit(job, dedupe_since=0)
             await jobs._write_ahead(job).answered()  # what the provider does when the 2xx status arrives
             part = spool_part(jobs.files.spool(job.id))
             part.parent.mkdir(parents=True)
             part.write_bytes(b'{"created": 1, "data": [{"b64_json": "iVBORw0KGgo')  # the body stops here
-        async with core(tmp_path, fake, http) as restarted:
+        async with core(tmp_path, fake, http, database) as restarted:
             cut = await restarted.store.get(job.id)
             assert cut is not None and cut.status is JobStatus.INTERRUPTED
             assert cut.paid_at is not None and cut.actual_cost == job.estimated_cost
@@ -155,12 +182,12 @@ async def test_a_job_cut_off_while_its_answer_arrived_is_interrupted_and_charged
 
 
 async def test_jobs_cut_off_before_any_answer_cost_nothing_in_usage_or_budgets(
-    tmp_path: Path, http: aiohttp.ClientSession
+    tmp_path: Path, http: aiohttp.ClientSession, database: dict[str, str]
 ) -> None:
     # room for the two jobs' estimates ($0.00588 each at low quality) and a little more, not for a third
     budget = 3 * LOW_ESTIMATE - 0.001
     async with FakeOpenAI(latency=30.0) as fake:
-        async with core(tmp_path, fake, http, dollars_per_month=budget) as jobs:
+        async with core(tmp_path, fake, http, database, dollars_per_month=budget) as jobs:
             running = asyncio.create_task(jobs.submit(ALICE, GenerateRequest(prompt="slow one", quality="low")))
             queued = asyncio.create_task(jobs.submit(ALICE, GenerateRequest(prompt="second", quality="low")))
             while len(await jobs.store.history()) < 2 or not fake.image_requests:
@@ -170,7 +197,7 @@ async def test_jobs_cut_off_before_any_answer_cost_nothing_in_usage_or_budgets(
             for task in (running, queued):  # the process stops (graceful shutdown cancels the jobs)
                 task.cancel()
             await asyncio.gather(running, queued, return_exceptions=True)
-        async with core(tmp_path, fake, http, dollars_per_month=budget) as restarted:
+        async with core(tmp_path, fake, http, database, dollars_per_month=budget) as restarted:
             statuses = {job.status for job in await restarted.store.history()}
             assert statuses == {JobStatus.INTERRUPTED}
             assert await restarted.store.usage(MONTH_START) == []
@@ -188,7 +215,7 @@ async def test_an_answer_without_usage_is_charged_at_the_estimate_for_what_was_a
 ) -> None:
     async with FakeOpenAI() as fake:
         fake.usage = None
-        async with core(tmp_path, fake, http) as jobs:
+        async with core(tmp_path, fake, http, {}) as jobs:
             low = await jobs.submit(ALICE, GenerateRequest(prompt="cheap", quality="LOW", size="1024x1024"))
             high = await jobs.submit(ALICE, GenerateRequest(prompt="dear", quality="high", size="1024x1024"))
         assert low.job.estimated_cost is not None and high.job.estimated_cost is not None
@@ -200,10 +227,18 @@ async def test_an_answer_without_usage_is_charged_at_the_estimate_for_what_was_a
 # --- kill -9 of the real process ------------------------------------------------------------------------------
 
 
-def job_rows(data: Path) -> list[sqlite3.Row]:
-    with contextlib.closing(sqlite3.connect(data / "jobs.sqlite3")) as db:
+async def job_rows(env: dict[str, str]) -> list[dict[str, Any]]:
+    """Every job row, read straight from the database the bot in ``env`` uses."""
+    url = env.get("IMAGEBOT_DATABASE_URL")
+    if url is not None:
+        connection = await asyncpg.connect(url)
+        try:
+            return [dict(row) for row in await connection.fetch("SELECT * FROM jobs")]
+        finally:
+            await connection.close()
+    with contextlib.closing(sqlite3.connect(Path(env["IMAGEBOT_DATA_DIR"]) / "jobs.sqlite3")) as db:
         db.row_factory = sqlite3.Row
-        return db.execute("SELECT * FROM jobs").fetchall()
+        return [dict(row) for row in db.execute("SELECT * FROM jobs")]
 
 
 @contextlib.asynccontextmanager
@@ -257,10 +292,12 @@ async def after(event: asyncio.Event, delay: float) -> None:
 
 
 @pytest.mark.parametrize("delay_ms", [0, 5, 20, 50, 100])
-async def test_kill_after_the_upstream_answered_loses_no_paid_image(tmp_path: Path, delay_ms: int) -> None:
+async def test_kill_after_the_upstream_answered_loses_no_paid_image(
+    tmp_path: Path, delay_ms: int, database: dict[str, str]
+) -> None:
     """SIGKILL ``imagebot run`` ``delay_ms`` after the fake API sent its last byte, restart, look again."""
     async with FakeOpenAI(photo_like=True) as fake:
-        env = run_env(tmp_path, OPENAI_API_KEY=DEFAULT_KEY, OPENAI_BASE_URL=fake.base_url)
+        env = run_env(tmp_path, OPENAI_API_KEY=DEFAULT_KEY, OPENAI_BASE_URL=fake.base_url, **database)
         async with playground(env) as browser:
             async with running_bot(env, tmp_path) as process:
                 await kill_during_imagine(browser, process, after(fake.answered_event, delay_ms / 1000))
@@ -268,7 +305,7 @@ async def test_kill_after_the_upstream_answered_loses_no_paid_image(tmp_path: Pa
             async with running_bot(env, tmp_path):
                 async with browser.get("/api/history") as response:
                     history = (await response.json())["jobs"]
-                (row,) = job_rows(tmp_path / "data")
+                (row,) = await job_rows(env)
                 if row["status"] == "interrupted":
                     # killed before the answer was all in (only possible right at the 200): the images are lost;
                     # if the bot had seen the 200, the generation was billed and the ledger charges the estimate
@@ -289,9 +326,9 @@ async def test_kill_after_the_upstream_answered_loses_no_paid_image(tmp_path: Pa
     assert await usage_total(env, tmp_path) == f"${charged:.4f}"  # counted once
 
 
-async def test_kill_while_the_upstream_is_still_working_costs_nothing(tmp_path: Path) -> None:
+async def test_kill_while_the_upstream_is_still_working_costs_nothing(tmp_path: Path, database: dict[str, str]) -> None:
     async with FakeOpenAI(latency=30.0) as fake:
-        env = run_env(tmp_path, OPENAI_API_KEY=DEFAULT_KEY, OPENAI_BASE_URL=fake.base_url)
+        env = run_env(tmp_path, OPENAI_API_KEY=DEFAULT_KEY, OPENAI_BASE_URL=fake.base_url, **database)
 
         async def upstream_called() -> None:
             while not fake.image_requests:
@@ -301,6 +338,6 @@ async def test_kill_while_the_upstream_is_still_working_costs_nothing(tmp_path: 
             async with running_bot(env, tmp_path) as process:
                 await kill_during_imagine(browser, process, upstream_called())
             async with running_bot(env, tmp_path):
-                (row,) = job_rows(tmp_path / "data")
+                (row,) = await job_rows(env)
                 assert row["status"] == "interrupted" and row["paid_at"] is None
     assert await usage_total(env, tmp_path) == "$0.0000"
