@@ -23,7 +23,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.base import AdapterState
+from adapters.base import AdapterState, PlatformUnreachableError
 from adapters.common.access import AccessPolicy
 from adapters.slack.files import SlackFiles
 from adapters.slack.http import SignedRequests
@@ -118,10 +118,10 @@ class SlackAdapter:
             raise SettingsError(
                 f"setting SLACK_BOT_TOKEN: Slack refused the bot token ({exc.response.get('error')})"
             ) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self._state = AdapterState.STOPPED
-            raise SettingsError(
-                f"setting SLACK_API_URL: cannot reach Slack's Web API at {self.client.base_url} ({type(exc).__name__})"
+            raise PlatformUnreachableError(
+                f"cannot reach Slack's Web API at {self.client.base_url} ({type(exc).__name__})"
             ) from None
         scopes = auth.headers.get("x-oauth-scopes") if isinstance(auth.headers, dict) else None
         self._auth = AuthorizeResult.from_auth_test_response(
