@@ -406,6 +406,7 @@ async def test_healthz_reports_adapters_provider_and_queue(web_bot: Harness) -> 
     assert await response.json() == {
         "status": "ok",
         "adapters": {"playground": "connected"},
+        "down": [],
         "provider": "offline",
         "offline": True,
         "queue_length": 0,

@@ -1,9 +1,9 @@
 """The local playground: a chat page that behaves like the bot in Discord, over a JSON API on the shared core.
 
 A browser session is a user (a server-issued, signed id in a cookie, given with the page). Each job request is
-one POST that answers with the
-finished job (or a friendly error); while it runs, queue position and state arrive on the session's
-server-sent event stream (``GET /api/events``), keyed by the ``task`` id the page chose for the request.
+one POST that answers with the finished job (or a friendly error); while it runs, queue position and state
+arrive on the session's server-sent event stream (``GET /api/events``), keyed by the ``task`` id the page chose
+for the request.
 """
 
 from __future__ import annotations
