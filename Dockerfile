@@ -3,6 +3,10 @@
 # The defaults ship inside the package; nothing from config/ is baked in (no .env, no overrides). To override
 # settings, mount a file and name it: -v "$PWD/config/settings.toml:/etc/imagebot/settings.toml:ro"
 # -e IMAGEBOT_CONFIG_FILE=/etc/imagebot/settings.toml
+# .dockerignore keeps everything but the files COPYed below out of the build context (.env, data/, .venv, .git).
+# Stopping: SIGTERM lets running jobs finish for IMAGEBOT_SHUTDOWN_GRACE seconds (default 10); docker stop waits
+# only 10 s before SIGKILL, so give it more: `docker stop --time 30 ...`, `docker run --stop-timeout 30 ...`, or
+# compose's `stop_grace_period: 30s` (docker-compose.yml) — always above IMAGEBOT_SHUTDOWN_GRACE plus a few seconds.
 FROM python:3.11-slim AS build
 WORKDIR /src
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
@@ -28,5 +32,6 @@ VOLUME ["/data"]
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('IMAGEBOT_WEB_PORT', '8080') + '/healthz', timeout=4)"]
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["imagebot"]
 CMD ["run"]

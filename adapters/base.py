@@ -14,6 +14,11 @@ class AdapterState(enum.StrEnum):
     STOPPED = "stopped"
 
 
+class PlatformUnreachableError(Exception):
+    """The platform could not be reached at start (network, DNS, its outage): ``imagebot run`` retries.
+    Any other exception from ``start`` (a refused token, a bad setting) is permanent."""
+
+
 class Adapter(Protocol):
     """A platform adapter (playground, and later Discord and Slack) run by ``imagebot run``."""
 

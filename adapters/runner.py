@@ -1,25 +1,32 @@
 """`imagebot run`: the process's composition root — the core, every adapter with credentials (or else the local
-playground) and the one web server, on one loop; SIGINT/SIGTERM drain running jobs and stop in order."""
+playground) and the one web server, on one loop; SIGINT/SIGTERM drain running jobs and stop in order.
+
+An adapter that cannot reach its platform at start (``PlatformUnreachableError``) is retried in the background
+with capped backoff while /healthz names it (503) and the others serve; a permanent refusal (a bad token) ends
+the process with one line and exit code 2, at start or when a retry meets it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 
-from adapters.base import Adapter
+from adapters.base import Adapter, AdapterState, PlatformUnreachableError
 from adapters.discord import DiscordAdapter
 from adapters.slack import SlackAdapter
 from adapters.web.adapter import Playground
 from adapters.web.server import WebServer, create_app, is_loopback
 from bot.bootstrap import Core, new_http_session, open_core
-from bot.errors import ImageBotError, UnexpectedError
+from bot.errors import ConfigurationError, ImageBotError, UnexpectedError
 from bot.settings import Settings, SettingsError
 from bot.store import StoreError
 
@@ -29,6 +36,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
 
 
 @dataclass
@@ -119,9 +128,23 @@ async def _serve(settings: Settings, core: Core, wiring: Wiring, stopping: async
         print(f"imagebot: cannot listen on {where}: {exc.strerror or type(exc).__name__}", file=sys.stderr)
         return EXIT_FAILED
     started: list[Adapter] = []
+    refused: list[str] = []
+
+    def refuse(line: str) -> None:  # a permanent refusal met by a background retry: the process ends
+        refused.append(line)
+        stopping.set()
+
     try:
-        for adapter in wiring.adapters:
-            await adapter.start()
+        for index, adapter in enumerate(wiring.adapters):
+            try:
+                await adapter.start()
+            except PlatformUnreachableError as exc:
+                print(f"imagebot: {adapter.name}: {exc}; retrying in the background", file=sys.stderr, flush=True)
+                await _quietly_stop(adapter)
+                adapter = wiring.adapters[index] = Retrying(adapter, refuse)  # /healthz reads this list
+            except ConfigurationError as exc:
+                print(f"imagebot: {adapter.name}: {exc.user_message}", file=sys.stderr, flush=True)
+                return EXIT_CONFIG
             started.append(adapter)
         everywhere = f" (listening on all interfaces, port {server.port})" if server.on_all_interfaces else ""
         if wiring.playground is not None:
@@ -139,7 +162,70 @@ async def _serve(settings: Settings, core: Core, wiring: Wiring, stopping: async
             await adapter.stop()
         await server.stop()
     log.info("stopped")
+    if refused:
+        print(f"imagebot: {refused[0]}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
     return EXIT_OK
+
+
+class Retrying:
+    """An adapter whose platform was unreachable at start: started again in the background, with backoff
+    from ``RETRY_FIRST_SECONDS`` doubling up to ``RETRY_MAX_SECONDS``; "disconnected" for /healthz until then."""
+
+    def __init__(self, adapter: Adapter, refuse: Callable[[str], None]):
+        self._adapter = adapter
+        self._refuse = refuse
+        self._connected = False
+        self._task = asyncio.create_task(self._keep_starting(), name=f"{adapter.name}-start-retry")
+
+    @property
+    def name(self) -> str:
+        return self._adapter.name
+
+    @property
+    def state(self) -> AdapterState:
+        return self._adapter.state if self._connected else AdapterState.DISCONNECTED
+
+    async def start(self) -> None:
+        """(Started by its own background task.)"""
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._adapter.stop()
+
+    async def _keep_starting(self) -> None:
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+            try:
+                await self._adapter.start()
+            except PlatformUnreachableError as exc:
+                log.info("%s still unreachable (%s); next try in %gs", self.name, exc, delay)
+                await _quietly_stop(self._adapter)
+                continue
+            except ConfigurationError as exc:
+                await _quietly_stop(self._adapter)
+                self._refuse(f"{self.name}: {exc.user_message}")
+                return
+            except Exception as exc:  # a bug: keep the others serving, and say so once
+                wrapped = UnexpectedError(detail=f"{type(exc).__name__}: {exc}")
+                log.error("%s failed to start (ref %s)", self.name, wrapped.ref, exc_info=exc)
+                await _quietly_stop(self._adapter)
+                continue
+            self._connected = True
+            log.info("%s connected after its platform came back", self.name)
+            return
+
+
+async def _quietly_stop(adapter: Adapter) -> None:
+    """Release what a failed start opened (sessions, sockets): nothing of it must leak into the retry."""
+    try:
+        await adapter.stop()
+    except Exception as exc:
+        log.info("%s: cleaning up after a failed start: %s", adapter.name, type(exc).__name__)
 
 
 async def _drain(core: Core, grace: float) -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from adapters.web.session import SESSION_COOKIE
@@ -146,14 +147,23 @@ async def test_a_job_a_restart_cut_off_shows_in_the_page_as_interrupted(tmp_path
 
     require_browser()
     env = run_env(tmp_path)
-    session = "browser-session-cut-off-0001"
+    base_url = f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}"
+    process = await start(env, tmp_path)  # the first run: the page gives this browser its session
+    try:
+        await wait_healthy(f"{base_url}/healthz", process)
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as browser, browser.get(base_url + "/") as page:
+            session = page.cookies[SESSION_COOKIE].value
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await process.communicate()
+    user = session.split(".")[0]
     settings = load_settings(data_dir=Path(env["IMAGEBOT_DATA_DIR"]))
     async with new_http_session() as http, open_core(settings, http, provider=FakeImages()) as core:
-        outcome = await core.jobs.submit(JobContext(platform="web", user=session), GenerateRequest(prompt="a lost fox"))
+        outcome = await core.jobs.submit(JobContext(platform="web", user=user), GenerateRequest(prompt="a lost fox"))
         # as a crash while the image service was still working leaves it: running, nothing paid, no files
         await core.jobs.store.update(outcome.job.id, status=JobStatus.RUNNING, paid_at=None, actual_cost=None)
     process = await start(env, tmp_path)  # the restart
-    base_url = f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}"
     try:
         await wait_healthy(f"{base_url}/healthz", process)
         async with async_playwright() as playwright:

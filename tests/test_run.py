@@ -204,8 +204,11 @@ def test_a_taken_port_exits_nonzero_with_one_line(
 async def test_stopping_lets_the_running_job_finish_and_tells_queued_users_it_is_restarting(tmp_path: Path) -> None:
     async with FakeOpenAI(latency=1.0) as fake:
         overrides = {"openai_api_key": DEFAULT_KEY, "openai_base_url": fake.base_url, "limits": {"max_concurrent": 1}}
-        async with served(tmp_path, **overrides) as running, aiohttp.ClientSession() as http:
+        jar = aiohttp.CookieJar(unsafe=True)  # (cookies of 127.0.0.1)
+        async with served(tmp_path, **overrides) as running, aiohttp.ClientSession(cookie_jar=jar) as http:
             await healthy(running)
+            async with http.get(f"{running.base_url}/") as page:  # the session, as the page gets it
+                assert page.status == 200
 
             async def imagine(text: str) -> tuple[int, dict[str, Any]]:
                 url = f"{running.base_url}/api/imagine"

@@ -69,6 +69,7 @@ async def _harness(
         assert wiring.playground is not None
         await wiring.playground.start()
         async with TestClient(TestServer(wiring.app)) as client:
+            await client.get("/")  # the page gives the session, as in a browser (401 when a password is set)
             yield Harness(core, client, wiring.playground)
             await wiring.playground.stop()
 
@@ -77,6 +78,12 @@ async def _harness(
 async def web_bot(tmp_path: Path) -> AsyncIterator[Harness]:
     async for harness in _harness(tmp_path):
         yield harness
+
+
+def _cookie(bot: Harness) -> str:
+    """The session cookie the page gave this client."""
+    [cookie] = [c for c in bot.client.session.cookie_jar if c.key == SESSION_COOKIE]
+    return cookie.value
 
 
 def upload(image: bytes, **fields: str | bytes) -> aiohttp.FormData:
@@ -381,6 +388,7 @@ async def test_no_blocking_calls_on_the_loop_while_serving_a_job(web_bot: Harnes
 
 
 async def test_the_page_and_its_assets_are_served_and_a_session_cookie_is_set(web_bot: Harness) -> None:
+    web_bot.client.session.cookie_jar.clear()  # a new browser
     page = await web_bot.client.get("/")
     assert page.status == 200
     assert page.headers["Content-Type"].startswith("text/html")
@@ -398,6 +406,7 @@ async def test_healthz_reports_adapters_provider_and_queue(web_bot: Harness) -> 
     assert await response.json() == {
         "status": "ok",
         "adapters": {"playground": "connected"},
+        "down": [],
         "provider": "offline",
         "offline": True,
         "queue_length": 0,
@@ -476,6 +485,7 @@ async def test_history_lists_this_sessions_finished_jobs_for_a_reloaded_page(web
     assert [j["job"]["id"] for j in jobs] == [first["job"]["id"], second["job"]["id"]]  # oldest first
     assert jobs[0]["images"] == first["images"]
     web_bot.client.session.cookie_jar.clear()  # another browser
+    await web_bot.client.get("/")
     assert (await (await web_bot.client.get("/api/history")).json())["jobs"] == []
 
 
@@ -487,6 +497,7 @@ async def test_job_routes_of_another_session_answer_like_an_unknown_job(web_bot:
     job = mine["job"]["id"]
     unknown = await web_bot.post("/api/jobs/nosuchjob1/reroll", status=404)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as stranger:  # another browser
+        await stranger.get(web_bot.client.make_url("/"))  # with a session of its own
 
         async def attempt(method: str, path: str) -> tuple[int, Any]:
             async with stranger.request(
@@ -529,10 +540,9 @@ async def test_an_en_dash_flag_works_like_two_hyphens(web_bot: Harness) -> None:
 
 
 async def test_history_shows_a_job_a_restart_cut_off_and_a_failed_one(tmp_path: Path) -> None:
-    session = {SESSION_COOKIE: "alice-browser-session-0001"}
     provider = FakeImages()
     async for bot in _harness(tmp_path, provider=provider):
-        bot.client.session.cookie_jar.update_cookies(session)
+        session = {SESSION_COOKIE: _cookie(bot)}  # alice's browser keeps its cookie across the restart
         running = await bot.imagine("a fox")
         # as a crash while the image service was still working leaves it: running, nothing paid
         await bot.core.jobs.store.update(running["job"]["id"], status=JobStatus.RUNNING, paid_at=None, actual_cost=None)
@@ -540,6 +550,7 @@ async def test_history_shows_a_job_a_restart_cut_off_and_a_failed_one(tmp_path: 
         failed = await bot.imagine("a cat", status=502)
     async for bot in _harness(tmp_path):  # the restart, on the same data folder
         assert [job.id for job in await bot.core.jobs.cut_off("web")] == [running["job"]["id"]]
+        bot.client.session.cookie_jar.clear()  # alice's browser, with the cookie it kept
         bot.client.session.cookie_jar.update_cookies(session)
         jobs = (await (await bot.client.get("/api/history")).json())["jobs"]
         assert [j["status"] for j in jobs] == ["interrupted", "failed"]
@@ -552,6 +563,7 @@ async def test_history_shows_a_job_a_restart_cut_off_and_a_failed_one(tmp_path: 
         assert jobs[1]["message"] == failed["error"]["message"]
         assert await bot.core.jobs.cut_off("web") == []  # shown to its session: its requester has been told
         bot.client.session.cookie_jar.clear()
+        await bot.client.get("/")
         assert (await (await bot.client.get("/api/history")).json())["jobs"] == []  # not another session's
 
 

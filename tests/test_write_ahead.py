@@ -265,7 +265,7 @@ async def kill_during_imagine(
     browser: aiohttp.ClientSession, process: asyncio.subprocess.Process, moment: Awaitable[object]
 ) -> None:
     """Ask for an image, SIGKILL the bot once ``moment`` has come, and let the dead request go."""
-    async with browser.get("/api/config") as response:  # the page's first call: its session
+    async with browser.get("/") as response:  # the page: its session
         assert response.status == 200
     posted = asyncio.create_task(browser.post("/api/imagine", json={"text": "a lighthouse"}))
     await asyncio.wait_for(moment, 30)

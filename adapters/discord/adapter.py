@@ -24,7 +24,7 @@ import discord
 import yarl
 from discord import app_commands
 
-from adapters.base import AdapterState
+from adapters.base import AdapterState, PlatformUnreachableError
 from adapters.common.access import AccessPolicy
 from adapters.common.lifecycle import fail
 from adapters.discord.commands import install_commands
@@ -165,6 +165,8 @@ class DiscordAdapter:
             ready.cancel()
             failure = self._connection.exception() if self._connection.done() else None
             await self.stop()
+            if _transient(failure):
+                raise PlatformUnreachableError(f"cannot reach Discord's gateway ({type(failure).__name__})")
             raise ConfigurationError(
                 "Couldn't connect to Discord. Check DISCORD_TOKEN and the network.", detail=repr(failure)
             )
@@ -192,8 +194,17 @@ class DiscordAdapter:
         token = self.settings.discord_token
         if token is None:
             raise ConfigurationError("DISCORD_TOKEN is not set", detail="the Discord adapter needs DISCORD_TOKEN")
+        if self.client.is_closed():  # a start retried after a failed one: reopen the client
+            # discord.py's own re-open steps: clear() the state, a new connector (the old one closed with its
+            # session), and the loop hooks close() unset (login() only sets them up on a first start)
+            self.client.clear()
+            self.client.http.connector = discord.utils.MISSING
+            await self.client._async_setup_hook()
         try:
             await self.client.login(token.get_secret_value())
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            await self.stop()
+            raise PlatformUnreachableError(f"cannot reach Discord's API ({type(exc).__name__})") from None
         except discord.LoginFailure:
             await self.stop()
             raise ConfigurationError(
@@ -204,3 +215,13 @@ class DiscordAdapter:
     async def redeliver(self) -> int:
         """Post results a previous process finished but never delivered (used by start and by tests)."""
         return await self.recovery.redeliver()
+
+
+_REFUSED_CLOSE_CODES = frozenset({4004, 4010, 4011, 4012, 4013, 4014})  # bad token, shard or intents: permanent
+
+
+def _transient(failure: BaseException | None) -> bool:
+    """Is a gateway failure at start worth retrying (no answer, the network), rather than a refusal?"""
+    if isinstance(failure, discord.ConnectionClosed):
+        return failure.code not in _REFUSED_CLOSE_CODES
+    return failure is None or isinstance(failure, (aiohttp.ClientError, OSError, TimeoutError))

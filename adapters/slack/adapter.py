@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
@@ -23,9 +23,10 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.base import AdapterState
+from adapters.base import AdapterState, PlatformUnreachableError
 from adapters.common.access import AccessPolicy
 from adapters.slack.files import SlackFiles
+from adapters.slack.http import SignedRequests
 from adapters.slack.listeners import Listeners
 from adapters.slack.redelivery import recover
 from adapters.slack.replies import WEB_API_TIMEOUT, Outbox, ReplyTo
@@ -117,10 +118,10 @@ class SlackAdapter:
             raise SettingsError(
                 f"setting SLACK_BOT_TOKEN: Slack refused the bot token ({exc.response.get('error')})"
             ) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self._state = AdapterState.STOPPED
-            raise SettingsError(
-                f"setting SLACK_API_URL: cannot reach Slack's Web API at {self.client.base_url} ({type(exc).__name__})"
+            raise PlatformUnreachableError(
+                f"cannot reach Slack's Web API at {self.client.base_url} ({type(exc).__name__})"
             ) from None
         scopes = auth.headers.get("x-oauth-scopes") if isinstance(auth.headers, dict) else None
         self._auth = AuthorizeResult.from_auth_test_response(
@@ -173,18 +174,28 @@ class SlackAdapter:
         return settings.slack_bot_token is not None and has_mode
 
     def install_routes(self, app: web.Application, path: str = EVENTS_PATH) -> None:
-        """Mount the HTTP-mode endpoint on the process's web server (bolt verifies the signature: 401 if bad).
+        """Mount the HTTP-mode endpoint on the process's web server: ``SignedRequests`` checks the signature
+        headers before reading at most 1 MB of body, then the signature and replays; bolt verifies it again.
 
         In Socket Mode nothing is mounted: requests arrive over the websocket, and an endpoint without
         signature checks must not exist.
         """
-        if self.mode != "http":
+        if self.mode != "http" or self.settings.slack_signing_secret is None:
             return
+        gate = SignedRequests(self.settings.slack_signing_secret.get_secret_value())
 
         async def events(request: web.Request) -> web.Response:
             if self._state is not AdapterState.CONNECTED:
                 return web.Response(status=503, text="starting")
-            response = await self.app.async_dispatch(await to_bolt_request(request))
+            body = await gate.read(request)
+            if isinstance(body, web.Response):
+                return body
+            bolt_request = AsyncBoltRequest(
+                body=body.decode("utf-8", "replace"),
+                query=request.query_string,
+                headers=dict(request.headers),
+            )
+            response = await self.app.async_dispatch(bolt_request)
             return await to_aiohttp_response(response)
 
         app.router.add_post(path, events)

@@ -1,8 +1,9 @@
 """The local playground: a chat page that behaves like the bot in Discord, over a JSON API on the shared core.
 
-A browser session is a user (a random id in a cookie). Each job request is one POST that answers with the
-finished job (or a friendly error); while it runs, queue position and state arrive on the session's
-server-sent event stream (``GET /api/events``), keyed by the ``task`` id the page chose for the request.
+A browser session is a user (a server-issued, signed id in a cookie, given with the page). Each job request is
+one POST that answers with the finished job (or a friendly error); while it runs, queue position and state
+arrive on the session's server-sent event stream (``GET /api/events``), keyed by the ``task`` id the page chose
+for the request.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from bot.bootstrap import Core
 
 from .listeners import Listeners, read_assets
 from .replies import EventStreams
-from .session import Sessions
+from .session import Sessions, load_secret
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Playground:
     async def start(self) -> None:
         """Read the page's files (in a thread) and start serving; the web server is already listening."""
         self._listeners.assets = await asyncio.to_thread(read_assets)
+        self._sessions.secret = await asyncio.to_thread(load_secret, self.core.settings.data_dir)
         cut_off = await self.core.jobs.cut_off("web")
         if cut_off:  # their pages show them, marked interrupted, when they load their history
             log.info("%d playground job(s) were cut off by a restart", len(cut_off))

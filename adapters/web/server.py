@@ -42,6 +42,7 @@ def create_app(core: Core, adapters: Sequence[Adapter]) -> web.Application:
         body = {
             "status": "ok" if healthy else "unavailable",
             "adapters": states,
+            "down": [name for name, state in states.items() if state != AdapterState.CONNECTED],
             "provider": core.provider.name,
             "offline": core.provider.offline,
             "queue_length": core.admission.queue_length,

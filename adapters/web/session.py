@@ -1,14 +1,26 @@
 """Who is asking: the playground's password, its host check, the session cookie (a browser session is a user),
-the header that stops cross-site posts, and errors of the routes that are not job requests."""
+the header that stops cross-site posts, and errors of the routes that are not job requests.
+
+Sessions are issued by the server only, when the page is loaded (GET ``/``): ``{id}.{HMAC(id)}`` signed with
+a per-install secret kept in the data folder (``playground.key``, created 0600 on first start), so a planted
+or made-up id is refused and a client that drops its cookie gets no new user from the API (per-user caps
+hold). As a second line, each client address gets at most ``SESSIONS_PER_ADDRESS_PER_MINUTE`` new sessions.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import logging
+import os
 import re
 import secrets
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import yarl
 from aiohttp import web
@@ -24,8 +36,12 @@ log = logging.getLogger(__name__)
 SESSION_COOKIE = "imagebot_session"
 CSRF_HEADER = "X-Imagebot"  # a custom header: a cross-site form or img tag cannot send it without CORS
 USER_KEY = web.RequestKey("imagebot_user", str)
-NEW_SESSION_KEY = web.RequestKey("imagebot_new_session", bool)
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+NEW_SESSION_KEY = web.RequestKey("imagebot_new_session", str)  # the cookie value of a session just issued
+SECRET_FILE = "playground.key"  # noqa: S105 (a file name)
+SESSIONS_PER_ADDRESS_PER_MINUTE = 20
+NO_SESSION = "Your playground session is missing or has expired. Please reload the page to start a new one."
+TOO_MANY_SESSIONS = "Too many new playground sessions from your address. Please wait a minute, then reload the page.\n"
+_SESSION = re.compile(r"^([A-Za-z0-9_-]{24})\.([A-Za-z0-9_-]{43})$")
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -38,6 +54,8 @@ class Sessions:
         self._password = password
         self._local_only = local_only and password is None  # with a password, any Host may reach it
         self._max_upload_bytes = max_upload_bytes
+        self.secret: bytes | None = None  # set by the playground's start (load_secret)
+        self._issued: dict[str, deque[float]] = {}
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -52,9 +70,20 @@ class Sessions:
                 text="The playground needs its password (IMAGEBOT_WEB_PASSWORD).\n",
                 headers={"WWW-Authenticate": 'Basic realm="imagebot playground", charset="UTF-8"'},
             )
-        user = request.cookies.get(SESSION_COOKIE, "")
-        request[NEW_SESSION_KEY] = not _SESSION_ID.fullmatch(user)
-        request[USER_KEY] = secrets.token_urlsafe(18) if request[NEW_SESSION_KEY] else user
+        if self.secret is None:
+            return web.Response(status=503, text="The playground is starting; reload in a moment.\n")
+        user = session_user(self.secret, request.cookies.get(SESSION_COOKIE, ""))
+        if user is None and path == "/":
+            if not self._may_issue(request.remote or "unknown"):
+                return web.Response(status=429, text=TOO_MANY_SESSIONS, headers={"Retry-After": "60"})
+            user = secrets.token_urlsafe(18)
+            request[NEW_SESSION_KEY] = session_token(self.secret, user)
+        if user is None:
+            if path.startswith("/static/"):
+                return await handler(request)  # the page's files need no session
+            body = {"error": {"kind": "session", "message": NO_SESSION, "ref": None, "retryable": False}}
+            return web.json_response(body, status=401)
+        request[USER_KEY] = user
         try:
             if request.method == "POST" and request.headers.get(CSRF_HEADER) != "1":
                 raise InvalidRequestError(
@@ -71,13 +100,58 @@ class Sessions:
             remember(request, response)
         return response
 
+    def _may_issue(self, address: str) -> bool:
+        """At most ``SESSIONS_PER_ADDRESS_PER_MINUTE`` new sessions per client address in any minute."""
+        now = time.monotonic()
+        for known in [a for a, times in self._issued.items() if times[-1] < now - 60]:
+            del self._issued[known]
+        times = self._issued.setdefault(address, deque())
+        while times and times[0] < now - 60:
+            times.popleft()
+        if len(times) >= SESSIONS_PER_ADDRESS_PER_MINUTE:
+            log.info("playground: new sessions from one address over %d a minute", SESSIONS_PER_ADDRESS_PER_MINUTE)
+            return False
+        times.append(now)
+        return True
+
+
+def load_secret(data_dir: Path) -> bytes:
+    """The per-install secret that signs session ids: read, or created 0600 on first start (blocking)."""
+    path = data_dir / SECRET_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = bytes.fromhex(path.read_text().strip())
+        if len(secret) < 32:
+            raise ValueError(f"{path} is damaged: delete it (every playground session starts anew)") from None
+        return secret
+    secret = secrets.token_bytes(32)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secret.hex() + "\n")
+    return secret
+
+
+def session_token(secret: bytes, user: str) -> str:
+    """The cookie value for ``user``: the id and its signature."""
+    digest = hmac.new(secret, b"playground-session:" + user.encode(), hashlib.sha256).digest()
+    return f"{user}.{base64.urlsafe_b64encode(digest).decode().rstrip('=')}"
+
+
+def session_user(secret: bytes, token: str) -> str | None:
+    """The user id a cookie value carries, if the server issued it (None: missing, malformed or forged)."""
+    match = _SESSION.fullmatch(token)
+    if match is None:
+        return None
+    user = match.group(1)
+    return user if hmac.compare_digest(session_token(secret, user), token) else None
+
 
 def remember(request: web.Request, response: web.StreamResponse) -> None:
-    """Set the session cookie on the first response of a new session."""
-    if request.get(NEW_SESSION_KEY):
-        response.set_cookie(
-            SESSION_COOKIE, request[USER_KEY], max_age=365 * 86_400, httponly=True, samesite="Strict", path="/"
-        )
+    """Set the session cookie on the page that started a new session."""
+    token = request.get(NEW_SESSION_KEY)
+    if token is not None:
+        response.set_cookie(SESSION_COOKIE, token, max_age=365 * 86_400, httponly=True, samesite="Strict", path="/")
 
 
 def _is_local_host(host: str) -> bool:

@@ -28,7 +28,7 @@ class LoopbackServer:
         await self._before_start()
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()  # a port set before start: that one
         self.port = self._runner.addresses[0][1]
         return self
 
