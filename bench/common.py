@@ -39,7 +39,11 @@ async def fake_openai_process(latency: float, *, photo_like: bool = True) -> Asy
     Another process, so that its work does not count against the bot being measured.
     """
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", fake_openai_code(latency, photo_like=photo_like), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        "-c",
+        fake_openai_code(latency, photo_like=photo_like),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None and process.stdin is not None
     try:

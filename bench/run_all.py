@@ -235,7 +235,7 @@ ROWS: list[tuple[str, str, str, str, Callable[[float], bool]]] = [
 
 
 def _run_figure(figure: str) -> dict[str, Any]:
-    out = subprocess.run(  # noqa: S603 - our own script
+    out = subprocess.run(
         [sys.executable, __file__, "--figure", figure], check=True, capture_output=True, text=True, cwd=ROOT
     )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])

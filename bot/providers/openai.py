@@ -7,12 +7,12 @@ JSON for generations, multipart for edits and variations; retries that honour ``
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import contextlib
 import email.utils
 import json
 import logging
+import mmap
 import os
 import random
 import re
@@ -20,9 +20,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeAlias
 
 import aiohttp
+import pybase64
 
 from bot import imaging
 from bot.errors import (
@@ -76,6 +77,7 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _STREAM_CHUNK = 256 * 1024
 _SPOOL_FLUSH = 1024 * 1024  # spool writes go to a worker thread in pieces of about this size
 _ERROR_BODY_LIMIT = 1024 * 1024  # an error body longer than this is cut (it is only parsed for its message)
+Buffer: TypeAlias = bytes | bytearray | mmap.mmap
 
 
 # --- pure decisions (table-tested) ----------------------------------------------------------------------
@@ -320,8 +322,8 @@ def _decode_stream_event(event: SSEEvent) -> _StreamItem:
         if not isinstance(b64, str):
             raise ProviderResponseError(detail=f"stream event {kind} has no b64_json")
         try:
-            image = base64.b64decode(b64, validate=True)
-        except (binascii.Error, ValueError):
+            image = pybase64.b64decode(b64.encode("ascii"), validate=True)
+        except (binascii.Error, ValueError, UnicodeEncodeError):
             raise ProviderResponseError(detail=f"stream event {kind}: b64_json is not valid base64") from None
         if kind.endswith(".partial_image"):
             return _StreamItem("partial", image)
@@ -368,11 +370,89 @@ def _looks_complete(image: bytes) -> bool:
     return kind is not None
 
 
-def _decode_success(raw: bytes) -> _Decoded:
-    """Parse a 2xx body and base64-decode its images (CPU work: called in a worker thread)."""
+_B64_KEY = re.compile(rb'"b64_json"\s*:\s*$')
+_PLACEHOLDER = "\x00b64:"  # what a streamed b64_json value becomes in the skeleton (never valid base64)
+_KEY_LOOKBACK = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """Where a ``b64_json`` string's content lies in the answer (without its quotes)."""
+
+    start: int
+    end: int
+    escaped: bool  # holds a backslash escape (rare: e.g. ``\\/`` from some JSON encoders)
+
+
+def _skeleton(raw: Buffer) -> tuple[bytes, list[_Span]]:
+    """The answer with every ``b64_json`` string value replaced by a short placeholder, and where those were.
+
+    A lexical scan, not a parse: it only tracks strings (bytes.find is C speed, so the megabytes of base64
+    are skipped, not walked) and leaves the JSON grammar to ``json.loads`` of the small skeleton.
+    """
+    skeleton = bytearray()
+    spans: list[_Span] = []
+    pos, size = 0, len(raw)
+    while True:
+        quote = raw.find(b'"', pos)
+        if quote < 0:
+            skeleton += raw[pos:size]
+            return bytes(skeleton), spans
+        skeleton += raw[pos : quote + 1]
+        start = quote + 1
+        end, escaped = _string_end(raw, start)
+        if end < 0:  # cut off inside a string: let json.loads say so
+            skeleton += raw[start:size]
+            return bytes(skeleton), spans
+        if _B64_KEY.search(skeleton, max(0, len(skeleton) - _KEY_LOOKBACK - 1), len(skeleton) - 1):
+            skeleton += f"\\u0000b64:{len(spans)}".encode()
+            spans.append(_Span(start, end, escaped))
+        else:
+            skeleton += raw[start:end]
+        skeleton += b'"'
+        pos = end + 1
+
+
+def _string_end(raw: Buffer, start: int) -> tuple[int, bool]:
+    """Index of the quote that closes the string starting at ``start`` (-1: none), and whether it has escapes."""
+    escaped = False
+    pos = start
+    quote = raw.find(b'"', pos)
+    while quote >= 0:
+        backslash = raw.find(b"\\", pos, quote)
+        if backslash < 0:
+            return quote, escaped
+        escaped = True
+        pos = backslash + 2  # skip the escaped character (a quote after a backslash does not close)
+        if pos > quote:
+            quote = raw.find(b'"', pos)
+    return -1, escaped
+
+
+def _b64_value(raw: Buffer, span: _Span) -> bytes:
+    """The image of one ``b64_json`` value, decoded in one call into a buffer of its exact size."""
+    view = memoryview(raw)[span.start : span.end]
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        if span.escaped:
+            text = json.loads(b'"' + bytes(view) + b'"')
+            return pybase64.b64decode(text.encode("ascii"), validate=True)
+        return pybase64.b64decode(view, validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise ProviderResponseError(detail="b64_json is not valid base64") from None
+    finally:
+        view.release()
+
+
+def _decode_success(raw: Buffer) -> _Decoded:
+    """Parse a 2xx body and base64-decode its images (CPU work: called in a worker thread).
+
+    ``raw`` may be a memory map of the spool: only the small JSON skeleton is copied into Python objects, and
+    each image is decoded straight from the buffer into bytes of its final size.
+    """
+    try:
+        skeleton, spans = _skeleton(raw)
+        body = json.loads(skeleton)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProviderResponseError(detail=f"answer is not JSON ({len(raw)} bytes): {exc}") from None
     items = body.get("data") if isinstance(body, dict) else None
     if not isinstance(items, list) or not items:
@@ -382,11 +462,9 @@ def _decode_success(raw: bytes) -> _Decoded:
     for item in items:
         if not isinstance(item, dict):
             raise ProviderResponseError(detail="a data item is not an object")
-        if isinstance(item.get("b64_json"), str):
-            try:
-                image = base64.b64decode(item["b64_json"], validate=True)
-            except (binascii.Error, ValueError):
-                raise ProviderResponseError(detail="b64_json is not valid base64") from None
+        b64 = item.get("b64_json")
+        if isinstance(b64, str):
+            image = _image_of(raw, b64, spans)
             if not _looks_complete(image):
                 raise ProviderResponseError(detail=f"b64_json holds a cut-off image ({len(image)} bytes)")
             images.append(image)
@@ -397,6 +475,24 @@ def _decode_success(raw: bytes) -> _Decoded:
         prompt = item.get("revised_prompt")
         revised.append(prompt if isinstance(prompt, str) else None)
     return _Decoded(tuple(images), tuple(revised), parse_usage(body))
+
+
+def _image_of(raw: Buffer, value: str, spans: list[_Span]) -> bytes:
+    if value.startswith(_PLACEHOLDER):
+        return _b64_value(raw, spans[int(value.removeprefix(_PLACEHOLDER))])
+    try:  # a value the scan did not take out (its key was written with escapes): decode it as it is
+        return pybase64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise ProviderResponseError(detail="b64_json is not valid base64") from None
+
+
+def _decode_file(path: Path) -> _Decoded:
+    """Decode a spooled JSON answer through a memory map: the body is never read into the heap whole."""
+    with path.open("rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            return _decode_success(b"")
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return _decode_success(mapped)
 
 
 class OpenAIImages:
@@ -602,7 +698,7 @@ class OpenAIImages:
                         return await self._read_stream(resp, path, model, on_partial, previews, spool)
                     async with _SpoolWriter.to(spool.path if spool else None) as body:
                         await self._receive(resp, body)
-                        decoded = await asyncio.to_thread(body.commit_and_decode, _decode_success)
+                        decoded = await asyncio.to_thread(body.commit_and_decode)
                     log.info(
                         "POST %s -> %s in %.2fs, %d bytes (request %s)",
                         path,
@@ -760,6 +856,7 @@ class _SpoolWriter:
     def __init__(self, path: Path | None):
         self.path = path
         self.size = 0
+        self._memory = bytearray()  # the body when there is no spool
         self._pending: list[bytes] = []  # received, not yet written
         self._pending_size = 0
         self._file: BinaryIO | None = None
@@ -775,6 +872,9 @@ class _SpoolWriter:
 
     async def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
+        if self.path is None:
+            self._memory += chunk
+            return
         self._pending.append(chunk)
         self._pending_size += len(chunk)
         if self.path is not None and self._pending_size >= _SPOOL_FLUSH:
@@ -797,12 +897,12 @@ class _SpoolWriter:
         self._close()
         os.replace(spool_part(self.path), self.path)
 
-    def commit_and_decode(self, decode: Callable[[bytes], _Decoded]) -> _Decoded:
-        """Commit, then decode the answer (worker thread: JSON and base64 of megabytes)."""
+    def commit_and_decode(self) -> _Decoded:
+        """Commit, then decode the answer from the spool (worker thread: JSON and base64 of megabytes)."""
         if self.path is None:
-            return decode(b"".join(self._pending))
+            return _decode_success(self._memory)
         self.commit()
-        return decode(self.path.read_bytes())
+        return _decode_file(self.path)
 
     def _close(self) -> None:
         if self._file is not None:
@@ -817,9 +917,11 @@ def spool_part(spool: Path) -> Path:
 
 def _decode_spool(path: Path) -> _Decoded:
     """A spooled answer, JSON or an event stream, decoded as when it arrived (worker thread)."""
+    with path.open("rb") as file:
+        head = file.read(64)
+    if not head.lstrip().startswith((b"event:", b"data:", b":")):
+        return _decode_file(path)
     raw = path.read_bytes()
-    if not raw.lstrip().startswith((b"event:", b"data:", b":")):
-        return _decode_success(raw)
     images: list[bytes | str] = []
     usage: Usage | None = None
     for event in parse_sse_lines(raw.decode("utf-8", "replace").splitlines()):
