@@ -71,6 +71,8 @@ def build_images(
         images_per_minute=limits.images_per_minute,
         per_user_jobs=limits.per_user_jobs,
         max_queue=limits.max_queue,
+        position_interval=limits.position_interval,
+        max_result_bytes=limits.max_result_bytes,
     )
     if provider is None:
         provider = _provider(settings, session, admission)
@@ -106,6 +108,7 @@ def _provider(settings: Settings, session: aiohttp.ClientSession, admission: Adm
             project_id=settings.openai_project_id.get_secret_value() if settings.openai_project_id else None,
             settings=settings.openai,
             on_throttle=admission.throttle,
+            result_budget=admission.result_bytes,
         )
     return OfflineImages()
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeAlias
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias
 
 import aiohttp
 import pybase64
@@ -53,6 +53,9 @@ from bot.models import (
 from bot.ports import OnPartial
 from bot.redact import untrusted
 from bot.settings import OpenAISettings
+
+if TYPE_CHECKING:
+    from bot.limits import ByteBudget
 
 log = logging.getLogger(__name__)
 
@@ -509,7 +512,9 @@ class OpenAIImages:
         project_id: str | None = None,
         on_throttle: Callable[[float], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        result_budget: ByteBudget | None = None,
     ):
+        """``result_budget``: bytes that answers being decoded may hold at once (None: no limit)."""
         self._session = session
         self._base = base_url.rstrip("/")
         self._settings = settings
@@ -520,6 +525,7 @@ class OpenAIImages:
             self._headers["OpenAI-Project"] = project_id
         self._on_throttle = on_throttle
         self._sleep = sleep
+        self._budget = result_budget
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout, sock_connect=settings.connect_timeout)
 
     @property
@@ -698,7 +704,9 @@ class OpenAIImages:
                         return await self._read_stream(resp, path, model, on_partial, previews, spool)
                     async with _SpoolWriter.to(spool.path if spool else None) as body:
                         await self._receive(resp, body)
-                        decoded = await asyncio.to_thread(body.commit_and_decode)
+                        # While decoding: the mapped body plus the images (3/4 of its base64).
+                        async with self._holding(body.size * 7 // 4):
+                            decoded = await asyncio.to_thread(body.commit_and_decode)
                     log.info(
                         "POST %s -> %s in %.2fs, %d bytes (request %s)",
                         path,
@@ -732,6 +740,9 @@ class OpenAIImages:
             self._on_throttle(retry_after if retry_after is not None else 1.0)
         lowered = {k.lower(): v for k, v in headers.items()}
         return _Failure(error, status, code, retry_after, lowered.get("x-should-retry"))
+
+    def _holding(self, size: int) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._budget.hold(size) if self._budget is not None else contextlib.nullcontext()
 
     async def _receive(self, resp: aiohttp.ClientResponse, body: _SpoolWriter) -> None:
         """Copy a response body into ``body`` chunk by chunk; aiohttp raises if it ends short."""
