@@ -14,13 +14,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bot.bootstrap import build_images
 from bot.errors import ProviderResponseError
-from bot.models import Usage
+from bot.models import GenerateRequest, Usage
 from bot.providers.openai import _decode_success, _SpoolWriter
+from bot.settings import load_settings
+from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
+from tests.images import decode
 
 PNG_START = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -177,3 +182,33 @@ def test_a_big_escaped_image_decodes_in_linear_time() -> None:
     raw = json.dumps({"data": [{"b64_json": base64.b64encode(image).decode()}]}).replace("/", "\\/").encode()
     assert raw.count(b"\\/") > 10_000
     assert _decode_success(raw).images == (image,)
+
+
+async def test_results_bigger_than_the_byte_budget_still_all_arrive(http: aiohttp.ClientSession) -> None:
+    """A tight ``limits.max_result_bytes``: the jobs take turns decoding photo-sized answers, none is lost."""
+    async with FakeOpenAI(photo_like=True) as fake:
+        settings = load_settings(
+            openai_api_key=DEFAULT_KEY,
+            openai_base_url=fake.base_url,
+            limits={"max_concurrent": 6, "images_per_minute": 0, "max_result_bytes": 1024**2},
+        )
+        core = build_images(settings, http)
+        budget = core.admission.result_bytes
+        seen: list[int] = []
+        stop = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                seen.append(budget.held)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        results = await asyncio.gather(
+            *(core.service.generate(GenerateRequest(prompt="a fox", requester=f"u{i}", n=2)) for i in range(6))
+        )
+        stop.set()
+        await watcher
+    assert [len(r.images) for r in results] == [2] * 6
+    assert all(decode(image.data).size == (1024, 1024) for r in results for image in r.images)
+    assert max(seen) == budget.limit  # each answer (~6 MB of base64) went alone, at the whole budget
+    assert budget.held == 0
