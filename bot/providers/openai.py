@@ -747,6 +747,8 @@ class OpenAIImages:
     async def _receive(self, resp: aiohttp.ClientResponse, body: _SpoolWriter) -> None:
         """Copy a response body into ``body`` chunk by chunk; aiohttp raises if it ends short."""
         limit = self._settings.max_download_bytes * 2
+        if resp.content_length is not None and resp.content_length <= limit:
+            body.expect(resp.content_length)
         async for chunk in resp.content.iter_any():  # as received: no joining into fixed-size pieces
             if body.size + len(chunk) > limit:
                 raise ProviderResponseError(detail=f"answer is over {limit} bytes")
@@ -867,7 +869,7 @@ class _SpoolWriter:
     def __init__(self, path: Path | None):
         self.path = path
         self.size = 0
-        self._memory = bytearray()  # the body when there is no spool
+        self._memory = bytearray()  # the body when there is no spool (sized once when its length is announced)
         self._pending: list[bytes] = []  # received, not yet written
         self._pending_size = 0
         self._file: BinaryIO | None = None
@@ -881,10 +883,20 @@ class _SpoolWriter:
         finally:
             writer._close()  # a body that was not committed stays a ".part" and is never read
 
+    def expect(self, size: int) -> None:
+        """The body's announced length: an in-memory body is allocated once, not grown chunk by chunk."""
+        if self.path is None and self.size == 0:
+            self._memory = bytearray(size)
+
     async def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.path is None:
-            self._memory += chunk
+            start = self.size - len(chunk)
+            room = max(0, min(len(chunk), len(self._memory) - start))
+            if room:  # into the space allocated for the announced length
+                self._memory[start : start + room] = memoryview(chunk)[:room]
+            if room < len(chunk):  # longer than announced, or no length: grow
+                self._memory += memoryview(chunk)[room:]
             return
         self._pending.append(chunk)
         self._pending_size += len(chunk)
@@ -911,6 +923,7 @@ class _SpoolWriter:
     def commit_and_decode(self) -> _Decoded:
         """Commit, then decode the answer from the spool (worker thread: JSON and base64 of megabytes)."""
         if self.path is None:
+            del self._memory[self.size :]  # an answer shorter than announced (aiohttp raises before this)
             return _decode_success(self._memory)
         self.commit()
         return _decode_file(self.path)
