@@ -38,6 +38,10 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _kernel_seconds() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 async def _lag_probe(samples: list[float], stop: asyncio.Event, interval: float = 0.005) -> None:
     loop = asyncio.get_running_loop()
     while not stop.is_set():
@@ -98,14 +102,16 @@ async def _core_jobs(
                 stop = asyncio.Event()
                 probe = asyncio.create_task(_lag_probe(samples, stop))
                 rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                cpu_started, started = _cpu_seconds(), time.perf_counter()
+                cpu_started, kernel_started, started = _cpu_seconds(), _kernel_seconds(), time.perf_counter()
                 counts = await asyncio.gather(*(one(i) for i in range(jobs)))
                 cpu, wall = _cpu_seconds() - cpu_started, time.perf_counter() - started
+                kernel = _kernel_seconds() - kernel_started
                 stop.set()
                 await probe
     return {
         "images": sum(counts),
         "cpu_ms_per_image": cpu / max(1, sum(counts)) * 1000,
+        "kernel_ms_per_image": kernel / max(1, sum(counts)) * 1000,
         "wall_s": wall,
         "lag_p99_ms": percentile(samples, 0.99) * 1000,
         "lag_max_ms": max(samples) * 1000,

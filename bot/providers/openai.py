@@ -494,7 +494,9 @@ def _decode_file(path: Path) -> _Decoded:
     with path.open("rb") as file:
         if os.fstat(file.fileno()).st_size == 0:
             return _decode_success(b"")
-        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        # MAP_POPULATE: the pages are mapped in one go, not faulted in one by one while the scan walks them.
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        with mmap.mmap(file.fileno(), 0, flags=flags, prot=mmap.PROT_READ) as mapped:
             return _decode_success(mapped)
 
 
