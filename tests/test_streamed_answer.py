@@ -212,3 +212,14 @@ async def test_results_bigger_than_the_byte_budget_still_all_arrive(http: aiohtt
     assert all(decode(image.data).size == (1024, 1024) for r in results for image in r.images)
     assert max(seen) == budget.limit  # each answer (~6 MB of base64) went alone, at the whole budget
     assert budget.held == 0
+
+
+@pytest.mark.parametrize("forged", ["\\u0000b64:0", "\\u0000b64:99", "\\u0000b64:x"])
+def test_an_answer_cannot_forge_the_decoders_placeholders(forged: str) -> None:
+    """A b64_json the scan did not take out (its key written with escapes) is decoded as it is: here, refused."""
+    image = PNG_START + b"real" + PNG_END
+    raw = json.dumps({"data": [{"b64_json": base64.b64encode(image).decode()}]})
+    raw = raw[:-2] + ', {"b\\u0036\\u0034_json": "' + forged + '"}]}'
+    with pytest.raises(ProviderResponseError) as caught:
+        _decode_success(raw.encode())
+    assert "not valid base64" in caught.value.detail

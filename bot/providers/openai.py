@@ -16,6 +16,7 @@ import mmap
 import os
 import random
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -374,7 +375,7 @@ def _looks_complete(image: bytes) -> bool:
 
 
 _B64_KEY = re.compile(rb'"b64_json"\s*:\s*$')
-_PLACEHOLDER = "\x00b64:"  # what a streamed b64_json value becomes in the skeleton (never valid base64)
+_PLACEHOLDER = "\x00b64:{nonce}:"  # a b64_json value in the skeleton (never valid base64; the nonce: unforgeable)
 _KEY_LOOKBACK = 64
 
 
@@ -387,7 +388,7 @@ class _Span:
     escaped: bool  # holds a backslash escape (rare: e.g. ``\\/`` from some JSON encoders)
 
 
-def _skeleton(raw: Buffer) -> tuple[bytes, list[_Span]]:
+def _skeleton(raw: Buffer, nonce: str) -> tuple[bytes, list[_Span]]:
     """The answer with every ``b64_json`` string value replaced by a short placeholder, and where those were.
 
     A lexical scan, not a parse: it only tracks strings (bytes.find is C speed, so the megabytes of base64
@@ -408,7 +409,7 @@ def _skeleton(raw: Buffer) -> tuple[bytes, list[_Span]]:
             skeleton += raw[start:size]
             return bytes(skeleton), spans
         if _B64_KEY.search(skeleton, max(0, len(skeleton) - _KEY_LOOKBACK - 1), len(skeleton) - 1):
-            skeleton += f"\\u0000b64:{len(spans)}".encode()
+            skeleton += f"\\u0000b64:{nonce}:{len(spans)}".encode()
             spans.append(_Span(start, end, escaped))
         else:
             skeleton += raw[start:end]
@@ -453,7 +454,8 @@ def _decode_success(raw: Buffer) -> _Decoded:
     each image is decoded straight from the buffer into bytes of its final size.
     """
     try:
-        skeleton, spans = _skeleton(raw)
+        nonce = secrets.token_hex(8)
+        skeleton, spans = _skeleton(raw, nonce)
         body = json.loads(skeleton)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProviderResponseError(detail=f"answer is not JSON ({len(raw)} bytes): {exc}") from None
@@ -467,7 +469,7 @@ def _decode_success(raw: Buffer) -> _Decoded:
             raise ProviderResponseError(detail="a data item is not an object")
         b64 = item.get("b64_json")
         if isinstance(b64, str):
-            image = _image_of(raw, b64, spans)
+            image = _image_of(raw, b64, spans, _PLACEHOLDER.format(nonce=nonce))
             if not _looks_complete(image):
                 raise ProviderResponseError(detail=f"b64_json holds a cut-off image ({len(image)} bytes)")
             images.append(image)
@@ -480,9 +482,9 @@ def _decode_success(raw: Buffer) -> _Decoded:
     return _Decoded(tuple(images), tuple(revised), parse_usage(body))
 
 
-def _image_of(raw: Buffer, value: str, spans: list[_Span]) -> bytes:
-    if value.startswith(_PLACEHOLDER):
-        return _b64_value(raw, spans[int(value.removeprefix(_PLACEHOLDER))])
+def _image_of(raw: Buffer, value: str, spans: list[_Span], placeholder: str) -> bytes:
+    if value.startswith(placeholder):
+        return _b64_value(raw, spans[int(value.removeprefix(placeholder))])
     try:  # a value the scan did not take out (its key was written with escapes): decode it as it is
         return pybase64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
