@@ -223,3 +223,25 @@ def test_an_answer_cannot_forge_the_decoders_placeholders(forged: str) -> None:
     with pytest.raises(ProviderResponseError) as caught:
         _decode_success(raw.encode())
     assert "not valid base64" in caught.value.detail
+
+
+def test_a_spooled_answer_is_decoded_without_holding_its_body() -> None:
+    """Decoding holds the images and a small skeleton, never the megabytes of base64 (nor a copy of them)."""
+    import tracemalloc
+
+    from bot.providers.openai import _decode_spool
+    from tests.fakes.openai_server import _render_photo
+
+    image, b64 = _render_photo((1024, 1024), (10, 20, 30), "png")
+    answer = json.dumps({"created": 1, "data": [{"b64_json": b64, "revised_prompt": "a fox"}], "usage": {}})
+    with tempfile.TemporaryDirectory() as folder:
+        spool = Path(folder) / "answer.json"
+        spool.write_text(answer)
+        tracemalloc.start()
+        try:
+            decoded = _decode_spool(spool)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert decoded.images == (image,)
+    assert peak < len(image) + 256 * 1024  # the image itself, plus small change; the body is ~1.35x the image
