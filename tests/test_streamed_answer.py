@@ -86,6 +86,7 @@ def _spool_and_decode(raw: bytes, cuts: list[int]) -> Any:
                 if cut > previous:
                     await writer.write(raw[previous:cut])
                     previous = cut
+            await writer.settle()
             return await asyncio.to_thread(writer.commit_and_decode)
 
     with tempfile.TemporaryDirectory() as folder:

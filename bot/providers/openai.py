@@ -709,6 +709,7 @@ class OpenAIImages:
                     async with _SpoolWriter.to(spool.path if spool else None) as body:
                         await self._receive(resp, body)
                         # While decoding: the mapped body plus the images (3/4 of its base64).
+                        await body.settle()
                         async with self._holding(body.size * 7 // 4):
                             decoded = await asyncio.to_thread(body.commit_and_decode)
                     log.info(
@@ -795,6 +796,7 @@ class OpenAIImages:
                     ProviderResponseError(detail=f"POST {path}: the stream ended without a completed image"),
                     retryable=False,
                 )
+            await body.settle()
             await asyncio.to_thread(body.commit)
         log.info("POST %s: stream finished with %d preview(s) and %d image(s)", path, len(previews), len(images))
         return ProviderImages(tuple(images), usage, (None,) * len(images))
@@ -864,8 +866,9 @@ class OpenAIImages:
 class _SpoolWriter:
     """A 2xx body on its way to the job's spool (or to memory when the call has none).
 
-    Bytes go to ``<spool>.part`` as they arrive, a megabyte at a time in a worker thread; ``commit`` writes the
-    rest and renames it to the spool, so a spool on disk is always a whole answer. Nothing is fsynced: the
+    Bytes go to ``<spool>.part`` as they arrive, a megabyte at a time in a worker thread while the next megabyte
+    is read (one write in flight at most); ``commit`` writes the rest and renames it to the spool, so a spool on
+    disk is always a whole answer. Nothing is fsynced: the
     spool must survive the process being killed, which the page cache does; a power cut is out of scope, as
     for the job database (SQLite WAL with synchronous=NORMAL).
     """
@@ -877,6 +880,7 @@ class _SpoolWriter:
         self._pending: list[bytes] = []  # received, not yet written
         self._pending_size = 0
         self._file: BinaryIO | None = None
+        self._writing: asyncio.Future[None] | None = None  # the batch being written by a worker thread
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -885,6 +889,8 @@ class _SpoolWriter:
         try:
             yield writer
         finally:
+            with contextlib.suppress(Exception):
+                await writer.settle()  # never close the file under a write in flight
             writer._close()  # a body that was not committed stays a ".part" and is never read
 
     def expect(self, size: int) -> None:
@@ -904,17 +910,29 @@ class _SpoolWriter:
             return
         self._pending.append(chunk)
         self._pending_size += len(chunk)
-        if self.path is not None and self._pending_size >= _SPOOL_FLUSH:
-            await asyncio.to_thread(self._flush)
+        if self._pending_size >= _SPOOL_FLUSH:
+            await self.settle()
+            batch, self._pending, self._pending_size = self._pending, [], 0
+            self._writing = asyncio.ensure_future(asyncio.to_thread(self._write, batch))
 
-    def _flush(self) -> None:
-        """Write what has arrived so far (worker thread)."""
+    async def settle(self) -> None:
+        """Wait for the write in flight (call before ``commit`` and before closing)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
+
+    def _write(self, batch: list[bytes]) -> None:
+        """Write a batch of received chunks (worker thread)."""
         if self._file is None:
             part = spool_part(self.path or Path())
             part.parent.mkdir(parents=True, exist_ok=True)
             self._file = part.open("wb")
-        pending, self._pending, self._pending_size = self._pending, [], 0
-        self._file.writelines(pending)
+        self._file.writelines(batch)
+
+    def _flush(self) -> None:
+        """Write what has arrived and is not written yet (worker thread, no write in flight)."""
+        batch, self._pending, self._pending_size = self._pending, [], 0
+        self._write(batch)
 
     def commit(self) -> None:
         """The body is complete: make it the spool (worker thread)."""
