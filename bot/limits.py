@@ -35,8 +35,101 @@ class _Ticket:
     position: int | None = None
 
 
+class ByteBudget:
+    """A semaphore counted in bytes: the results being decoded and checked hold at most ``limit`` bytes.
+
+    Waiters are served first come, first served; a result bigger than the whole budget waits until nothing
+    else is held, then runs alone (refusing it would lose a paid image).
+    """
+
+    def __init__(self, limit: int):
+        self.limit = max(1, limit)
+        self.held = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        size = min(max(0, size), self.limit)
+        await self._acquire(size)
+        try:
+            yield
+        finally:
+            self._release(size)
+
+    async def _acquire(self, size: int) -> None:
+        if not self._waiters and self.held + size <= self.limit:
+            self.held += size
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (size, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._release(size)  # granted just as we were cancelled: give it back
+            else:
+                self._waiters.remove(entry)
+                self._wake()
+            raise
+
+    def _release(self, size: int) -> None:
+        self.held -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.held + self._waiters[0][0] <= self.limit:
+            size, waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.held += size
+                waiter.set_result(None)
+
+
+class PacingWindow:
+    """At most ``allowance`` images in any rolling ``window`` seconds, as the upstream counts them.
+
+    It starts empty and remembers each grant until it leaves the window (plus ``margin``, for requests that
+    reach the upstream a little later than they were granted), so no burst can overshoot at the start or
+    after an idle spell. A job bigger than the whole allowance goes alone, once the window is empty.
+    """
+
+    def __init__(self, allowance: float, window: float = 60.0, margin: float = 1.0):
+        self.allowance = allowance
+        self.span = window + margin
+        self._grants: deque[tuple[float, int]] = deque()  # (when, images), oldest first
+        self._in_window = 0
+
+    def wait(self, images: int, now: float) -> float:
+        """Seconds until ``images`` more may go (0: now)."""
+        self._expire(now)
+        needed = self._in_window + min(images, self.allowance) - self.allowance
+        if needed <= 0:
+            return 0.0
+        freed = 0
+        for when, count in self._grants:
+            freed += count
+            if freed >= needed:
+                return when + self.span - now
+        return 0.0  # unreachable: the grants in the window hold more than needed
+
+    def take(self, images: int, now: float) -> None:
+        self._grants.append((now, images))
+        self._in_window += images
+
+    def _expire(self, now: float) -> None:
+        while (
+            self._grants and self._grants[0][0] + self.span <= now + 1e-9
+        ):  # the wait() we computed, give or take rounding
+            self._in_window -= self._grants.popleft()[1]
+
+
 class Admission:
-    """Decides when a job may call the provider. Use ``async with admission.slot(...)`` around the call."""
+    """Decides when a job may call the provider. Use ``async with admission.slot(...)`` around the call.
+
+    Each grant costs O(log users): the users with waiting jobs sit in a heap ordered by when they were last
+    served (then by their first waiting job's arrival). Places in line are recomputed at most once per
+    ``position_interval`` seconds, and a job only hears of its place when it changed.
+    """
 
     def __init__(
         self,
@@ -46,24 +139,29 @@ class Admission:
         per_user_jobs: int,
         max_queue: int,
         clock: Callable[[], float] = time.monotonic,
+        pacing_window: float = 60.0,
+        position_interval: float = 0.0,
+        max_result_bytes: int = 256 * 1024**2,
     ):
         self._max_concurrent = max_concurrent
-        self._rate = images_per_minute / 60.0  # images per second; 0 = unpaced
-        self._capacity = max(images_per_minute, 1.0)
-        self._tokens = self._capacity
+        self._pacing = PacingWindow(images_per_minute, pacing_window) if images_per_minute > 0 else None
         self._per_user = per_user_jobs
         self._max_queue = max_queue
         self._clock = clock
-        self._refilled_at = clock()
+        self._position_interval = position_interval
+        self.result_bytes = ByteBudget(max_result_bytes)
         self._paused_until = 0.0
         self._running = 0
         self._waiting: dict[str, deque[_Ticket]] = {}
+        self._turns: list[tuple[int, int, str]] = []  # heap of (last served, first waiting seq, user); may be stale
         self._queued = 0  # tickets in all of _waiting (read on every progress report: keep it O(1))
         self._in_flight: dict[str, int] = {}
         self._served: dict[str, int] = {}  # requester -> when (a counter) they last got a turn
         self._serve_clock = itertools.count()
         self._arrivals = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
+        self._renumber_timer: asyncio.TimerHandle | None = None
+        self._renumbered_at = -float("inf")
         self._closed = False
 
     # --- what adapters and /healthz may read ---------------------------------------------------------
@@ -98,6 +196,7 @@ class Admission:
                 )
                 ticket.changed.set()
         self._waiting.clear()
+        self._turns.clear()
         self._queued = 0
 
     @contextlib.asynccontextmanager
@@ -129,7 +228,10 @@ class Admission:
             raise BusyError(detail=f"queue full ({self._max_queue} waiting)")
         ticket = _Ticket(requester, max(1, images), next(self._arrivals))
         self._in_flight[requester] = self._in_flight.get(requester, 0) + 1
-        self._waiting.setdefault(requester, deque()).append(ticket)
+        queue = self._waiting.setdefault(requester, deque())
+        queue.append(ticket)
+        if len(queue) == 1:
+            self._push_turn(requester)
         self._queued += 1
         self._pump()
         return ticket
@@ -155,10 +257,13 @@ class Admission:
         else:
             queue = self._waiting.get(ticket.requester)
             if queue is not None and ticket in queue:
+                head = queue[0] is ticket
                 queue.remove(ticket)
                 self._queued -= 1
                 if not queue:
                     del self._waiting[ticket.requester]
+                elif head:
+                    self._push_turn(ticket.requester)  # the old heap entry is now stale
         self._release_user(ticket.requester)
         self._pump()
 
@@ -170,46 +275,76 @@ class Admission:
             self._in_flight.pop(requester, None)
             self._served.pop(requester, None)  # nothing in flight: no need to remember their last turn
 
-    def _refill(self, now: float) -> None:
-        if self._rate > 0:
-            self._tokens = min(self._capacity, self._tokens + (now - self._refilled_at) * self._rate)
-        self._refilled_at = now
+    def _priority(self, requester: str) -> tuple[int, int]:
+        return self._served.get(requester, -1), self._waiting[requester][0].seq
+
+    def _push_turn(self, requester: str) -> None:
+        heapq.heappush(self._turns, (*self._priority(requester), requester))
+
+    def _next_user(self) -> str | None:
+        """The user whose turn it is (least recently served, then who asked first), dropping stale entries."""
+        while self._turns:
+            served, seq, user = self._turns[0]
+            if user in self._waiting and (served, seq) == self._priority(user):
+                return user
+            heapq.heappop(self._turns)
+        return None
 
     def _pump(self) -> None:
-        """Grant turns while there is capacity, least recently served user first; then renumber the line."""
+        """Grant turns while there is capacity and the pace allows; then update places in line (coalesced)."""
         now = self._clock()
-        self._refill(now)
         wake_at: float | None = None
         while self._waiting and self._running < self._max_concurrent:
             if now < self._paused_until:
                 wake_at = self._paused_until
                 break
-            requester = min(self._waiting, key=self._priority)
+            requester = self._next_user()
+            if requester is None:  # pragma: no cover - every waiting user has a heap entry
+                break
             queue = self._waiting[requester]
             ticket = queue[0]
-            if self._rate > 0:
-                needed = min(float(ticket.images), self._capacity)
-                if self._tokens < needed:
-                    wake_at = now + (needed - self._tokens) / self._rate
+            if self._pacing is not None:
+                delay = self._pacing.wait(ticket.images, now)
+                if delay > 0:
+                    wake_at = now + delay
                     break
-                self._tokens -= ticket.images  # may go below zero: a big job borrows from the next minute
+                self._pacing.take(ticket.images, now)
+            heapq.heappop(self._turns)
             queue.popleft()
             self._queued -= 1
-            if not queue:
-                del self._waiting[requester]
             self._served[requester] = next(self._serve_clock)
+            if queue:
+                self._push_turn(requester)
+            else:
+                del self._waiting[requester]
             self._running += 1
             ticket.granted = True
             ticket.position = None
             ticket.changed.set()
-        self._renumber()
+        self._positions_changed(now)
         self._schedule(wake_at, now)
 
-    def _priority(self, requester: str) -> tuple[int, int]:
-        return self._served.get(requester, -1), self._waiting[requester][0].seq
+    def _positions_changed(self, now: float) -> None:
+        """Renumber now if the last renumbering is old enough, else once when it is (one timer at most)."""
+        if not self._waiting:
+            return
+        due = self._renumbered_at + self._position_interval
+        if now >= due:
+            self._renumber(now)
+        elif self._renumber_timer is None:
+            loop = asyncio.get_running_loop()
+            self._renumber_timer = loop.call_later(due - now, self._renumber_later)
 
-    def _renumber(self) -> None:
-        """Give every waiting ticket its place, simulating the order in which ``_pump`` will grant turns."""
+    def _renumber_later(self) -> None:
+        self._renumber_timer = None
+        self._renumber(self._clock())
+
+    def _renumber(self, now: float) -> None:
+        """Give every waiting ticket its place, simulating the order in which ``_pump`` will grant turns.
+
+        O(n log users), so it runs at most once per ``position_interval``, never at every grant.
+        """
+        self._renumbered_at = now
         heap = [(*self._priority(user), user, 0) for user in self._waiting]
         heapq.heapify(heap)
         simulated_clock = itertools.count(next(self._serve_clock) + 1)

@@ -280,7 +280,8 @@ class ImageService:
             cost = self._cost(plan, raw)
             if spool is not None:
                 await spool.paid(cost)  # before anything else can fail: the answer is paid for
-            images = await asyncio.to_thread(self._finish, plan, raw)
+            async with self.admission.result_bytes.hold(sum(len(image) for image in raw.images)):
+                images = await asyncio.to_thread(self._finish, plan, raw)
         except ImageBotError as exc:
             log.warning("%s for %s failed: %s", kind, requester, exc.log_line())
             await _report(progress, Progress(JobStatus.FAILED, message=exc.friendly()))

@@ -67,6 +67,8 @@ class LimitsSettings(BaseModel):
     images_per_minute: float = Field(50, ge=0)
     per_user_jobs: int = Field(3, ge=1)
     max_queue: int = Field(500, ge=1)
+    position_interval: float = Field(3.0, ge=0)
+    max_result_bytes: int = Field(256 * 1024**2, ge=1024**2)
 
 
 class JobSettings(BaseModel):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.errors import BusyError, TooManyJobsError
-from bot.limits import Admission
+from bot.limits import Admission, ByteBudget, PacingWindow
 from bot.models import JobStatus, Progress
 
 
@@ -143,12 +145,19 @@ async def test_cancelled_waiter_leaves_the_line_and_frees_its_place() -> None:
     assert order == ["first", "patient"]
 
 
-async def test_pacing_spaces_out_images_per_minute() -> None:
+async def test_pacing_holds_the_next_job_until_the_window_has_room() -> None:
+    # Changed by issue 12: the pace used to start with a full minute's worth (a 600-image job, then the next
+    # job 0.1 s later), which let the first minute overshoot the upstream's allowance. Now the allowance is
+    # counted over a rolling window: after 600 images the next one waits for the window (plus margin) to pass.
     now = [0.0]
     admission = Admission(
-        max_concurrent=10, images_per_minute=600, per_user_jobs=10, max_queue=10, clock=lambda: now[0]
+        max_concurrent=10,
+        images_per_minute=600,
+        per_user_jobs=10,
+        max_queue=10,
+        clock=lambda: now[0],
+        pacing_window=0.05,
     )
-    # A full bucket (a minute's worth: 600 images) is spent by one big job; the next must wait for a refill.
     async with admission.slot("a", 600):
         pass
     started = asyncio.Event()
@@ -160,10 +169,136 @@ async def test_pacing_spaces_out_images_per_minute() -> None:
     task = asyncio.create_task(second())
     await _settle()
     assert not started.is_set()
-    now[0] = 0.1  # 0.1 s later the bucket holds one image again (10 per second)
-    await asyncio.sleep(0.15)  # the pump's timer fires on the real loop clock
+    now[0] = 0.5  # still inside the window and its 1 s margin
+    await asyncio.sleep(0.01)
+    assert not started.is_set()
+    now[0] = 1.06
+    await asyncio.wait_for(task, 2)  # the pump's timer fires on the real loop clock
     assert started.is_set()
-    await task
+
+
+# (seconds since start, images asked) -> seconds the job waits; allowance 3 per 60 s window, 1 s margin
+PACING_TABLE = [
+    ([(0, 1), (0, 1), (0, 1), (0, 1)], [0, 0, 0, 61]),
+    ([(0, 2), (30, 2)], [0, 31]),
+    ([(0, 1), (59, 1), (60, 1), (61, 1)], [0, 0, 0, 0]),
+    ([(0, 3), (100, 1)], [0, 0]),
+    ([(0, 5), (1, 1)], [0, 60]),  # bigger than the allowance: goes alone, then the window must empty
+]
+
+
+@pytest.mark.parametrize(("asks", "waits"), PACING_TABLE)
+def test_pacing_window_table(asks: list[tuple[float, int]], waits: list[float]) -> None:
+    window = PacingWindow(3, 60.0, margin=1.0)
+    got = []
+    for at, images in asks:
+        wait = window.wait(images, at)
+        window.take(images, at + wait)
+        got.append(wait)
+    assert got == pytest.approx(waits)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.lists(st.tuples(st.floats(0, 5), st.integers(1, 4)), min_size=1, max_size=60),
+)
+def test_pacing_never_lets_more_than_the_allowance_through_in_any_rolling_window(
+    allowance: int, asks: list[tuple[float, int]]
+) -> None:
+    window = PacingWindow(allowance, 60.0, margin=0.0)
+    now = 0.0
+    grants: list[tuple[float, int]] = []
+    for gap, images in asks:
+        now += gap
+        now += window.wait(images, now)
+        window.take(images, now)
+        grants.append((now, images))
+    for start, _ in grants:
+        in_window = [n for t, n in grants if start <= t < start + 60 - 1e-6]
+        assert sum(in_window) <= allowance or len(in_window) == 1
+
+
+async def test_places_in_line_are_coalesced_and_only_sent_when_changed() -> None:
+    admission = _admission(max_concurrent=1, position_interval=0.2)
+    gates = [asyncio.Event() for _ in range(6)]
+    order: list[str] = []
+    first = asyncio.create_task(_job(admission, "u0", order, gates[0], "first"))
+    await _settle()
+    recorders = [Recorder() for _ in range(5)]
+    waiting = [
+        asyncio.create_task(_job(admission, f"u{i + 1}", order, gates[i + 1], f"w{i}", recorders[i])) for i in range(5)
+    ]
+    await asyncio.sleep(0.3)
+    assert [r.positions for r in recorders] == [[1], [2], [3], [4], [5]]
+    for gate in gates[:3]:  # three turns pass within one interval: one update each, not three
+        gate.set()
+        await _settle()
+    await asyncio.sleep(0.3)
+    assert recorders[4].positions == [5, 2]
+    assert recorders[3].positions == [4, 1]
+    for gate in gates:
+        gate.set()
+    await asyncio.gather(first, *waiting)
+
+
+async def test_the_byte_budget_bounds_what_results_hold_at_once() -> None:
+    budget = ByteBudget(10)
+    peak = 0
+    done: list[int] = []
+
+    async def result(size: int) -> None:
+        nonlocal peak
+        async with budget.hold(size):
+            peak = max(peak, budget.held)
+            await asyncio.sleep(0.01)
+            done.append(size)
+
+    await asyncio.gather(*(result(size) for size in (4, 4, 4, 4, 25, 1)))
+    assert peak <= 10
+    assert sorted(done) == [1, 4, 4, 4, 4, 25]  # bigger than the budget: went alone, not refused
+    assert budget.held == 0
+
+
+async def test_a_cancelled_wait_for_the_byte_budget_gives_nothing_away() -> None:
+    budget = ByteBudget(10)
+    release = asyncio.Event()
+
+    async def hog() -> None:
+        async with budget.hold(8):
+            await release.wait()
+
+    holder = asyncio.create_task(hog())
+    await _settle()
+    waiter = asyncio.create_task(budget.hold(5).__aenter__())
+    await _settle()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    release.set()
+    await holder
+    assert budget.held == 0
+    async with budget.hold(10):
+        assert budget.held == 10
+
+
+async def test_a_grant_does_not_walk_the_whole_line() -> None:
+    """With places coalesced, admitting a job costs about the same with 4000 jobs waiting as with 400."""
+    import time
+
+    async def cost(queued: int) -> float:
+        admission = _admission(max_concurrent=1, max_queue=queued, position_interval=60)
+
+        async def job(i: int) -> None:
+            async with admission.slot(f"u{i % (queued // 4)}", 1, Recorder()):
+                await asyncio.sleep(0)
+
+        started = time.process_time()
+        await asyncio.gather(*(job(i) for i in range(queued)))
+        return (time.process_time() - started) / queued
+
+    small, large = await cost(400), await cost(4000)
+    assert large < small * 3  # walking the line at every grant would be ~10x
 
 
 async def test_throttle_pauses_new_calls() -> None:

@@ -7,22 +7,24 @@ JSON for generations, multipart for edits and variations; retries that honour ``
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import contextlib
 import email.utils
 import json
 import logging
+import mmap
 import os
 import random
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias
 
 import aiohttp
+import pybase64
 
 from bot import imaging
 from bot.errors import (
@@ -53,6 +55,9 @@ from bot.ports import OnPartial
 from bot.redact import untrusted
 from bot.settings import OpenAISettings
 
+if TYPE_CHECKING:
+    from bot.limits import ByteBudget
+
 log = logging.getLogger(__name__)
 
 USER_AGENT = "imagebot/0.1 (+aiohttp)"
@@ -76,6 +81,7 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _STREAM_CHUNK = 256 * 1024
 _SPOOL_FLUSH = 1024 * 1024  # spool writes go to a worker thread in pieces of about this size
 _ERROR_BODY_LIMIT = 1024 * 1024  # an error body longer than this is cut (it is only parsed for its message)
+Buffer: TypeAlias = bytes | bytearray | mmap.mmap
 
 
 # --- pure decisions (table-tested) ----------------------------------------------------------------------
@@ -320,8 +326,8 @@ def _decode_stream_event(event: SSEEvent) -> _StreamItem:
         if not isinstance(b64, str):
             raise ProviderResponseError(detail=f"stream event {kind} has no b64_json")
         try:
-            image = base64.b64decode(b64, validate=True)
-        except (binascii.Error, ValueError):
+            image = pybase64.b64decode(b64.encode("ascii"), validate=True)
+        except (binascii.Error, ValueError, UnicodeEncodeError):
             raise ProviderResponseError(detail=f"stream event {kind}: b64_json is not valid base64") from None
         if kind.endswith(".partial_image"):
             return _StreamItem("partial", image)
@@ -368,11 +374,90 @@ def _looks_complete(image: bytes) -> bool:
     return kind is not None
 
 
-def _decode_success(raw: bytes) -> _Decoded:
-    """Parse a 2xx body and base64-decode its images (CPU work: called in a worker thread)."""
+_B64_KEY = re.compile(rb'"b64_json"\s*:\s*$')
+_PLACEHOLDER = "\x00b64:{nonce}:"  # a b64_json value in the skeleton (never valid base64; the nonce: unforgeable)
+_KEY_LOOKBACK = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """Where a ``b64_json`` string's content lies in the answer (without its quotes)."""
+
+    start: int
+    end: int
+    escaped: bool  # holds a backslash escape (rare: e.g. ``\\/`` from some JSON encoders)
+
+
+def _skeleton(raw: Buffer, nonce: str) -> tuple[bytes, list[_Span]]:
+    """The answer with every ``b64_json`` string value replaced by a short placeholder, and where those were.
+
+    A lexical scan, not a parse: it only tracks strings (bytes.find is C speed, so the megabytes of base64
+    are skipped, not walked) and leaves the JSON grammar to ``json.loads`` of the small skeleton.
+    """
+    skeleton = bytearray()
+    spans: list[_Span] = []
+    pos, size = 0, len(raw)
+    while True:
+        quote = raw.find(b'"', pos)
+        if quote < 0:
+            skeleton += raw[pos:size]
+            return bytes(skeleton), spans
+        skeleton += raw[pos : quote + 1]
+        start = quote + 1
+        end, escaped = _string_end(raw, start)
+        if end < 0:  # cut off inside a string: let json.loads say so
+            skeleton += raw[start:size]
+            return bytes(skeleton), spans
+        if _B64_KEY.search(skeleton, max(0, len(skeleton) - _KEY_LOOKBACK - 1), len(skeleton) - 1):
+            skeleton += f"\\u0000b64:{nonce}:{len(spans)}".encode()
+            spans.append(_Span(start, end, escaped))
+        else:
+            skeleton += raw[start:end]
+        skeleton += b'"'
+        pos = end + 1
+
+
+def _string_end(raw: Buffer, start: int) -> tuple[int, bool]:
+    """Index of the quote that closes the string starting at ``start`` (-1: none), and whether it has escapes."""
+    escaped = False
+    pos = start
+    quote = raw.find(b'"', pos)
+    while quote >= 0:
+        backslash = raw.find(b"\\", pos, quote)
+        if backslash < 0:
+            return quote, escaped
+        escaped = True
+        pos = backslash + 2  # skip the escaped character (a quote after a backslash does not close)
+        if pos > quote:
+            quote = raw.find(b'"', pos)
+    return -1, escaped
+
+
+def _b64_value(raw: Buffer, span: _Span) -> bytes:
+    """The image of one ``b64_json`` value, decoded in one call into a buffer of its exact size."""
+    view = memoryview(raw)[span.start : span.end]
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        if span.escaped:
+            text = json.loads(b'"' + bytes(view) + b'"')
+            return pybase64.b64decode(text.encode("ascii"), validate=True)
+        return pybase64.b64decode(view, validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise ProviderResponseError(detail="b64_json is not valid base64") from None
+    finally:
+        view.release()
+
+
+def _decode_success(raw: Buffer) -> _Decoded:
+    """Parse a 2xx body and base64-decode its images (CPU work: called in a worker thread).
+
+    ``raw`` may be a memory map of the spool: only the small JSON skeleton is copied into Python objects, and
+    each image is decoded straight from the buffer into bytes of its final size.
+    """
+    try:
+        nonce = secrets.token_hex(8)
+        skeleton, spans = _skeleton(raw, nonce)
+        body = json.loads(skeleton)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProviderResponseError(detail=f"answer is not JSON ({len(raw)} bytes): {exc}") from None
     items = body.get("data") if isinstance(body, dict) else None
     if not isinstance(items, list) or not items:
@@ -382,11 +467,9 @@ def _decode_success(raw: bytes) -> _Decoded:
     for item in items:
         if not isinstance(item, dict):
             raise ProviderResponseError(detail="a data item is not an object")
-        if isinstance(item.get("b64_json"), str):
-            try:
-                image = base64.b64decode(item["b64_json"], validate=True)
-            except (binascii.Error, ValueError):
-                raise ProviderResponseError(detail="b64_json is not valid base64") from None
+        b64 = item.get("b64_json")
+        if isinstance(b64, str):
+            image = _image_of(raw, b64, spans, _PLACEHOLDER.format(nonce=nonce))
             if not _looks_complete(image):
                 raise ProviderResponseError(detail=f"b64_json holds a cut-off image ({len(image)} bytes)")
             images.append(image)
@@ -397,6 +480,26 @@ def _decode_success(raw: bytes) -> _Decoded:
         prompt = item.get("revised_prompt")
         revised.append(prompt if isinstance(prompt, str) else None)
     return _Decoded(tuple(images), tuple(revised), parse_usage(body))
+
+
+def _image_of(raw: Buffer, value: str, spans: list[_Span], placeholder: str) -> bytes:
+    if value.startswith(placeholder):
+        return _b64_value(raw, spans[int(value.removeprefix(placeholder))])
+    try:  # a value the scan did not take out (its key was written with escapes): decode it as it is
+        return pybase64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise ProviderResponseError(detail="b64_json is not valid base64") from None
+
+
+def _decode_file(path: Path) -> _Decoded:
+    """Decode a spooled JSON answer through a memory map: the body is never read into the heap whole."""
+    with path.open("rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            return _decode_success(b"")
+        # MAP_POPULATE: the pages are mapped in one go, not faulted in one by one while the scan walks them.
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        with mmap.mmap(file.fileno(), 0, flags=flags, prot=mmap.PROT_READ) as mapped:
+            return _decode_success(mapped)
 
 
 class OpenAIImages:
@@ -413,7 +516,9 @@ class OpenAIImages:
         project_id: str | None = None,
         on_throttle: Callable[[float], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        result_budget: ByteBudget | None = None,
     ):
+        """``result_budget``: bytes that answers being decoded may hold at once (None: no limit)."""
         self._session = session
         self._base = base_url.rstrip("/")
         self._settings = settings
@@ -424,6 +529,7 @@ class OpenAIImages:
             self._headers["OpenAI-Project"] = project_id
         self._on_throttle = on_throttle
         self._sleep = sleep
+        self._budget = result_budget
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout, sock_connect=settings.connect_timeout)
 
     @property
@@ -602,7 +708,10 @@ class OpenAIImages:
                         return await self._read_stream(resp, path, model, on_partial, previews, spool)
                     async with _SpoolWriter.to(spool.path if spool else None) as body:
                         await self._receive(resp, body)
-                        decoded = await asyncio.to_thread(body.commit_and_decode, _decode_success)
+                        # While decoding: the mapped body plus the images (3/4 of its base64).
+                        await body.settle()
+                        async with self._holding(body.size * 7 // 4):
+                            decoded = await asyncio.to_thread(body.commit_and_decode)
                     log.info(
                         "POST %s -> %s in %.2fs, %d bytes (request %s)",
                         path,
@@ -637,9 +746,14 @@ class OpenAIImages:
         lowered = {k.lower(): v for k, v in headers.items()}
         return _Failure(error, status, code, retry_after, lowered.get("x-should-retry"))
 
+    def _holding(self, size: int) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._budget.hold(size) if self._budget is not None else contextlib.nullcontext()
+
     async def _receive(self, resp: aiohttp.ClientResponse, body: _SpoolWriter) -> None:
         """Copy a response body into ``body`` chunk by chunk; aiohttp raises if it ends short."""
         limit = self._settings.max_download_bytes * 2
+        if resp.content_length is not None and resp.content_length <= limit:
+            body.expect(resp.content_length)
         async for chunk in resp.content.iter_any():  # as received: no joining into fixed-size pieces
             if body.size + len(chunk) > limit:
                 raise ProviderResponseError(detail=f"answer is over {limit} bytes")
@@ -682,6 +796,7 @@ class OpenAIImages:
                     ProviderResponseError(detail=f"POST {path}: the stream ended without a completed image"),
                     retryable=False,
                 )
+            await body.settle()
             await asyncio.to_thread(body.commit)
         log.info("POST %s: stream finished with %d preview(s) and %d image(s)", path, len(previews), len(images))
         return ProviderImages(tuple(images), usage, (None,) * len(images))
@@ -751,8 +866,9 @@ class OpenAIImages:
 class _SpoolWriter:
     """A 2xx body on its way to the job's spool (or to memory when the call has none).
 
-    Bytes go to ``<spool>.part`` as they arrive, a megabyte at a time in a worker thread; ``commit`` writes the
-    rest and renames it to the spool, so a spool on disk is always a whole answer. Nothing is fsynced: the
+    Bytes go to ``<spool>.part`` as they arrive, a megabyte at a time in a worker thread while the next megabyte
+    is read (one write in flight at most); ``commit`` writes the rest and renames it to the spool, so a spool on
+    disk is always a whole answer. Nothing is fsynced: the
     spool must survive the process being killed, which the page cache does; a power cut is out of scope, as
     for the job database (SQLite WAL with synchronous=NORMAL).
     """
@@ -760,9 +876,11 @@ class _SpoolWriter:
     def __init__(self, path: Path | None):
         self.path = path
         self.size = 0
+        self._memory = bytearray()  # the body when there is no spool (sized once when its length is announced)
         self._pending: list[bytes] = []  # received, not yet written
         self._pending_size = 0
         self._file: BinaryIO | None = None
+        self._writing: asyncio.Future[None] | None = None  # the batch being written by a worker thread
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -771,23 +889,50 @@ class _SpoolWriter:
         try:
             yield writer
         finally:
+            with contextlib.suppress(Exception):
+                await writer.settle()  # never close the file under a write in flight
             writer._close()  # a body that was not committed stays a ".part" and is never read
+
+    def expect(self, size: int) -> None:
+        """The body's announced length: an in-memory body is allocated once, not grown chunk by chunk."""
+        if self.path is None and self.size == 0:
+            self._memory = bytearray(size)
 
     async def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
+        if self.path is None:
+            start = self.size - len(chunk)
+            room = max(0, min(len(chunk), len(self._memory) - start))
+            if room:  # into the space allocated for the announced length
+                self._memory[start : start + room] = memoryview(chunk)[:room]
+            if room < len(chunk):  # longer than announced, or no length: grow
+                self._memory += memoryview(chunk)[room:]
+            return
         self._pending.append(chunk)
         self._pending_size += len(chunk)
-        if self.path is not None and self._pending_size >= _SPOOL_FLUSH:
-            await asyncio.to_thread(self._flush)
+        if self._pending_size >= _SPOOL_FLUSH:
+            await self.settle()
+            batch, self._pending, self._pending_size = self._pending, [], 0
+            self._writing = asyncio.ensure_future(asyncio.to_thread(self._write, batch))
 
-    def _flush(self) -> None:
-        """Write what has arrived so far (worker thread)."""
+    async def settle(self) -> None:
+        """Wait for the write in flight (call before ``commit`` and before closing)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
+
+    def _write(self, batch: list[bytes]) -> None:
+        """Write a batch of received chunks (worker thread)."""
         if self._file is None:
             part = spool_part(self.path or Path())
             part.parent.mkdir(parents=True, exist_ok=True)
             self._file = part.open("wb")
-        pending, self._pending, self._pending_size = self._pending, [], 0
-        self._file.writelines(pending)
+        self._file.writelines(batch)
+
+    def _flush(self) -> None:
+        """Write what has arrived and is not written yet (worker thread, no write in flight)."""
+        batch, self._pending, self._pending_size = self._pending, [], 0
+        self._write(batch)
 
     def commit(self) -> None:
         """The body is complete: make it the spool (worker thread)."""
@@ -797,12 +942,13 @@ class _SpoolWriter:
         self._close()
         os.replace(spool_part(self.path), self.path)
 
-    def commit_and_decode(self, decode: Callable[[bytes], _Decoded]) -> _Decoded:
-        """Commit, then decode the answer (worker thread: JSON and base64 of megabytes)."""
+    def commit_and_decode(self) -> _Decoded:
+        """Commit, then decode the answer from the spool (worker thread: JSON and base64 of megabytes)."""
         if self.path is None:
-            return decode(b"".join(self._pending))
+            del self._memory[self.size :]  # an answer shorter than announced (aiohttp raises before this)
+            return _decode_success(self._memory)
         self.commit()
-        return decode(self.path.read_bytes())
+        return _decode_file(self.path)
 
     def _close(self) -> None:
         if self._file is not None:
@@ -817,9 +963,11 @@ def spool_part(spool: Path) -> Path:
 
 def _decode_spool(path: Path) -> _Decoded:
     """A spooled answer, JSON or an event stream, decoded as when it arrived (worker thread)."""
+    with path.open("rb") as file:
+        head = file.read(64)
+    if not head.lstrip().startswith((b"event:", b"data:", b":")):
+        return _decode_file(path)
     raw = path.read_bytes()
-    if not raw.lstrip().startswith((b"event:", b"data:", b":")):
-        return _decode_success(raw)
     images: list[bytes | str] = []
     usage: Usage | None = None
     for event in parse_sse_lines(raw.decode("utf-8", "replace").splitlines()):
