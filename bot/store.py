@@ -340,7 +340,7 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     try:
         db.row_factory = sqlite3.Row
         db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _journal_mode_wal(db, busy_timeout)
         if str(mode).lower() != "wal":
             log.warning("job database %s is in %s mode, not WAL", where, mode)
         db.execute("PRAGMA synchronous = NORMAL")
@@ -363,6 +363,19 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
             f"The job database {where} is damaged or not a database ({exc}). Move it away to start afresh."
         ) from None
     return db
+
+
+def _journal_mode_wal(db: sqlite3.Connection, busy_timeout: float) -> str:
+    """Switch to WAL. Changing the journal mode of a new file can answer "locked" at once, without waiting for
+    the busy timeout, while another process does the same: retry for as long as the busy timeout allows."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            return str(db.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # the store's own worker thread, never the event loop
 
 
 def _migrate(db: sqlite3.Connection, where: str) -> None:
