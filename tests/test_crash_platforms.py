@@ -11,15 +11,15 @@ import contextlib
 import os
 import signal
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.fakes.discord_server import FakeDiscord, SentMessage
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
-from tests.fakes.slack_server import APP_TOKEN, BOT_TOKEN, CHANNEL_ID, USER_ID, FakeSlack
-from tests.test_run import run_env, start, wait_healthy
+from tests.fakes.slack_server import CHANNEL_ID, USER_ID, FakeSlack
+from tests.test_run import platform_env, running_bot
 
 CUT_OFF = "A restart interrupted your request"
 
@@ -35,18 +35,6 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 30.0)
         while not condition():
             await asyncio.sleep(0.02)
     assert condition(), what
-
-
-@contextlib.asynccontextmanager
-async def bot(env: dict[str, str], cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    process = await start(env, cwd)
-    try:
-        await wait_healthy(f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}/healthz", process)
-        yield process
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(process.wait(), 30)
 
 
 def discord_results(fake: FakeDiscord) -> list[SentMessage]:
@@ -73,20 +61,16 @@ async def test_kill_9_then_two_restarts_answers_everyone_exactly_once(tmp_path: 
         FakeSlack() as slack_fake,
         FakeOpenAI(latency=60.0 if working else 0.0, photo_like=not working) as openai,
     ):
-        env = run_env(
+        env = platform_env(
             tmp_path,
-            DISCORD_TOKEN=discord_fake.token,
-            DISCORD_API_BASE_URL=discord_fake.api_base,
-            DISCORD_GATEWAY_URL=discord_fake.gateway_url,
-            SLACK_BOT_TOKEN=BOT_TOKEN,
-            SLACK_APP_TOKEN=APP_TOKEN,
-            SLACK_API_URL=slack_fake.api_url,
+            discord_fake,
+            slack_fake,
             OPENAI_API_KEY=DEFAULT_KEY,
             OPENAI_BASE_URL=openai.base_url,
             IMAGEBOT_LIMITS__MAX_CONCURRENT="1",  # one job at the image service, the other one waits in line
         )
         data = Path(env["IMAGEBOT_DATA_DIR"])
-        async with bot(env, tmp_path) as process:
+        async with running_bot(env, tmp_path) as process:
             await slack_fake.send_slash_command("/imagine", "a red fox", channel_id=CHANNEL_ID)
             await discord_fake.dispatch_slash_command("imagine", {"prompt": "a lighthouse at dusk"})
             if working:
@@ -103,7 +87,7 @@ async def test_kill_9_then_two_restarts_answers_everyone_exactly_once(tmp_path: 
         asked = len(openai.image_requests)
 
         for _ in range(2):  # the second restart must change nothing
-            async with bot(env, tmp_path):
+            async with running_bot(env, tmp_path):
                 if working:
                     await until(lambda: all(r["notified_at"] for r in rows(data)), "everyone cut off was told")
                 else:

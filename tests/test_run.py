@@ -21,7 +21,9 @@ import pytest
 from adapters.runner import serve
 from bot.__main__ import main
 from bot.settings import Settings, load_settings
+from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
+from tests.fakes.slack_server import APP_TOKEN, BOT_TOKEN, FakeSlack
 
 SHUTDOWN_GRACE_SECONDS = float(Settings.model_fields["shutdown_grace"].default)
 
@@ -67,6 +69,33 @@ async def wait_healthy(url: str, process: asyncio.subprocess.Process) -> dict[st
                 pass
             await asyncio.sleep(0.1)
     raise AssertionError("/healthz never answered 200")
+
+
+def platform_env(tmp_path: Path, discord_fake: FakeDiscord, slack_fake: FakeSlack, **extra: str) -> dict[str, str]:
+    """``run_env`` with Discord and Slack (Socket Mode) pointed at their fakes."""
+    return run_env(
+        tmp_path,
+        DISCORD_TOKEN=discord_fake.token,
+        DISCORD_API_BASE_URL=discord_fake.api_base,
+        DISCORD_GATEWAY_URL=discord_fake.gateway_url,
+        SLACK_BOT_TOKEN=BOT_TOKEN,
+        SLACK_APP_TOKEN=APP_TOKEN,
+        SLACK_API_URL=slack_fake.api_url,
+        **extra,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_bot(env: dict[str, str], cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``imagebot run`` as a process, healthy; stopped with SIGTERM at the end unless the test killed it."""
+    process = await start(env, cwd)
+    try:
+        await wait_healthy(f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}/healthz", process)
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 30)
 
 
 @dataclass

@@ -9,20 +9,12 @@ from pathlib import Path
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.slack_server import APP_TOKEN, BOT_TOKEN, CHANNEL_ID, FakeSlack
 from tests.images import decode
-from tests.test_run import run_env, start, wait_healthy
+from tests.test_run import platform_env, start, wait_healthy
 
 
 async def test_discord_and_slack_run_together_and_answer(tmp_path: Path) -> None:
     async with FakeDiscord() as discord_fake, FakeSlack() as slack_fake:
-        env = run_env(
-            tmp_path,
-            DISCORD_TOKEN=discord_fake.token,
-            DISCORD_API_BASE_URL=discord_fake.api_base,
-            DISCORD_GATEWAY_URL=discord_fake.gateway_url,
-            SLACK_BOT_TOKEN=BOT_TOKEN,
-            SLACK_APP_TOKEN=APP_TOKEN,
-            SLACK_API_URL=slack_fake.api_url,
-        )
+        env = platform_env(tmp_path, discord_fake, slack_fake)
         process = await start(env, tmp_path)
         try:
             health = await wait_healthy(f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}/healthz", process)

@@ -12,7 +12,7 @@ import aiohttp
 
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.slack_server import APP_TOKEN, BOT_TOKEN, FakeSlack
-from tests.test_run import free_port, run_env, start, wait_healthy
+from tests.test_run import free_port, platform_env, run_env, start, wait_healthy
 
 
 async def _health(url: str) -> tuple[int, dict[str, Any]]:
@@ -30,15 +30,7 @@ async def test_platforms_unreachable_at_start_are_retried_while_healthz_names_th
     slack_fake = FakeSlack()
     discord_fake = FakeDiscord()
     slack_fake.port, discord_fake.port = free_port(), free_port()  # reserved: nothing listens there yet
-    env = run_env(
-        tmp_path,
-        DISCORD_TOKEN=discord_fake.token,
-        DISCORD_API_BASE_URL=discord_fake.api_base,
-        DISCORD_GATEWAY_URL=discord_fake.gateway_url,
-        SLACK_BOT_TOKEN=BOT_TOKEN,
-        SLACK_APP_TOKEN=APP_TOKEN,
-        SLACK_API_URL=slack_fake.api_url,
-    )
+    env = platform_env(tmp_path, discord_fake, slack_fake)
     health_url = f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}/healthz"
     process = await start(env, tmp_path)
     try:

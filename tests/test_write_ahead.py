@@ -33,7 +33,7 @@ from bot.store import ResultFiles, SQLiteJobStore
 from bot.store_pg import PostgresJobStore
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 from tests.images import decode
-from tests.test_run import run_env, start, wait_healthy
+from tests.test_run import run_env, running_bot
 
 ALICE = JobContext("slack", "alice", workspace="T1", channel="C1")
 ONE_CALL = (50 * 5 + 1056 * 30) / 1_000_000  # the fake's usage body priced for gpt-image-2: $0.03193
@@ -240,19 +240,6 @@ async def job_rows(env: dict[str, str]) -> list[dict[str, Any]]:
     with contextlib.closing(sqlite3.connect(Path(env["IMAGEBOT_DATA_DIR"]) / "jobs.sqlite3")) as db:
         db.row_factory = sqlite3.Row
         return [dict(row) for row in db.execute("SELECT * FROM jobs")]
-
-
-@contextlib.asynccontextmanager
-async def running_bot(env: dict[str, str], cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``imagebot run``, healthy; stopped with SIGTERM at the end unless the test killed it."""
-    process = await start(env, cwd)
-    try:
-        await wait_healthy(f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}/healthz", process)
-        yield process
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            await process.wait()
 
 
 def playground(env: dict[str, str]) -> aiohttp.ClientSession:
