@@ -161,6 +161,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     # the job database on PostgreSQL (postgresql://user:password@host:port/db); unset: SQLite under data_dir
     database_url: SecretStr | None = Field(None, validation_alias=AliasChoices("IMAGEBOT_DATABASE_URL", "database_url"))
+    # admission shared by several processes (redis://[:password@]host:port/db, rediss://, unix://); unset: in-process
+    redis_url: SecretStr | None = Field(None, validation_alias=AliasChoices("IMAGEBOT_REDIS_URL", "redis_url"))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     shutdown_grace: float = Field(10.0, ge=0)  # seconds running jobs get to finish on SIGTERM
@@ -187,7 +189,7 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("web_password", "database_url", mode="before")
+    @field_validator("web_password", "database_url", "redis_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value else value
@@ -197,6 +199,13 @@ class Settings(BaseSettings):
     def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a PostgreSQL URL: postgresql://user:password@host:5432/database")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a Redis URL: redis://[:password@]host:6379/0 (or rediss://, unix://)")
         return value
 
     @field_validator("openai_base_url", "discord_api_base_url", "slack_api_url")
@@ -267,15 +276,17 @@ class Settings(BaseSettings):
         return [f.get_secret_value() for f in fields if f is not None] + self.database_passwords()
 
     def database_passwords(self) -> list[str]:
-        """The password(s) inside IMAGEBOT_DATABASE_URL (user:password@, or ?password=).
+        """The password(s) inside IMAGEBOT_DATABASE_URL and IMAGEBOT_REDIS_URL (user:password@, or ?password=).
 
         Only these go to the redactor: the whole URL would make it mask words such as "post" and the user name.
         """
-        if self.database_url is None:
-            return []
-        parts = urlsplit(self.database_url.get_secret_value())
-        found = [parts.password] if parts.password else []
-        found += parse_qs(parts.query).get("password", [])
+        found: list[str] = []
+        for url in (self.database_url, self.redis_url):
+            if url is None:
+                continue
+            parts = urlsplit(url.get_secret_value())
+            found += [parts.password] if parts.password else []
+            found += parse_qs(parts.query).get("password", [])
         return [unquote(secret) for secret in found if secret]
 
     def masked(self) -> dict[str, str]:
@@ -291,6 +302,18 @@ class Settings(BaseSettings):
                 out[name] = "" if value is None else str(value)
         out["models"] = ", ".join(self.models)
         return out
+
+
+def _is_secret_field(loc: tuple[Any, ...]) -> bool:
+    """Whether the setting at ``loc`` is declared as a SecretStr (its value is never echoed in an error)."""
+    if not loc:
+        return False
+    for field_name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        names = {field_name, *(alias.choices if isinstance(alias, AliasChoices) else [])}
+        if str(loc[0]) in names:
+            return "SecretStr" in str(field.annotation)
+    return False
 
 
 def _mask(secret: str) -> str:
@@ -364,7 +387,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             loc = (field_name,)
         name = _env_name(loc)
         shown = first.get("input")
-        secret = any(word in name for word in ("KEY", "TOKEN", "SECRET", "ORG", "PROJECT", "PASSWORD", "DATABASE"))
+        secret = _is_secret_field(loc) or any(word in name for word in ("KEY", "TOKEN", "SECRET", "PASSWORD"))
         got = f" (got {shown!r})" if isinstance(shown, str | int | float) and not secret else ""
         raise SettingsError(f"setting {name}: {reason}{got}", detail=str(exc)) from None
     except (OSError, ValueError) as exc:  # e.g. a malformed .env or environment JSON

@@ -12,6 +12,8 @@ import pytest
 
 from tests.fakes.openai_server import FakeOpenAI
 from tests.postgres import PostgresServer, running_server
+from tests.redis_server import RedisServer
+from tests.redis_server import running_server as running_redis
 
 _OURS = ("OPENAI_", "IMAGEBOT_", "DISCORD_", "SLACK_")
 
@@ -57,3 +59,19 @@ async def postgres_url(postgres_server: PostgresServer) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real Redis server for the session (see tests/redis_server.py); skips locally without the binary."""
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL (with its password) of the session's Redis server, emptied for this test."""
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()  # a test that stopped it
+    redis_server.flush()
+    return redis_server.url()

@@ -84,6 +84,37 @@ def test_a_database_url_that_is_not_postgresql_is_refused_without_echoing_it(mon
     assert "hunter2" not in caught.value.user_message
 
 
+def test_the_redis_url_is_a_secret_whose_password_alone_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "redis://:Rr5-redis-pass@cache.internal:6379/2"
+    monkeypatch.setenv("IMAGEBOT_REDIS_URL", url)
+    settings = load_settings()
+    assert settings.masked()["redis_url"] == f"set ({len(url)} characters)"
+    assert settings.database_passwords() == ["Rr5-redis-pass"]
+    monkeypatch.setenv("IMAGEBOT_REDIS_URL", "http://:hunter2@cache")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert caught.value.user_message.startswith("setting IMAGEBOT_REDIS_URL: must be a Redis URL")
+    assert "hunter2" not in caught.value.user_message
+
+
+async def test_the_redis_test_server_is_real_and_wants_its_password(redis_url: str) -> None:
+    import redis.asyncio as redis_asyncio
+    from redis.exceptions import AuthenticationError
+
+    client = redis_asyncio.from_url(redis_url)
+    try:
+        assert await client.incr("imagebot:probe") == 1
+        assert await client.eval("return redis.call('INCRBY', KEYS[1], ARGV[1])", 1, "imagebot:probe", 2) == 3
+    finally:
+        await client.aclose()
+    intruder = redis_asyncio.from_url(redis_url.replace(":rd-", ":wrong-"))
+    try:
+        with pytest.raises(AuthenticationError):
+            await intruder.ping()
+    finally:
+        await intruder.aclose()
+
+
 def test_missing_config_file_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("IMAGEBOT_CONFIG_FILE", str(tmp_path / "nope.toml"))
     with pytest.raises(SettingsError, match="IMAGEBOT_CONFIG_FILE"):
