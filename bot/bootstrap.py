@@ -88,6 +88,10 @@ def build_images(
         admission=admission,
         imaging_settings=settings.imaging,
         variation_prompt=settings.variation_prompt,
+        variation_prompts={
+            "subtle": settings.variation_prompt_subtle,
+            "strong": settings.variation_prompt_strong,
+        },
         default_n=settings.default_n,
         partial_images=settings.openai.partial_images,
     )

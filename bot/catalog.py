@@ -241,3 +241,33 @@ class Catalog:
             text_in = usage.input_tokens
         cost = text_in * text_price + image_in * image_in_price + usage.output_tokens * pricing.image_output
         return cost / 1_000_000
+
+
+def nearest_size(spec: ModelSpec, width: float, height: float, *, max_edge: int | None = None) -> tuple[int, int]:
+    """The size the model accepts that is nearest to ``width`` x ``height``: the same aspect (as close as the
+    rule allows) at the same area or below the limits where the row has a size rule, else the fixed size whose
+    aspect is closest (the larger one on a tie). ``max_edge`` caps the longest side further (input limits)."""
+    aspect = width / height
+    rule = spec.size_rule
+    if rule is not None:
+        return _free_size(rule, aspect, width * height, max_edge or rule.max_edge)
+    fixed = [dims for dims in (parse_size(size) for size in spec.sizes) if dims is not None]
+    if max_edge is not None:
+        fixed = [dims for dims in fixed if max(dims) <= max_edge] or fixed
+    if not fixed:
+        raise InvalidRequestError("I don't know which sizes this model makes, so I can't extend the image.")
+    return min(fixed, key=lambda dims: (abs(math.log(dims[0] / dims[1] / aspect)), -dims[0] * dims[1]))
+
+
+def _free_size(rule: SizeRule, aspect: float, area: float, max_edge: int) -> tuple[int, int]:
+    aspect = min(max(aspect, 1 / rule.max_ratio), rule.max_ratio)
+    area = min(max(area, rule.min_pixels), rule.max_pixels)
+    width, height = math.sqrt(area * aspect), math.sqrt(area / aspect)
+    shrink = min(1.0, min(max_edge, rule.max_edge) / max(width, height))
+    step = rule.multiple
+    width, height = max(step, int(width * shrink) // step * step), max(step, int(height * shrink) // step * step)
+    while width * height < rule.min_pixels:  # rounding down (or the edge cap) fell below the minimum
+        width, height = (width + step, height) if width / height < aspect else (width, height + step)
+    while rule.problem(width, height) and min(width, height) > step:  # rounding broke the ratio: trim the long side
+        width, height = (width - step, height) if width >= height else (width, height - step)
+    return width, height

@@ -882,3 +882,85 @@ def _byte_size(count: int) -> str:
 
 def _megapixels(count: int) -> str:
     return f"{round(count / 1_000_000, 1):g}"
+
+
+# --- outpainting canvases (Zoom out, Pan) -------------------------------------------------------------------
+
+PAN_DIRECTIONS = ("left", "right", "up", "down")
+ZOOM_FACTORS = (1.5, 2.0)
+_PAN_EXTENSION = 0.5  # a pan extends the canvas by half the image on one side
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """Where a source image sits on a larger canvas, in the source's own pixels: the canvas is
+    ``width`` x ``height`` and the image's top-left corner is at (``left``, ``top``)."""
+
+    width: float
+    height: float
+    left: float
+    top: float
+
+
+def zoom_extension(width: int, height: int, factor: float) -> Extension:
+    """The image centred on a canvas ``factor`` times as large (Zoom out)."""
+    if factor <= 1:
+        raise ValueError("a zoom out factor must be above 1")
+    big_w, big_h = width * factor, height * factor
+    return Extension(big_w, big_h, (big_w - width) / 2, (big_h - height) / 2)
+
+
+def pan_extension(width: int, height: int, direction: str) -> Extension:
+    """The canvas extended by half the image on one side (Pan); the image keeps to the other side."""
+    grow_w, grow_h = width * _PAN_EXTENSION, height * _PAN_EXTENSION
+    if direction == "left":
+        return Extension(width + grow_w, height, grow_w, 0)
+    if direction == "right":
+        return Extension(width + grow_w, height, 0, 0)
+    if direction == "up":
+        return Extension(width, height + grow_h, 0, grow_h)
+    if direction == "down":
+        return Extension(width, height + grow_h, 0, 0)
+    raise ValueError(f"unknown pan direction {direction!r}")
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """Width and height of a trusted image (one of our results) without decoding its pixels."""
+    try:
+        header, _ = _open_header(data, _TRUSTED_MAX_PIXELS)
+    except _BadImageError as exc:
+        raise _output_error(exc) from exc
+    return header.size
+
+
+def _share(margin_before: float, margins: float, slack: float) -> float:
+    """The part of ``slack`` (room left over along one axis) that goes before the image: in proportion to the
+    extension's own margins there, half of it when the axis was not extended."""
+    return slack * margin_before / margins if margins > 0 else slack / 2
+
+
+def outpaint_canvas(data: bytes, extension: Extension, size: tuple[int, int]) -> bytes:
+    """A ``size`` RGBA PNG: the image scaled into ``extension``'s place, everything else fully transparent.
+
+    ``size`` may have another aspect than the extension (a model with fixed sizes, or rounding to a multiple of
+    16): the extended area is then scaled to fit inside, and the room left over goes to the new side(s) (centred
+    along an axis that was not extended), so the image keeps to its edge and the rest gets painted.
+    """
+    try:
+        header, fmt = _open_header(data, _TRUSTED_MAX_PIXELS)
+        img = _normalise_mode(_decode(header, fmt)[0]).convert("RGBA")
+    except _BadImageError as exc:
+        raise _output_error(exc) from exc
+    canvas_w, canvas_h = size
+    scale = min(canvas_w / extension.width, canvas_h / extension.height)
+    shown = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    x = round(
+        scale * extension.left + _share(extension.left, extension.width - img.width, canvas_w - extension.width * scale)
+    )
+    y = round(
+        scale * extension.top
+        + _share(extension.top, extension.height - img.height, canvas_h - extension.height * scale)
+    )
+    canvas = Image.new("RGBA", size, (0, 0, 0, 0))
+    canvas.paste(_resize(img, shown), (x, y))  # alpha is copied too: the source's own transparency stays
+    return encode_png(canvas)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from bot import imaging
 from bot.budgets import check_budgets
+from bot.catalog import nearest_size
 from bot.errors import ImageBotError, InvalidRequestError
 from bot.models import (
     EditRequest,
@@ -29,6 +30,7 @@ from bot.models import (
     Job,
     JobContext,
     JobStatus,
+    Origin,
     Progress,
     StoredImage,
     VaryRequest,
@@ -42,6 +44,9 @@ from bot.store import ResultFiles
 log = logging.getLogger(__name__)
 
 Request = GenerateRequest | EditRequest | VaryRequest
+OUTPAINT_KINDS = ("zoom", "pan")  # edits of an outpainting canvas, recorded as their own kinds
+OUTPAINT_PROMPT = "Extend this image beyond its borders, matching its subject, style and lighting."
+VARIATION_STRENGTHS = ("subtle", "strong")
 _ID_ALPHABET = "abcdefghijkmnopqrstuvwxyz23456789"
 
 
@@ -202,15 +207,21 @@ class JobService:
         return job
 
     async def reroll(self, job_id: str, context: JobContext, progress: ProgressSink | None = None) -> JobOutcome:
-        """The same request again, as a new job."""
-        request = await self._rebuild(await self._job(job_id))
+        """The same request again, as a new job (its title says it is a reroll)."""
+        source = await self._job(job_id)
+        request = await self._rebuild(source)
+        origin = dataclasses.replace(source.origin or Origin(job=source.id), reroll=True)
+        request = dataclasses.replace(request, origin=origin)
         return await self.submit(context, request, progress, confirmed=True)
 
     async def remix(
         self, job_id: str, prompt: str, context: JobContext, progress: ProgressSink | None = None
     ) -> JobOutcome:
         """The same request with a changed prompt."""
-        request = dataclasses.replace(await self._rebuild(await self._job(job_id)), prompt=prompt)
+        source = await self._job(job_id)
+        request = dataclasses.replace(await self._rebuild(source), prompt=prompt)
+        if source.origin is None:  # a remix of a zoom, pan or variation keeps that story, with the new prompt
+            request = dataclasses.replace(request, origin=Origin(source.id, 0, "remix", about=source.prompt))
         return await self.submit(context, request, progress, confirmed=True)
 
     async def vary_result(
@@ -222,8 +233,11 @@ class JobService:
         *,
         n: int | None = None,
         prompt: str | None = None,
+        strength: str | None = None,
     ) -> JobOutcome:
-        """Variations of image ``index`` (1-based) of a finished job."""
+        """Variations of image ``index`` (1-based) of a finished job (``strength``: "subtle" or "strong")."""
+        if strength is not None and strength not in VARIATION_STRENGTHS:
+            raise InvalidRequestError(detail=f"unknown variation strength {strength[:20]!r}")
         image = await self.result_image(job_id, index)
         job = await self._job(job_id)
         request = VaryRequest(
@@ -232,6 +246,48 @@ class JobService:
             prompt=prompt,
             model=job.model,
             requester=context.requester,
+            strength=strength,
+            origin=Origin(job.id, index, "vary", strength or "", about=_about(job)),
+        )
+        return await self.submit(context, request, progress, confirmed=True)
+
+    async def outpaint(
+        self,
+        job_id: str,
+        index: int,
+        context: JobContext,
+        progress: ProgressSink | None = None,
+        *,
+        zoom: float | None = None,
+        pan: str | None = None,
+    ) -> JobOutcome:
+        """Zoom out (``zoom`` 1.5 or 2) or Pan (``pan`` left/right/up/down) image ``index`` of a finished job: the
+        image on a larger canvas whose new part is transparent, sent as an edit at a size the model accepts."""
+        if (zoom is None) == (pan is None) or (zoom is not None and zoom not in imaging.ZOOM_FACTORS):
+            raise InvalidRequestError(detail=f"outpaint needs one of zoom {imaging.ZOOM_FACTORS} or a pan")
+        if pan is not None and pan not in imaging.PAN_DIRECTIONS:
+            raise InvalidRequestError(detail=f"unknown pan direction {pan[:20]!r}")
+        job = await self._job(job_id)
+        image = await self.result_image(job_id, index)
+        model, spec = self.images.catalog.resolve(job.model, today=self.images.today())
+        if not spec.edits:
+            raise InvalidRequestError(f"The model {model} can't extend images (it has no edits). Pick another model.")
+        if zoom is not None:
+            extension = imaging.zoom_extension(image.width, image.height, zoom)
+            origin = Origin(job.id, index, "zoom", f"{zoom:g}", about=_about(job))
+        else:
+            extension = imaging.pan_extension(image.width, image.height, pan or "")
+            origin = Origin(job.id, index, "pan", pan or "", about=_about(job))
+        size = nearest_size(spec, extension.width, extension.height, max_edge=self.images.input_max_edge)
+        canvas = await asyncio.to_thread(imaging.outpaint_canvas, image.data, extension, size)
+        request = EditRequest(
+            images=(canvas,),
+            prompt=_about(job) or OUTPAINT_PROMPT,
+            n=1,
+            size=f"{size[0]}x{size[1]}",
+            model=model,
+            requester=context.requester,
+            origin=origin,
         )
         return await self.submit(context, request, progress, confirmed=True)
 
@@ -414,7 +470,8 @@ class JobService:
         images = tuple(blobs[name] for name in names if name.startswith("input-"))
         mask = next((blobs[name] for name in names if name.startswith("mask")), None)
         n = int(options.get("n") or 1)  # type: ignore[call-overload]
-        text = {k: (str(v) if v is not None else None) for k, v in options.items() if k != "n"}
+        origin = job.origin
+        text = {k: (str(v) if v is not None else None) for k, v in options.items() if k not in ("n", "origin")}
         if job.kind == "generate":
             return GenerateRequest(
                 prompt=text.get("prompt") or "",
@@ -424,8 +481,9 @@ class JobService:
                 model=text.get("model"),
                 background=text.get("background"),
                 output_format=text.get("output_format"),
+                origin=origin,
             )
-        if job.kind == "edit":
+        if job.kind == "edit" or job.kind in OUTPAINT_KINDS:
             return EditRequest(
                 images=images,
                 prompt=text.get("prompt") or "",
@@ -435,11 +493,18 @@ class JobService:
                 size=text.get("size"),
                 quality=text.get("quality"),
                 model=text.get("model"),
+                origin=origin,
             )
         if not images:
             raise JobNotFoundError(detail=f"job {job.id} has no input image")
         return VaryRequest(
-            image=images[0], n=n, prompt=text.get("prompt"), size=text.get("size"), model=text.get("model")
+            image=images[0],
+            n=n,
+            prompt=text.get("prompt"),
+            size=text.get("size"),
+            model=text.get("model"),
+            strength=text.get("strength"),
+            origin=origin,
         )
 
 
@@ -455,7 +520,7 @@ def _describe(request: Request) -> tuple[str, dict[str, object], dict[str, bytes
             "background": request.background,
             "output_format": request.output_format,
         }
-        return "generate", options, {}
+        return "generate", _with_origin(options, request.origin), {}
     if isinstance(request, EditRequest):
         inputs = {_input_name(i, data): data for i, data in enumerate(request.images, start=1)}
         if request.mask is not None:
@@ -468,9 +533,23 @@ def _describe(request: Request) -> tuple[str, dict[str, object], dict[str, bytes
             "model": request.model,
             "region": request.region,
         }
-        return "edit", options, inputs
+        action = request.origin.action if request.origin is not None else ""
+        return (action if action in OUTPAINT_KINDS else "edit"), _with_origin(options, request.origin), inputs
     options = {"prompt": request.prompt, "n": request.n, "size": request.size, "model": request.model}
-    return "vary", options, {_input_name(1, request.image): request.image}
+    if request.strength is not None:
+        options["strength"] = request.strength
+    return "vary", _with_origin(options, request.origin), {_input_name(1, request.image): request.image}
+
+
+def _with_origin(options: dict[str, object], origin: Origin | None) -> dict[str, object]:
+    """Where a request came from, when it came from a result (older jobs have no such key)."""
+    return {**options, "origin": origin.to_json()} if origin is not None else options
+
+
+def _about(job: Job) -> str:
+    """What a job's images show, in words: its prompt, or its source's for a variation without one."""
+    origin = job.origin
+    return job.prompt or (origin.about if origin is not None else "")
 
 
 def _text(value: object) -> str | None:

@@ -9,6 +9,46 @@ from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
+class Origin:
+    """Which result a request was made from, and how: the story its result's title tells.
+
+    ``action``: "vary", "edit", "zoom", "pan", "remix" (or "" for a plain request); ``detail`` says more
+    ("subtle"/"strong", the zoom factor "1.5"/"2", the pan direction, the region); ``reroll``: made again.
+    """
+
+    job: str = ""
+    index: int = 0  # 1-based image of that job, 0 = the job as a whole
+    action: str = ""
+    detail: str = ""
+    reroll: bool = False
+    about: str = ""  # the source's prompt, for titles of requests that have none of their own (variations)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "job": self.job,
+            "index": self.index,
+            "action": self.action,
+            "detail": self.detail,
+            "reroll": self.reroll,
+            "about": self.about,
+        }
+
+    @classmethod
+    def from_json(cls, value: object) -> Origin | None:
+        if not isinstance(value, dict):
+            return None
+        index = value.get("index")
+        return cls(
+            job=str(value.get("job") or ""),
+            index=index if isinstance(index, int) else 0,
+            action=str(value.get("action") or ""),
+            detail=str(value.get("detail") or ""),
+            reroll=value.get("reroll") is True,
+            about=str(value.get("about") or ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class GenerateRequest:
     """Make ``n`` new images from a prompt. ``None`` options take the model's defaults."""
 
@@ -20,6 +60,7 @@ class GenerateRequest:
     background: str | None = None
     output_format: str | None = None
     requester: str = "anonymous"  # "<platform>:<user id>"; the unit of fairness and per-user caps
+    origin: Origin | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +81,7 @@ class EditRequest:
     quality: str | None = None
     model: str | None = None
     requester: str = "anonymous"
+    origin: Origin | None = None  # action "zoom" or "pan": an outpainting canvas, recorded as that kind of job
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +94,8 @@ class VaryRequest:
     size: str | None = None
     model: str | None = None
     requester: str = "anonymous"
+    strength: str | None = None  # "subtle" or "strong": which variation prompt (None: the default one)
+    origin: Origin | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +276,7 @@ class StoredImage:
 @dataclass(frozen=True, slots=True)
 class Job:
     id: str
-    kind: str  # "generate", "edit", "vary"
+    kind: str  # "generate", "edit", "vary", "zoom", "pan" (zoom and pan are edits of an outpainting canvas)
     context: JobContext
     request: dict[str, object]  # JSON-able options (prompt, n, size, ...); input images are files
     request_hash: str
@@ -256,6 +300,10 @@ class Job:
     @property
     def prompt(self) -> str:
         return str(self.request.get("prompt") or "")
+
+    @property
+    def origin(self) -> Origin | None:
+        return Origin.from_json(self.request.get("origin"))
 
     @property
     def cost(self) -> float:

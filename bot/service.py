@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from bot import imaging
@@ -70,21 +70,33 @@ class ImageService:
         admission: Admission,
         imaging_settings: ImagingSettings,
         variation_prompt: str,
+        variation_prompts: Mapping[str, str] | None = None,
         default_n: int = 1,
         partial_images: int = 0,
         today: Callable[[], dt.date] = dt.date.today,
     ):
-        """``partial_images``: previews to stream per image (models with streaming, one image only)."""
+        """``partial_images``: previews to stream per image (models with streaming, one image only);
+        ``variation_prompts``: the prompt for each variation strength ("subtle", "strong")."""
         self.provider = provider
         self.catalog = catalog
         self.admission = admission
         self._imaging = imaging_settings
         self._variation_prompt = variation_prompt
+        self._variation_prompts = dict(variation_prompts or {})
         self._default_n = default_n
         self._partial_images = partial_images
         self._today = today
 
     # --- public API ---------------------------------------------------------------------------------
+
+    def today(self) -> dt.date:
+        """The date models' shutdown dates are checked against."""
+        return self._today()
+
+    @property
+    def input_max_edge(self) -> int:
+        """The longest side an input image is sent with (larger ones are scaled down)."""
+        return self._imaging.input_max_edge
 
     async def generate(
         self, request: GenerateRequest, progress: ProgressSink | None = None, *, spool: WriteAhead | None = None
@@ -177,7 +189,8 @@ class ImageService:
 
         async def work() -> tuple[_Plan, ProviderImages]:
             steer = (request.prompt or "").strip()
-            prompt = f"{self._variation_prompt} {steer}".strip() if steer else self._variation_prompt
+            base = self._variation_prompts.get(request.strength or "", self._variation_prompt)
+            prompt = f"{base} {steer}".strip() if steer else base
             plan = self._plan(request.model, prompt, request.n)
             spec = plan.spec
             if not spec.variations_endpoint and not spec.edits:

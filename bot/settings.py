@@ -174,6 +174,16 @@ class Settings(BaseSettings):
         "Create a variation of this image: keep its subject, composition and style, change the details.",
         min_length=1,
     )
+    variation_prompt_subtle: str = Field(
+        "Create a subtle variation of this image: keep its subject, composition, colours and style; change only "
+        "small details.",
+        min_length=1,
+    )
+    variation_prompt_strong: str = Field(
+        "Create a bold variation of this image: keep its subject, but feel free to change the composition, pose, "
+        "lighting and details.",
+        min_length=1,
+    )
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
