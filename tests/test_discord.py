@@ -131,7 +131,8 @@ async def test_imagine_one_image(fake: FakeDiscord, bot: DiscordAdapter) -> None
     assert "a red fox" in (sent.content or "")
     assert f"<@{fake.user['id']}>" in (sent.content or "")
     ids = custom_ids(sent)
-    assert any(i.startswith("img:v:") for i in ids) and not any(i.startswith("img:u:") for i in ids)
+    job = ids[0].split(":")[2]
+    assert ids == [f"img:u:{job}:1", f"img:v:{job}:1", f"img:r:{job}:0", f"img:x:{job}:0"]  # U: Zoom out and Pan
 
 
 async def test_imagine_four_images_with_u_and_v_buttons(fake: FakeDiscord, bot: DiscordAdapter) -> None:

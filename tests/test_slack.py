@@ -179,7 +179,7 @@ async def test_vary_button_posts_variations_in_the_results_thread(fake: FakeSlac
 
     assert (fake.ack_latency(envelope.envelope_id) or 99) < ACK_DEADLINE
     [varied] = bot.image_messages(CHANNEL_ID, controls.ts)
-    assert varied.text.startswith(f"<@{USER_ID}> asked for variations")
+    assert varied.text.startswith(f"<@{USER_ID}> · *Variations of image 1*\n> a red fox")
     job = await bot.job(button(bot.controls()[1], "vary:")["value"].split(":")[1])
     assert job.kind == "vary" and job.context.thread == controls.ts
 

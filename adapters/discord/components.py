@@ -8,9 +8,20 @@ from typing import Any, Protocol, cast
 
 import discord
 
-RESULT_TEMPLATE = r"img:(?P<action>v|u|r|x):(?P<job>[a-z0-9]+):(?P<index>\d+)"
+RESULT_TEMPLATE = r"img:(?P<action>v|u|r|x|vs|vt|z15|z2|pl|pr|pu|pd):(?P<job>[a-z0-9]+):(?P<index>\d+)"
 CONFIRM_TEMPLATE = r"img:(?P<action>ok|no):(?P<job>[a-z0-9]+)"
 _LABELS = {"r": ("🔄", None), "x": ("✏️", None)}
+# the tools under an upscaled image (one image of a result, posted on its own)
+UPSCALE_LABELS = {
+    "vs": (None, "Vary (Subtle)"),
+    "vt": (None, "Vary (Strong)"),
+    "z15": (None, "Zoom out 1.5x"),
+    "z2": (None, "Zoom out 2x"),
+    "pl": ("⬅️", None),
+    "pr": ("➡️", None),
+    "pu": ("⬆️", None),
+    "pd": ("⬇️", None),
+}
 PROMPT_LIMIT = 4000  # a text input holds at most 4000 characters
 MODAL_TIMEOUT = 15 * 60.0  # forget modals never submitted (discord.py keeps open ones in memory)
 
@@ -43,10 +54,11 @@ def handlers_of(interaction: discord.Interaction) -> Handlers:
 
 
 class ResultButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=RESULT_TEMPLATE):
-    """V<i> (variations), U<i> (that image alone), 🔄 (reroll) and ✏️ (remix) under a result."""
+    """V<i> (variations), U<i> (that image alone), 🔄 (reroll) and ✏️ (remix) under a result; under an upscaled
+    image: Vary (Subtle)/(Strong), Zoom out 1.5x/2x, Pan ⬅️➡️⬆️⬇️ and ✏️ (remix)."""
 
     def __init__(self, action: str, job_id: str, index: int, *, row: int | None = None) -> None:
-        emoji, label = _LABELS.get(action, (None, f"{action.upper()}{index}"))
+        emoji, label = _LABELS.get(action) or UPSCALE_LABELS.get(action) or (None, f"{action.upper()}{index}")
         button: discord.ui.Button[Any] = discord.ui.Button(
             label=label, emoji=emoji, custom_id=f"img:{action}:{job_id}:{index}", style=discord.ButtonStyle.secondary
         )

@@ -33,6 +33,27 @@ log = logging.getLogger(__name__)
 _MENTION = re.compile(r"<@!?\d+>")
 _PICK = re.compile(r"^\s*[vVuU]?([1-9])\b")
 Submit = Callable[[JobContext, ProgressSink], Awaitable[JobOutcome]]
+# the buttons under an upscaled image: custom_id action -> variation strength, zoom factor or pan direction
+_UPSCALE_TOOLS = {
+    "vs": "subtle",
+    "vt": "strong",
+    "z15": "1.5",
+    "z2": "2",
+    "pl": "left",
+    "pr": "right",
+    "pu": "up",
+    "pd": "down",
+}
+_TOOL_NAMES = {
+    "subtle": "Variations (subtle)",
+    "strong": "Variations (strong)",
+    "1.5": "Zoom out 1.5×",
+    "2": "Zoom out 2×",
+    "left": "Pan left",
+    "right": "Pan right",
+    "up": "Pan up",
+    "down": "Pan down",
+}
 
 
 def translate(error: BaseException) -> ImageBotError | None:
@@ -234,6 +255,8 @@ class Listeners:
             await interaction.response.send_modal(RemixModal(job.id, job.prompt))
         elif action == "v":
             await self._vary_result(interaction, job.id, index, None)
+        elif action in _UPSCALE_TOOLS:
+            await self._upscale_tool(interaction, job, action, index)
         elif action == "r":
             reroll = job.id
 
@@ -243,6 +266,21 @@ class Listeners:
             await self.run(interaction, job.prompt, prepare)
         else:
             await self._upscale(interaction, job, index)
+
+    async def _upscale_tool(self, interaction: discord.Interaction, job: Job, action: str, index: int) -> None:
+        """Vary (Subtle/Strong), Zoom out or Pan under an upscaled image: a new job made from image ``index``."""
+        tool = _UPSCALE_TOOLS[action]
+        source = job.id
+
+        async def prepare() -> Submit:
+            jobs = self.core.jobs
+            if tool in ("subtle", "strong"):
+                return lambda context, sink: jobs.vary_result(source, index, context, sink, strength=tool)
+            if tool in ("1.5", "2"):
+                return lambda context, sink: jobs.outpaint(source, index, context, sink, zoom=float(tool))
+            return lambda context, sink: jobs.outpaint(source, index, context, sink, pan=tool)
+
+        await self.run(interaction, f"{_TOOL_NAMES[tool]} of image {index}", prepare)
 
     async def _upscale(self, interaction: discord.Interaction, job: Job, index: int) -> None:
         reply = self.reply_for(interaction, job.prompt)

@@ -12,7 +12,8 @@ from typing import Any
 
 import discord
 
-from adapters.discord.components import RESULT_TEMPLATE, ConfirmButton, ResultButton
+from adapters.common.story import Story, story, upscale_story
+from adapters.discord.components import RESULT_TEMPLATE, UPSCALE_LABELS, ConfirmButton, ResultButton
 from bot import imaging
 from bot.budgets import format_dollars
 from bot.models import GeneratedImage, ImageResult, Job
@@ -45,6 +46,15 @@ def result_buttons(job_id: str, indexes: Sequence[int], *, upscale: bool) -> lis
     return buttons
 
 
+def upscale_buttons(job_id: str, index: int) -> list[discord.ui.Item[Any]]:
+    """Under one image posted on its own: Vary (Subtle), Vary (Strong), Zoom out 1.5x, 2x; ⬅️➡️⬆️⬇️ and ✏️ remix."""
+    actions = list(UPSCALE_LABELS)
+    buttons: list[discord.ui.Item[Any]] = [ResultButton(a, job_id, index, row=0) for a in actions[:4]]
+    buttons += [ResultButton(a, job_id, index, row=1) for a in actions[4:]]
+    buttons.append(ResultButton("x", job_id, index, row=1))
+    return buttons
+
+
 def view_of(items: Sequence[discord.ui.Item[Any]]) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for item in items:
@@ -68,8 +78,8 @@ def job_in_components(components: Sequence[Any]) -> tuple[str, list[int]] | None
         if match is None:
             continue
         job = job or match["job"]
-        if match["action"] == "v" and match["job"] == job:
-            indexes.append(int(match["index"]))
+        if match["action"] not in ("u", "r", "x") and match["job"] == job and int(match["index"]) not in indexes:
+            indexes.append(int(match["index"]))  # V<i>, or the tools of an upscaled image i
     return (job, sorted(indexes)) if job else None
 
 
@@ -88,6 +98,21 @@ def result_text(prompt: str, user_id: str, result: ImageResult | None = None, *,
         tail += f"\n{note}"
     room = MESSAGE_LIMIT - len(tail) - 4
     return f"**{clip(prompt.replace('*', '＊'), room)}**{tail}"[:MESSAGE_LIMIT]
+
+
+def story_text(told: Story, user_id: str, result: ImageResult | None = None) -> str:
+    """``**Zoom out 2× of image 1** — *prompt* — @user (model)``; a plain request keeps ``result_text``'s form."""
+    if not told.headline:
+        return result_text(told.prompt, user_id, result)
+    tail = f" — <@{user_id}>"
+    if result is not None and result.model:
+        tail += f" ({result.model})"
+    if result is not None and result.notice:
+        tail += f"\n-# {result.notice}"
+    head = f"**{discord.utils.escape_markdown(told.headline)}**"
+    room = MESSAGE_LIMIT - len(head) - len(tail) - 5
+    prompt = f" — *{clip(discord.utils.escape_markdown(told.prompt), room)}*" if told.prompt and room > 10 else ""
+    return f"{head}{prompt}{tail}"[:MESSAGE_LIMIT]
 
 
 def with_note(text: str, note: str) -> str:
@@ -118,7 +143,8 @@ async def preview_file(data: bytes, size_limit: int) -> discord.File:
 async def render_result(
     job: Job, result: ImageResult, user_id: str, size_limit: int, *, only: int | None = None
 ) -> Rendered:
-    """The result message of ``job``: its images (or image ``only``) with V/U/🔄/✏️ buttons."""
+    """The result message of ``job``: its images with U/V/🔄/✏️ buttons, titled with its story; or image ``only``
+    posted on its own (U) with the upscale tools (Vary, Zoom out, Pan, Remix)."""
     if only is not None:
         images: Sequence[GeneratedImage] = [result.images[only - 1]]
         indexes = [only]
@@ -126,9 +152,14 @@ async def render_result(
         images = result.images
         indexes = list(range(1, len(images) + 1))
     files = await upload_files(images, size_limit)
-    note = f"Image #{only}" if only is not None else ""
-    view = view_of(result_buttons(job.id, indexes, upscale=only is None and len(indexes) > 1))
-    return Rendered(result_text(result.prompt or job.prompt, user_id, result, note=note), files, view)
+    if only is not None:
+        return Rendered(story_text(upscale_story(job, only), user_id, result), files, upscale_view(job.id, only))
+    view = view_of(result_buttons(job.id, indexes, upscale=True))
+    return Rendered(story_text(story(job), user_id, result), files, view)
+
+
+def upscale_view(job_id: str, index: int) -> discord.ui.View:
+    return view_of(upscale_buttons(job_id, index))
 
 
 def render_confirmation(job: Job, user_id: str) -> Rendered:

@@ -40,6 +40,11 @@ from bot.ports import ProgressSink
 log = logging.getLogger(__name__)
 
 _VARY_ACTION = re.compile(rf"^{render.VARY}_\d+$")
+_UPSCALE_ACTION = re.compile(rf"^{render.UPSCALE}_\d+$")
+_TOOL_ACTION = re.compile("^(" + "|".join(render.UPSCALE_TOOLS) + ")$")
+_TOOL_NOTES = {"subtle": "Making subtle variations", "strong": "Making strong variations", "1.5": "Zooming out 1.5×"}
+_TOOL_NOTES |= {"2": "Zooming out 2×", "left": "Panning left", "right": "Panning right", "up": "Panning up"}
+_TOOL_NOTES |= {"down": "Panning down"}
 _INDEX = re.compile(r"\b([1-9])\b")
 
 Work = Callable[[SlackReply, ProgressSink], Awaitable[JobOutcome | None]]
@@ -61,6 +66,8 @@ class Listeners:
         app.error(self._unanswered)
         app.command("/imagine")(self.imagine)
         app.action(_VARY_ACTION)(self._button(self._vary_button))
+        app.action(_UPSCALE_ACTION)(self._button(self._upscale_button))
+        app.action(_TOOL_ACTION)(self._button(self._tool_button))
         app.action(render.REROLL)(self._button(self._reroll_button))
         app.action(render.REMIX)(self._button(self._remix_button))
         app.action(render.CONFIRM)(self._button(self._confirm_button))
@@ -163,6 +170,36 @@ class Listeners:
                 return None
             await reply.say(f"Making variations of image {index}…")
             return await self.core.jobs.vary_result(job_id, index, to.context())
+
+        await self._run(to, work, context)
+
+    async def _upscale_button(self, body: dict[str, Any], action: dict[str, Any], context: dict[str, Any]) -> None:
+        to = result_reply_to(body)
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> None:
+            job_id, index = job_value(action, "upscale", with_index=True)
+            job = await self._may_press(reply, to, job_id)
+            if job is not None:
+                await self.outbox.post_upscale(job, index, to)
+
+        await self._run(to, work, context)
+
+    async def _tool_button(self, body: dict[str, Any], action: dict[str, Any], context: dict[str, Any]) -> None:
+        """Vary (Subtle/Strong), Zoom out or Pan under an upscaled image: a new job made from that image."""
+        to = result_reply_to(body)
+        _, tool = render.UPSCALE_TOOLS[str(action.get("action_id"))]
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome | None:
+            job_id, index = job_value(action, "upscale", with_index=True)
+            if await self._may_press(reply, to, job_id) is None:
+                return None
+            await reply.say(f"{_TOOL_NOTES[tool]} of image {index}…")
+            jobs = self.core.jobs
+            if tool in ("subtle", "strong"):
+                return await jobs.vary_result(job_id, index, to.context(), progress, strength=tool)
+            if tool in ("1.5", "2"):
+                return await jobs.outpaint(job_id, index, to.context(), progress, zoom=float(tool))
+            return await jobs.outpaint(job_id, index, to.context(), progress, pan=tool)
 
         await self._run(to, work, context)
 

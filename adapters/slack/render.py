@@ -5,12 +5,26 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from adapters.common.story import Story, story, upscale_story
 from bot.budgets import format_dollars
 from bot.imaging import REGION_NAMES
-from bot.models import ImageResult, Job
+from bot.models import GeneratedImage, ImageResult, Job
 
 # action ids (buttons carry the job in their value, so they work after a restart)
 VARY = "img_vary"  # + "_<index>": action ids must be unique within a block
+UPSCALE = "img_upscale"  # + "_<index>": U<i>, that image posted on its own with the upscale tools
+# the tools under an upscaled image (values "upscale:<job>:<index>"): action id -> (label, what it does)
+UPSCALE_TOOLS = {
+    "img_vary_subtle": ("Vary (Subtle)", "subtle"),
+    "img_vary_strong": ("Vary (Strong)", "strong"),
+    "img_zoom_15": ("Zoom out 1.5x", "1.5"),
+    "img_zoom_2": ("Zoom out 2x", "2"),
+    "img_pan_left": ("⬅️", "left"),
+    "img_pan_right": ("➡️", "right"),
+    "img_pan_up": ("⬆️", "up"),
+    "img_pan_down": ("⬇️", "down"),
+}
+UPSCALE_EVENT = "imagebot_upscale"
 REROLL = "img_reroll"
 REMIX = "img_remix"
 CONFIRM = "img_confirm"
@@ -70,8 +84,7 @@ def upload_args(job: Job, result: ImageResult) -> dict[str, Any]:
         alt = image.alt_text or result.prompt or "AI-generated image"
         filename = file_name(job, index, image.filename)
         uploads.append({"file": image.data, "filename": filename, "title": title, "alt_txt": alt[:_ALT_MAX]})
-    verb = {"generate": "asked for", "edit": "edited an image", "vary": "asked for variations"}.get(job.kind, "asked")
-    comment = f"<@{job.context.user}> {verb}:\n{quote(result.prompt)}" if result.prompt else f"<@{job.context.user}>"
+    comment = story_comment(story(job)) if story(job).headline else _asked_for(job, result)
     details = f"AI-generated · {result.model}" if result.model else "AI-generated"
     if result.notice:
         details += f" · {result.notice}"
@@ -81,6 +94,57 @@ def upload_args(job: Job, result: ImageResult) -> dict[str, Any]:
     if job.context.thread:
         args["thread_ts"] = job.context.thread
     return args
+
+
+def _asked_for(job: Job, result: ImageResult) -> str:
+    verb = {"generate": "asked for", "edit": "edited an image", "vary": "asked for variations"}.get(job.kind, "asked")
+    return f"<@{job.context.user}> {verb}:\n{quote(result.prompt)}" if result.prompt else f"<@{job.context.user}>"
+
+
+def story_comment(told: Story) -> str:
+    """``<@user> · *Zoom out 2× of image 1*`` and the prompt quoted under it (escaped: it is the user's text)."""
+    head = f"<@{told.requester}> · *{escape(told.headline)}*"
+    return f"{head}\n{quote(told.prompt)}" if told.prompt else head
+
+
+def upscale_upload_args(
+    job: Job, index: int, image: GeneratedImage, channel: str, thread: str | None
+) -> dict[str, Any]:
+    """``files_upload_v2`` arguments of image ``index`` of ``job`` posted on its own (U), titled with its story."""
+    told = upscale_story(job, index)
+    extension = image.filename.rpartition(".")[2] if "." in image.filename else "png"
+    upload = {
+        "file": image.data,
+        "filename": f"imagebot-upscale-{job.id}-{index}.{extension}",  # not the job's own prefix: see shows_images_of
+        "title": told.plain()[:80],
+        "alt_txt": (image.alt_text or told.plain() or "AI-generated image")[:_ALT_MAX],
+    }
+    args: dict[str, Any] = {"file_uploads": [upload], "initial_comment": story_comment(told), "channel": channel}
+    if thread:
+        args["thread_ts"] = thread
+    return args
+
+
+def upscale_controls(job: Job, index: int, channel: str, thread: str | None) -> dict[str, Any]:
+    """``chat.postMessage`` arguments of the tools under an upscaled image: Vary (Subtle), Vary (Strong), Zoom out
+    1.5x and 2x, Pan ⬅️➡️⬆️⬇️ and Remix (the job and image in every value, so they work after a restart)."""
+    value = f"upscale:{job.id}:{index}"
+    tools = [_button(label, action_id, value) for action_id, (label, _) in UPSCALE_TOOLS.items()]
+    text = f"Keep working on image {index}:"
+    blocks = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {"type": "actions", "block_id": f"img_upscale:{job.id}:{index}", "elements": tools[:4]},
+        {"type": "actions", "block_id": f"img_pan:{job.id}:{index}", "elements": [*tools[4:], _remix(job)]},
+    ]
+    args: dict[str, Any] = {"text": text, "blocks": blocks, "unfurl_links": False, "channel": channel}
+    args["metadata"] = {"event_type": UPSCALE_EVENT, "event_payload": {"job": job.id, "index": index}}
+    if thread:
+        args["thread_ts"] = thread
+    return args
+
+
+def _remix(job: Job) -> dict[str, Any]:
+    return _button("Remix", REMIX, f"remix:{job.id}")
 
 
 def file_name(job: Job, index: int, original: str) -> str:
@@ -105,10 +169,11 @@ def shows_controls_of(job: Job, message: dict[str, Any]) -> bool:
 def controls_message(job: Job, result: ImageResult) -> dict[str, Any]:
     """``chat.postMessage`` arguments of the buttons under a result (job id in values and in metadata)."""
     count = min(len(result.images), _MAX_VARY_BUTTONS)
+    upscale = [_button(f"U{i}", f"{UPSCALE}_{i}", f"upscale:{job.id}:{i}") for i in range(1, count + 1)]
     vary = [
         _button(f"Vary {i}" if count > 1 else "Vary", f"{VARY}_{i}", f"vary:{job.id}:{i}") for i in range(1, count + 1)
     ]
-    more = [_button("Reroll", REROLL, f"reroll:{job.id}"), _button("Remix", REMIX, f"remix:{job.id}")]
+    more = [*upscale, _button("Reroll", REROLL, f"reroll:{job.id}"), _remix(job)]
     text = "Make more from this result:"
     blocks = [
         {"type": "section", "text": {"type": "mrkdwn", "text": text}},

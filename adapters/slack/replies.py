@@ -85,6 +85,15 @@ class Outbox:
         if self.store is not None:
             await self.store.remember(channel, str(posted["ts"]), job.id)
 
+    async def post_upscale(self, job: Job, index: int, to: ReplyTo) -> None:
+        """U<index>: that image on its own, titled with its story, then its tools (Vary, Zoom out, Pan, Remix)."""
+        image = await self.jobs.result_image(job.id, index)
+        channel = to.channel or job.context.channel or ""
+        await self.client.files_upload_v2(**render.upscale_upload_args(job, index, image, channel, to.thread))
+        posted = await self.client.chat_postMessage(**render.upscale_controls(job, index, channel, to.thread))
+        if self.store is not None:
+            await self.store.remember(channel, str(posted["ts"]), job.id)
+
     async def _remember_upload(self, channel: str, file_id: str, job_id: str) -> None:
         """The image message's ts (the SDK doesn't return it): from the file's shares, best effort."""
         if self.store is None:

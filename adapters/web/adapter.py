@@ -72,6 +72,8 @@ class Playground:
         router.add_post("/api/jobs/{job}/reroll", on.reroll)
         router.add_post("/api/jobs/{job}/remix", on.remix)
         router.add_post("/api/jobs/{job}/vary/{index}", on.vary_result)
+        router.add_post("/api/jobs/{job}/upscale/{index}", on.upscale)
+        router.add_post("/api/jobs/{job}/outpaint/{index}", on.outpaint)
         router.add_post("/api/jobs/{job}/confirm", on.confirm)
         router.add_post("/api/jobs/{job}/cancel", on.cancel)
         router.add_get("/api/jobs/{job}/images/{index}", on.image)

@@ -195,7 +195,39 @@ class Listeners:
     async def vary_result(self, request: web.Request) -> web.StreamResponse:
         async def work(ctx: JobContext, sink: ProgressSink) -> JobOutcome:
             job = await self._own_job(request)
-            return await self.core.jobs.vary_result(job.id, _index(request, job), ctx, sink)
+            body = await _json(request) if request.can_read_body else {}
+            strength = _text(body, "strength") or None  # Vary (Subtle) / Vary (Strong) under an upscaled image
+            return await self.core.jobs.vary_result(job.id, _index(request, job), ctx, sink, strength=strength)
+
+        return await self._answer(request, work)
+
+    async def upscale(self, request: web.Request) -> web.StreamResponse:
+        """U: one image of a result on its own, with its title, for the upscale tools (no new job)."""
+        reply = self._reply(request)
+
+        async def work(sink: ProgressSink) -> None:
+            job = await self._own_job(request)
+            index = _index(request, job)
+            if job.results_pruned or index > len(job.results):
+                raise JobNotFoundError(detail=f"job {job.id} has no stored image {index}")
+            body = {"task": reply.task, **render.upscaled(job, index)}
+            reply.answer(web.json_response(body), {"status": "upscaled", "job": job.id})
+
+        return await self._run(reply, work)
+
+    async def outpaint(self, request: web.Request) -> web.StreamResponse:
+        """Zoom out (``{"zoom": 1.5 | 2}``) or Pan (``{"pan": "left" | "right" | "up" | "down"}``) an image."""
+
+        async def work(ctx: JobContext, sink: ProgressSink) -> JobOutcome:
+            job = await self._own_job(request)
+            body = await _json(request)
+            zoom, pan = body.get("zoom"), body.get("pan")
+            if not (isinstance(zoom, int | float) and not isinstance(zoom, bool)) and zoom is not None:
+                raise InvalidRequestError(NOT_OUR_REQUEST)
+            if pan is not None and not isinstance(pan, str):
+                raise InvalidRequestError(NOT_OUR_REQUEST)
+            factor = float(zoom) if zoom is not None else None
+            return await self.core.jobs.outpaint(job.id, _index(request, job), ctx, sink, zoom=factor, pan=pan)
 
         return await self._answer(request, work)
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.common.lifecycle import cut_off_text
+from adapters.common.story import story, upscale_story
 from bot import imaging
 from bot.budgets import format_dollars
 from bot.errors import InvalidRequestError
@@ -20,6 +21,7 @@ def job_info(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
         "kind": job.kind,
+        "headline": story(job).headline,  # "Zoom out 2× of image 1"; "" for a plain request
         "prompt": job.prompt,
         "model": job.model,
         "n": job.images_requested,
@@ -68,6 +70,13 @@ def outcome(result: JobOutcome) -> dict[str, Any]:
         "images": images(job.id, result.result.images),
         "notice": result.result.notice,
     }
+
+
+def upscaled(job: Job, index: int) -> dict[str, Any]:
+    """Image ``index`` of ``job`` on its own (U), titled with its story, for the upscale tools."""
+    told = upscale_story(job, index)
+    info = {**job_info(job), "headline": told.headline, "prompt": told.prompt}
+    return {"status": "upscaled", "job": info, "index": index, "images": [images(job.id, job.results)[index - 1]]}
 
 
 def history_entry(job: Job) -> dict[str, Any] | None:

@@ -147,6 +147,7 @@
         if (result.error) body.append(el("div", { class: "error", role: "alert", text: result.error }));
         else if (result.status === "awaiting_confirmation") renderConfirmation(body, result);
         else if (result.status === "done") renderResult(body, result);
+        else if (result.status === "upscaled") renderUpscaled(body, result);
         scrollDown(false);
       },
     };
@@ -165,7 +166,7 @@
     const job = result.job;
     const count = result.images.length;
     const kind = { generate: "", edit: "edit · ", vary: "variations · " }[job.kind] || "";
-    body.append(el("div", { class: "text" }, el("strong", { text: job.prompt || "variation" })));
+    body.append(title(job));
     body.append(el("div", { class: "note", text: `${kind}${job.model || ""} · ${count} image${count === 1 ? "" : "s"}`
       + (result.duplicate ? " · same as your earlier request" : "") }));
     if (result.notice) body.append(el("div", { class: "note", text: result.notice }));
@@ -181,11 +182,13 @@
     }
     body.append(grid);
 
-    const upscale = el("div", { class: "actions", role: "group", "aria-label": "Open images" });
+    const upscale = el("div", { class: "actions", role: "group", "aria-label": "Upscale images" });
     const vary = el("div", { class: "actions", role: "group", "aria-label": "Variations and more" });
     for (const image of result.images) {
-      upscale.append(el("a", { class: "btn btn-grey", href: image.url, target: "_blank", rel: "noopener",
-                               title: `Open image ${image.index} at full size`, text: `U${image.index}` }));
+      upscale.append(el("button", { class: "btn btn-grey", type: "button", text: `U${image.index}`,
+                                    title: `Image ${image.index} on its own, with Zoom out and Pan`,
+                                    onclick: () => runJob(`Upscaling image ${image.index}`,
+                                                          `/api/jobs/${job.id}/upscale/${image.index}`, {}) }));
       vary.append(el("button", { class: "btn btn-grey", type: "button", title: `Variations of image ${image.index}`,
                                  text: `V${image.index}`,
                                  onclick: () => runJob(`Making variations of image ${image.index}`,
@@ -197,6 +200,51 @@
     vary.append(el("button", { class: "btn btn-grey", type: "button", title: "✏️ Change the prompt and make it again",
                                onclick: () => openRemix(body, job) }, icon("remix"), el("span", { text: "Remix" })));
     body.append(upscale, vary);
+  }
+
+  // "Zoom out 2× of image 1 — a red fox" (the story from the server); a plain request shows just its prompt.
+  function title(job) {
+    if (!job.headline) return el("div", { class: "text" }, el("strong", { text: job.prompt || "variation" }));
+    return el("div", { class: "text story" }, el("strong", { text: job.headline }),
+              job.prompt ? el("span", { text: " — " }) : null, job.prompt ? el("em", { text: job.prompt }) : null);
+  }
+
+  const UPSCALE_TOOLS = [
+    ["Vary (Subtle)", "Making subtle variations", "vary", { strength: "subtle" }],
+    ["Vary (Strong)", "Making strong variations", "vary", { strength: "strong" }],
+    ["Zoom out 1.5x", "Zooming out 1.5×", "outpaint", { zoom: 1.5 }],
+    ["Zoom out 2x", "Zooming out 2×", "outpaint", { zoom: 2 }],
+  ];
+  const PAN_TOOLS = [["⬅️", "left"], ["➡️", "right"], ["⬆️", "up"], ["⬇️", "down"]];
+
+  // U: one image on its own, full size, with its tools (each makes a new job from that image).
+  function renderUpscaled(body, result) {
+    const job = result.job;
+    const [image] = result.images;
+    body.append(title(job));
+    body.append(el("div", { class: "images n1" }, el("figure", { class: "tile" },
+      el("a", { href: image.url, target: "_blank", rel: "noopener", title: "Open full size" },
+        el("img", { src: image.url, alt: image.alt, width: image.width, height: image.height,
+                    onload: () => scrollDown(false) })),
+      el("a", { class: "dl", href: image.download, download: image.filename, title: `Download ${image.filename}`,
+                "aria-label": `Download image ${image.index}` }, icon("download")))));
+    const base = `/api/jobs/${job.id}`;
+    const tools = el("div", { class: "actions", role: "group", "aria-label": "Vary and zoom out" });
+    for (const [label, doing, route, args] of UPSCALE_TOOLS) {
+      tools.append(el("button", { class: "btn btn-grey", type: "button", text: label,
+                                  onclick: () => runJob(`${doing} of image ${result.index}`,
+                                                        `${base}/${route}/${result.index}`, args) }));
+    }
+    const pans = el("div", { class: "actions", role: "group", "aria-label": "Pan and remix" });
+    for (const [arrow, direction] of PAN_TOOLS) {
+      pans.append(el("button", { class: "btn btn-grey", type: "button", text: arrow, "aria-label": `Pan ${direction}`,
+                                 title: `Pan ${direction}`,
+                                 onclick: () => runJob(`Panning ${direction}`, `${base}/outpaint/${result.index}`,
+                                                       { pan: direction }) }));
+    }
+    pans.append(el("button", { class: "btn btn-grey", type: "button", title: "✏️ Change the prompt and make it again",
+                               onclick: () => openRemix(body, job) }, icon("remix"), el("span", { text: "Remix" })));
+    body.append(tools, pans);
   }
 
   function openRemix(body, job) {
