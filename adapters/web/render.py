@@ -22,7 +22,7 @@ def job_info(job: Job) -> dict[str, Any]:
         "id": job.id,
         "kind": job.kind,
         "headline": story(job).headline,  # "Zoom out 2× of image 1"; "" for a plain request
-        "prompt": job.prompt,
+        "prompt": story(job).prompt,  # a variation of a result: its source's prompt
         "model": job.model,
         "n": job.images_requested,
         "created_at": job.created_at,
@@ -62,7 +62,8 @@ def outcome(result: JobOutcome) -> dict[str, Any]:
             detail=f"duplicate of job {job.id} ({job.status}) without a result here",
         )
     info = job_info(job)
-    info["prompt"] = job.prompt if job.kind != "vary" else result.result.prompt
+    if job.kind == "vary" and not info["prompt"]:
+        info["prompt"] = result.result.prompt
     return {
         "status": "done",
         "job": info,
