@@ -52,3 +52,23 @@ async def test_u_posts_one_image_with_vary_zoom_pan_and_remix(fake: FakeDiscord,
         assert (varied.content or "").startswith("**Variations (strong) of image 2** — *a red fox in the snow*")
         assert "bold variation" in (openai.last.param("prompt") or "")
     fake.assert_no_errors()
+
+
+async def test_an_edit_of_a_result_and_its_reroll_say_which_image_and_region(fake: FakeDiscord, tmp_path: Path) -> None:  # noqa: F811
+    async with FakeOpenAI() as openai, running(openai_settings(fake, openai, tmp_path)):
+        inter = await fake.dispatch_slash_command("imagine", {"prompt": "a red fox", "count": 2})
+        grid = await result_of(fake, inter.id)
+        menu = await fake.dispatch_message_command("Edit image", grid.message)
+        modal = await fake.next_callback(menu.id)
+        submit = await fake.dispatch_modal_submit(
+            modal.data["custom_id"], {"prompt": "make it snowy", "region": "top-half"}
+        )
+        edited = await result_of(fake, submit.id)
+        assert (edited.content or "").startswith("**Edit of image 1 (top-half)** — *make it snowy* — <@")
+        edited_job = custom_ids(edited)[0].split(":")[2]
+
+        press = await fake.dispatch_component(f"img:r:{edited_job}:0", message=edited.message)
+        rerolled = await result_of(fake, press.id)
+        assert (rerolled.content or "").startswith("**Reroll of edit of image 1 (top-half)** — *make it snowy*")
+        assert openai.last.files["mask"] and openai.last.param("prompt") == "make it snowy"
+    fake.assert_no_errors()

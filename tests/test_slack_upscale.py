@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from adapters.slack import render
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 from tests.fakes.slack_server import CHANNEL_ID, USER_ID, FakeSlack, PostedMessage
 from tests.images import decode
@@ -136,3 +137,23 @@ async def test_pan_and_strong_variation_from_the_upscale_message(
     assert "bold variation" in (openai.last.param("prompt") or "")
     varied = [m for m in fake.messages if m.method == "files.completeUploadExternal"][-1]
     assert varied.text.startswith(f"<@{USER_ID}> · *Variations (strong) of image 1*\n> a lighthouse")
+
+
+async def test_an_edit_of_a_result_says_which_image_and_region(
+    fake: FakeSlack, openai: FakeOpenAI, bot: SlackBot
+) -> None:
+    await fake.send_slash_command("/imagine", "a red fox --n 2")
+    await finished(bot, 1, 1)
+    [grid] = bot.image_messages(CHANNEL_ID)
+    await fake.send_interactive(fake.message_shortcut_payload("edit_image", grid.to_slack()))
+    opened = await fake.wait_for_call("views.open")
+    values = {
+        render.PROMPT_BLOCK: {render.PROMPT_ACTION: {"type": "plain_text_input", "value": "make it snowy"}},
+        render.REGION_BLOCK: {
+            render.REGION_ACTION: {"type": "static_select", "selected_option": {"value": "top-half"}}
+        },
+    }
+    await fake.send_interactive(fake.view_submission_payload(opened.response["view"]["id"], values))
+    await finished(bot, 2, 2)
+    edited = [m for m in fake.messages if m.method == "files.completeUploadExternal"][-1]
+    assert edited.text.startswith(f"<@{USER_ID}> · *Edit of image 1 (top-half)*\n> make it snowy")

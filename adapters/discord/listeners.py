@@ -25,7 +25,7 @@ from adapters.discord.replies import Delivery, InteractionReply, MessageReply
 from bot.bootstrap import Core
 from bot.errors import ImageBotError, InvalidImageError
 from bot.jobs import JobNotFoundError, JobOutcome
-from bot.models import EditRequest, GenerateRequest, Job, JobContext, VaryRequest
+from bot.models import EditRequest, GenerateRequest, Job, JobContext, Origin, VaryRequest
 from bot.ports import ProgressSink
 
 log = logging.getLogger(__name__)
@@ -351,11 +351,21 @@ class Listeners:
                 raise InvalidImageError("That message has no image I can edit.")
             data = await self.read(image)
             mask = await self.read(masks[0]) if masks else None
-            request = EditRequest(images=(data,), prompt=prompt, mask=mask, region=region)
+            origin = self._edit_origin(target, region)
+            request = EditRequest(images=(data,), prompt=prompt, mask=mask, region=region, origin=origin)
             return await self._submitting(request)()
 
         if not await self.refused(interaction):
             await self.run(interaction, prompt, prepare)
+
+    def _edit_origin(self, target: discord.Message, region: str | None) -> Origin | None:
+        """An edit of one of our results (its first image) says so in its title: "Edit of image 1 (top-half)"."""
+        mine = self.client.user is not None and target.author.id == self.client.user.id
+        found = render.job_in_components(target.components) if mine else None
+        if found is None:
+            return None
+        job_id, indexes = found
+        return Origin(job_id, indexes[0] if indexes else 1, "edit", region or "")
 
     # --- replies and mentions --------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from adapters.slack.replies import Outbox, ReplyTo, SlackReply
 from bot.bootstrap import Core
 from bot.errors import InvalidRequestError
 from bot.jobs import JobNotFoundError, JobOutcome
-from bot.models import EditRequest, GenerateRequest, Job, VaryRequest
+from bot.models import EditRequest, GenerateRequest, Job, Origin, VaryRequest
 from bot.ports import ProgressSink
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,8 @@ class Listeners:
             image = await self.files.image(file)
             mask = await self.files.image(masks[0]) if masks else None
             chosen = None if region == render.WHOLE_IMAGE else region
-            request = EditRequest(images=(image,), prompt=prompt, mask=mask, region=chosen)
+            origin = _edit_origin(metadata(view).get("source"), chosen)
+            request = EditRequest(images=(image,), prompt=prompt, mask=mask, region=chosen, origin=origin)
             return await self.core.jobs.submit(to.context(), request, progress)
 
         await self._run(to, work, context)
@@ -337,7 +338,8 @@ class Listeners:
                 await reply.say("That message has no image I can edit.")
                 return
             file = {key: images[0].get(key) for key in ("id", "url_private", "url_private_download", "size")}
-            modal = render.edit_modal({"channel": to.channel, "thread": to.thread, "file": file})
+            source = render.result_file(images[0]) if shortcut.get("message", {}).get("bot_id") else None
+            modal = render.edit_modal({"channel": to.channel, "thread": to.thread, "file": file, "source": source})
             await self.outbox.client.views_open(trigger_id=body["trigger_id"], view=modal)  # the trigger lives 3 s
 
         await self._run(to, work, context)
@@ -405,3 +407,10 @@ class Listeners:
         if store is None:
             return False
         return await store.first_time(f"{event.get('channel')}:{event.get('ts') or event.get('event_ts')}")
+
+
+def _edit_origin(source: object, region: str | None) -> Origin | None:
+    """An edit of one of our results (job and image from the modal's metadata) says so in its title."""
+    if not (isinstance(source, list) and len(source) == 2 and isinstance(source[1], int)):
+        return None
+    return Origin(str(source[0]), source[1], "edit", region or "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from adapters.common.story import Story, story, upscale_story
@@ -40,6 +41,7 @@ WHOLE_IMAGE = "whole"
 _ALT_MAX = 1000  # files.getUploadURLExternal refuses longer alt_txt
 _TEXT_MAX = 2900  # section text limit is 3000
 _MAX_VARY_BUTTONS = 4
+_RESULT_FILE = re.compile(r"imagebot-([a-z0-9]{1,40})-(\d{1,2})\.[a-z]{3,4}")
 
 
 def escape(text: str) -> str:
@@ -151,6 +153,12 @@ def file_name(job: Job, index: int, original: str) -> str:
     """The uploaded file's name carries the job id, so a restart can find images already posted."""
     extension = original.rpartition(".")[2] if "." in original else "png"
     return f"imagebot-{job.id}-{index}.{extension}"
+
+
+def result_file(file: dict[str, Any]) -> tuple[str, int] | None:
+    """(job id, image index) of a file we uploaded as a result (named by ``file_name``), else None."""
+    match = _RESULT_FILE.fullmatch(str(file.get("name") or ""))
+    return (match[1], int(match[2])) if match else None
 
 
 def shows_images_of(job: Job, message: dict[str, Any]) -> bool:
