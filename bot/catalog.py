@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bot.errors import InvalidRequestError, ModelUnavailableError
 from bot.models import Usage
 
+_SEARCH = 8  # multiples either way a free size may move from the exact one to obey its rule
 _SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
 
 
@@ -246,7 +247,8 @@ class Catalog:
 def nearest_size(spec: ModelSpec, width: float, height: float, *, max_edge: int | None = None) -> tuple[int, int]:
     """The size the model accepts that is nearest to ``width`` x ``height``: the same aspect (as close as the
     rule allows) at the same area or below the limits where the row has a size rule, else the fixed size whose
-    aspect is closest (the larger one on a tie). ``max_edge`` caps the longest side further (input limits)."""
+    aspect is closest (the larger one on a tie). ``max_edge`` caps the longest side further (input limits), except
+    where the rule's minimum area can't be had under it (the rule wins: the size must be one the model accepts)."""
     aspect = width / height
     rule = spec.size_rule
     if rule is not None:
@@ -260,14 +262,28 @@ def nearest_size(spec: ModelSpec, width: float, height: float, *, max_edge: int 
 
 
 def _free_size(rule: SizeRule, aspect: float, area: float, max_edge: int) -> tuple[int, int]:
+    """The rule's size nearest to ``aspect`` at ``area`` (both clamped to the rule), under ``max_edge`` if it can be."""
     aspect = min(max(aspect, 1 / rule.max_ratio), rule.max_ratio)
     area = min(max(area, rule.min_pixels), rule.max_pixels)
     width, height = math.sqrt(area * aspect), math.sqrt(area / aspect)
     shrink = min(1.0, min(max_edge, rule.max_edge) / max(width, height))
+    width, height = width * shrink, height * shrink
     step = rule.multiple
-    width, height = max(step, int(width * shrink) // step * step), max(step, int(height * shrink) // step * step)
-    while width * height < rule.min_pixels:  # rounding down (or the edge cap) fell below the minimum
-        width, height = (width + step, height) if width / height < aspect else (width, height + step)
-    while rule.problem(width, height) and min(width, height) > step:  # rounding broke the ratio: trim the long side
-        width, height = (width - step, height) if width >= height else (width, height - step)
-    return width, height
+    columns, rows = round(width / step), round(height / step)
+    near = [
+        ((columns + dx) * step, (rows + dy) * step)
+        for dx in range(-_SEARCH, _SEARCH + 1)
+        for dy in range(-_SEARCH, _SEARCH + 1)
+        if columns + dx > 0 and rows + dy > 0
+    ]
+    allowed = [dims for dims in near if rule.problem(*dims) is None]
+    capped = [dims for dims in allowed if max(dims) <= max_edge] or allowed
+    if not capped:  # the cap and the rule's minimum area can't both hold: the rule wins
+        if max_edge >= rule.max_edge:
+            raise InvalidRequestError("I can't find a size this model accepts for that image.")
+        return _free_size(rule, aspect, area, rule.max_edge)
+
+    def distance(dims: tuple[int, int]) -> float:
+        return abs(math.log(dims[0] / dims[1] / aspect)) + abs(math.log(dims[0] * dims[1] / (width * height))) / 4
+
+    return min(capped, key=distance)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from adapters.common.story import story, upscale_story
@@ -186,3 +188,20 @@ async def test_a_model_without_edits_cannot_zoom(tmp_path: Path) -> None:
             await core.jobs.outpaint(source.id, 1, ALICE, zoom=2.0)
         assert "dall-e-3" in caught.value.friendly() or "retired" in caught.value.friendly()
         assert len(openai.image_requests) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    model=st.sampled_from(EDIT_MODELS),
+    width=st.integers(1, 20_000),
+    height=st.integers(1, 20_000),
+    max_edge=st.sampled_from([1024, 2048, 4096]),
+)
+def test_any_extension_gets_a_size_the_model_accepts(model: str, width: int, height: int, max_edge: int) -> None:
+    spec = MODELS[model]
+    size = nearest_size(spec, width, height, max_edge=max_edge)
+    assert Catalog.check_size(model, spec, f"{size[0]}x{size[1]}") == f"{size[0]}x{size[1]}"
+    rule = spec.size_rule
+    if rule is not None:  # within the edge cap, unless the rule's minimum area can't be had under it
+        stretch = min(max(width / height, height / width), rule.max_ratio)
+        assert max(size) <= max_edge or max_edge * max_edge / stretch < rule.min_pixels
