@@ -1,5 +1,6 @@
 """The playground's U → Zoom out → Pan in a real browser (Debian's Chromium through Playwright), at desktop and
 phone widths, against `imagebot run` (the offline provider)."""
+# ruff: noqa: F811  (the fixture bot is imported from tests.test_browser)
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tests.test_run import Running
 NO_SIDEWAYS_SCROLL = "() => document.documentElement.scrollWidth <= window.innerWidth"
 
 
-async def test_upscale_then_zoom_out_then_pan_in_the_browser(bot: Running, tmp_path: Path) -> None:  # noqa: F811
+async def test_upscale_then_zoom_out_then_pan_in_the_browser(bot: Running, tmp_path: Path) -> None:
     from playwright.async_api import async_playwright, expect
 
     problems: list[str] = []

@@ -1,15 +1,26 @@
 """Discord: U posts one image as its own message with the upscale tools; the tools make stories with titles."""
+# ruff: noqa: F811  (the fixtures fake and bot are imported from tests.test_discord)
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tests.fakes.discord_server import FakeDiscord
+from adapters.discord import DiscordAdapter
+from tests.fakes.discord_server import FakeDiscord, make_user
 from tests.fakes.openai_server import FakeOpenAI
-from tests.test_discord import custom_ids, decode, fake, openai_settings, result_of, running, sent_image  # noqa: F401
+from tests.test_discord import (  # noqa: F401 (the fixtures fake and bot)
+    bot,
+    custom_ids,
+    decode,
+    fake,
+    openai_settings,
+    result_of,
+    running,
+    sent_image,
+)
 
 
-async def test_u_posts_one_image_with_vary_zoom_pan_and_remix(fake: FakeDiscord, tmp_path: Path) -> None:  # noqa: F811
+async def test_u_posts_one_image_with_vary_zoom_pan_and_remix(fake: FakeDiscord, tmp_path: Path) -> None:
     async with FakeOpenAI() as openai, running(openai_settings(fake, openai, tmp_path)):
         inter = await fake.dispatch_slash_command("imagine", {"prompt": "a red fox in the snow", "count": 2})
         grid = await result_of(fake, inter.id)
@@ -54,7 +65,7 @@ async def test_u_posts_one_image_with_vary_zoom_pan_and_remix(fake: FakeDiscord,
     fake.assert_no_errors()
 
 
-async def test_an_edit_of_a_result_and_its_reroll_say_which_image_and_region(fake: FakeDiscord, tmp_path: Path) -> None:  # noqa: F811
+async def test_an_edit_of_a_result_and_its_reroll_say_which_image_and_region(fake: FakeDiscord, tmp_path: Path) -> None:
     async with FakeOpenAI() as openai, running(openai_settings(fake, openai, tmp_path)):
         inter = await fake.dispatch_slash_command("imagine", {"prompt": "a red fox", "count": 2})
         grid = await result_of(fake, inter.id)
@@ -71,4 +82,36 @@ async def test_an_edit_of_a_result_and_its_reroll_say_which_image_and_region(fak
         rerolled = await result_of(fake, press.id)
         assert (rerolled.content or "").startswith("**Reroll of edit of image 1 (top-half)** — *make it snowy*")
         assert openai.last.files["mask"] and openai.last.param("prompt") == "make it snowy"
+    fake.assert_no_errors()
+
+
+async def test_no_blocking_calls_on_the_loop_during_upscale_zoom_and_pan(
+    fake: FakeDiscord, bot: DiscordAdapter
+) -> None:
+    """blockbuster raises on blocking calls (file I/O, sleep, sockets...) made on the loop by the adapter or core:
+    the canvas is built, and the image read back, in worker threads."""
+    from blockbuster import blockbuster_ctx
+
+    with blockbuster_ctx(["adapters.discord", "adapters.common", "bot"]):
+        inter = await fake.dispatch_slash_command("imagine", {"prompt": "a harbour", "count": 2})
+        grid = await result_of(fake, inter.id)
+        job = custom_ids(grid)[0].split(":")[2]
+        upscaled = await result_of(fake, (await fake.dispatch_component(f"img:u:{job}:1", message=grid.message)).id)
+        for tool in ("z15", "pu"):
+            press = await fake.dispatch_component(f"img:{tool}:{job}:1", message=upscaled.message)
+            assert (await result_of(fake, press.id)).files
+    fake.assert_no_errors()
+
+
+async def test_others_may_not_zoom_or_pan_someone_elses_image(fake: FakeDiscord, bot: DiscordAdapter) -> None:
+    inter = await fake.dispatch_slash_command("imagine", {"prompt": "a harbour"})
+    grid = await result_of(fake, inter.id)
+    job = custom_ids(grid)[0].split(":")[2]
+    upscaled = await result_of(fake, (await fake.dispatch_component(f"img:u:{job}:1", message=grid.message)).id)
+    stranger = make_user("1185000000000000999", "bob")
+    for tool, message in [("u", grid), ("z2", upscaled), ("pl", upscaled), ("vt", upscaled)]:
+        press = await fake.dispatch_component(f"img:{tool}:{job}:1", message=message.message, user=stranger)
+        callback = await fake.next_callback(press.id)
+        assert (callback.type, callback.data["flags"]) == (4, 64) and "Only <@" in callback.data["content"]
+    assert len(await bot.core.jobs.store.history(limit=10)) == 1
     fake.assert_no_errors()

@@ -157,3 +157,25 @@ async def test_an_edit_of_a_result_says_which_image_and_region(
     await finished(bot, 2, 2)
     edited = [m for m in fake.messages if m.method == "files.completeUploadExternal"][-1]
     assert edited.text.startswith(f"<@{USER_ID}> · *Edit of image 1 (top-half)*\n> make it snowy")
+
+
+async def test_others_may_not_upscale_zoom_or_pan_someone_elses_image(
+    fake: FakeSlack, openai: FakeOpenAI, bot: SlackBot
+) -> None:
+    await fake.send_slash_command("/imagine", "a harbour")
+    await finished(bot, 1, 1)
+    [controls] = bot.controls()
+    job = button(controls, "vary:")["value"].split(":")[1]
+    await press(bot, controls, button(controls, f"upscale:{job}:1"))
+    [tools] = await fake.wait_for(lambda: upscale_messages(fake) or None, 10, "the upscale message")
+
+    for message, action_id, value in [
+        (controls, "img_upscale_1", f"upscale:{job}:1"),
+        (tools, "img_zoom_2", f"upscale:{job}:1"),
+        (tools, "img_pan_left", f"upscale:{job}:1"),
+    ]:
+        payload = fake.block_actions_payload(action_id, value, message=message.to_slack(), user_id="U0STRANGER")
+        await fake.send_interactive(payload)
+    await fake.wait_for(lambda: sum("Only <@" in t for t in bot.ephemeral_texts()) >= 3 or None, 10, "3 refusals")
+    await asyncio.wait_for(bot.adapter.idle(), 10)
+    assert len(openai.image_requests) == 1 and len(upscale_messages(fake)) == 1
