@@ -285,6 +285,7 @@ class JobService:
             prompt=_about(job) or OUTPAINT_PROMPT,
             n=1,
             size=f"{size[0]}x{size[1]}",
+            quality=_text(job.request.get("quality")),  # the source's, so the new part looks like the rest
             model=model,
             requester=context.requester,
             origin=origin,

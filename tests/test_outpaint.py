@@ -143,6 +143,7 @@ async def test_zoom_and_pan_send_a_transparent_canvas_of_a_valid_size(model: str
             options = {"zoom": arg} if how == "zoom" else {"pan": arg}
             outcome = await core.jobs.outpaint(source.id, 1, ALICE, **options)  # type: ignore[arg-type]
             assert_outpaint_request(openai.last, model, how, arg)
+            assert openai.last.param("quality") == "low"  # the source's quality
             assert outcome.job.kind == how and outcome.result is not None
         assert not openai.spec_violations
 
