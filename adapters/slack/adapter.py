@@ -26,6 +26,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.base import AdapterState, PlatformUnreachableError
 from adapters.common.access import AccessPolicy
+from adapters.slack.admin import SlackAdmin
 from adapters.slack.files import SlackFiles
 from adapters.slack.http import SignedRequests
 from adapters.slack.listeners import Listeners
@@ -79,6 +80,7 @@ class SlackAdapter:
         self.outbox = Outbox(core.jobs, self.client, session)
         self.listeners = Listeners(core, AccessPolicy(settings.discord, settings.slack), self.outbox, self.files)
         self.listeners.register(self.app)
+        SlackAdmin(core.jobs.store, self.outbox, settings.slack.admins).register(self.app)
         self._auth: AuthorizeResult | None = None
         self._state = AdapterState.STOPPED
         self._handler: AsyncSocketModeHandler | None = None
