@@ -3,24 +3,28 @@ parsed as Prometheus would; who may read it; the Grafana dashboard only charts m
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.runner import wire
+from adapters.web.server import metrics_refusal
 from bot.bootstrap import new_http_session, open_core
 from bot.metrics import UPSTREAM_OUTCOMES, upstream_outcome
 from bot.settings import load_settings
+from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.openai_server import (
     DEFAULT_KEY,
     INSUFFICIENT_QUOTA,
@@ -30,6 +34,9 @@ from tests.fakes.openai_server import (
     server_error,
     truncated,
 )
+from tests.fakes.slack_server import CHANNEL_ID as SLACK_CHANNEL
+from tests.fakes.slack_server import FakeSlack
+from tests.test_run import platform_env, running_bot
 
 HEADERS = {"X-Imagebot": "1"}
 DASHBOARD = Path(__file__).resolve().parent.parent / "config" / "grafana-dashboard.json"
@@ -204,3 +211,82 @@ async def test_dashboard_charts_only_exported_metrics(tmp_path: Path) -> None:
         names = set(re.findall(r"\bimagebot_[a-z0-9_]+", expr))
         assert names, expr
         assert names <= exported, (expr, names - exported)
+
+
+# --- a real `imagebot run` process with Discord and Slack ---------------------------------------------------------
+
+
+async def _scrape_until(url: str, password: str, ready: Callable[[Samples], bool]) -> Samples:
+    """Scrape (at most ~20 s) until ``ready``: a job's final status is counted just after its answer is out."""
+    async with aiohttp.ClientSession() as http:
+        samples: Samples = {}
+        for _ in range(200):
+            async with http.get(url, headers=basic(password)) as response:
+                assert response.status == 200
+                samples = parse(await response.text())
+            if ready(samples):
+                return samples
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"the metrics never got there: {samples}")
+
+
+async def test_a_running_bot_counts_discord_and_slack_jobs_behind_its_password(tmp_path: Path) -> None:
+    password = "hunter2-scrape"
+    async with FakeDiscord() as discord_fake, FakeSlack() as slack_fake:
+        everywhere = {"IMAGEBOT_WEB_HOST": "0.0.0.0", "IMAGEBOT_WEB_PASSWORD": password}  # noqa: S104
+        env = platform_env(tmp_path, discord_fake, slack_fake, **everywhere)
+        url = f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}"
+        async with running_bot(env, tmp_path):
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{url}/metrics") as refused:
+                    assert refused.status == 401
+                async with http.get(f"{url}/healthz") as health:
+                    assert health.status == 200  # open, as before
+
+            await slack_fake.send_slash_command("/imagine", "a red fox", channel_id=SLACK_CHANNEL)
+            await slack_fake.wait_for_call("files.completeUploadExternal", timeout=20)
+            interaction = await discord_fake.dispatch_slash_command("imagine", {"prompt": "a lighthouse at dusk"})
+            while not (await discord_fake.next_webhook_message(interaction.id, timeout=20)).files:
+                pass
+
+            def both_delivered(samples: Samples) -> bool:
+                return all(
+                    value(samples, "imagebot_jobs_total", platform=p, kind="generate", status="delivered") == 1
+                    for p in ("discord", "slack")
+                )
+
+            samples = await _scrape_until(f"{url}/metrics", password, both_delivered)
+
+    assert value(samples, "imagebot_ack_seconds_count", platform="discord") == 1  # the defer
+    assert value(samples, "imagebot_ack_seconds_count", platform="slack") >= 1  # every request Slack sent
+    assert value(samples, "imagebot_ack_seconds_bucket", platform="discord", le="3.0") == 1  # within Discord's 3 s
+    for platform in ("discord", "slack"):
+        assert value(samples, "imagebot_delivery_seconds_count", platform=platform) == 1
+        assert value(samples, "imagebot_request_seconds_count", platform=platform) == 1
+        assert value(samples, "imagebot_images_total", platform=platform) == 1
+        assert value(samples, "imagebot_adapter_connected", adapter=platform) == 1
+    assert value(samples, "imagebot_upstream_calls_total") == 0  # the offline provider makes no upstream calls
+
+
+def _request_from(peer: str, headers: dict[str, str] | None = None) -> web.Request:
+    """A request as aiohttp builds it for a connection from ``peer`` (a test client always comes from loopback)."""
+    transport = asyncio.Transport({"peername": (peer, 40000)})
+    return make_mocked_request("GET", "/metrics", headers=headers or {}, transport=transport)
+
+
+@pytest.mark.parametrize(
+    ("peer", "password", "headers", "status"),
+    [
+        ("203.0.113.9", None, None, 403),  # beyond localhost, no password set: this machine only
+        ("127.0.0.1", None, None, None),
+        ("::1", None, None, None),
+        ("203.0.113.9", "pw-123", None, 401),
+        ("203.0.113.9", "pw-123", basic("pw-123"), None),
+        ("127.0.0.1", "pw-123", None, 401),  # with a password, everyone gives it (as for the playground)
+    ],
+)
+def test_who_may_read_metrics_on_a_server_bound_beyond_localhost(
+    peer: str, password: str | None, headers: dict[str, str] | None, status: int | None
+) -> None:
+    refusal = metrics_refusal(_request_from(peer, headers), password=password, local_only=False)
+    assert (refusal.status if refusal is not None else None) == status
