@@ -4,8 +4,8 @@
     imagebot edit IMAGE PROMPT [--mask MASK | --region REGION] [-n N] [--out DIR]
     imagebot vary IMAGE [-n N] [--prompt P] [--out DIR]
     imagebot check
-    imagebot usage [--since DATE] [--by user|channel|workspace]
-    imagebot history [--user ID] [--limit N]
+    imagebot usage [--since DATE] [--by user|channel|workspace] [--format table|json|csv]
+    imagebot history [--user ID] [--limit N] [--format table|json|csv]
     imagebot prune
     imagebot discord sync | invite
     imagebot run            (also plain `imagebot`)
@@ -27,7 +27,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bot import imaging
+from bot import imaging, reports
 from bot.bootstrap import Core, describe_database, new_http_session, open_core
 from bot.budgets import month_window
 from bot.errors import ImageBotError, InvalidImageError, UnexpectedError
@@ -148,10 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     usage = commands.add_parser("usage", help="images and dollars spent, by user, channel or workspace")
     usage.add_argument("--since", type=_date, help="YYYY-MM-DD (UTC; default: the first of this month)")
     usage.add_argument("--by", choices=("user", "channel", "workspace"), default="user")
+    usage.add_argument("--format", choices=reports.FORMATS, default="table", help="table (default), json or csv")
 
     history = commands.add_parser("history", help="recent jobs with status and cost")
     history.add_argument("--user", help="only this user (an id, or platform:id)")
     history.add_argument("--limit", type=_count_any, default=20, help="how many jobs (default 20)")
+    history.add_argument("--format", choices=reports.FORMATS, default="table", help="table (default), json or csv")
 
     commands.add_parser("prune", help="delete stored images (results, uploads) older than the retention period")
     commands.add_parser("run", help="start the chat adapters (default command)")
@@ -308,6 +310,8 @@ async def _check(core: Core, args: argparse.Namespace) -> int:
 async def _usage(core: Core, args: argparse.Namespace) -> int:
     since = args.since or month_window(dt.datetime.now(dt.UTC))[0]
     rows = await core.jobs.store.usage(since.timestamp(), by=args.by)
+    if args.format != "table":
+        return _print_records(reports.usage_records(rows, args.by), args.format, [args.by, "jobs", "images", "dollars"])
     print(f"since {since:%Y-%m-%d} (UTC), by {args.by}")
     width = max([len(args.by), 5, *(len(r.key) for r in rows)])
     print(f"{args.by:<{width}}  {'jobs':>6}  {'images':>6}  {'dollars':>9}")
@@ -321,6 +325,8 @@ async def _usage(core: Core, args: argparse.Namespace) -> int:
 
 async def _history(core: Core, args: argparse.Namespace) -> int:
     jobs = await core.jobs.history(user=args.user, limit=args.limit)
+    if args.format != "table":
+        return _print_records(reports.history_records(jobs), args.format, list(reports.HISTORY_FIELDS))
     print(f"{'job':<10}  {'created (UTC)':<16}  {'status':<21}  {'kind':<8}  {'n':>2}  {'cost':>8}  prompt")
     for job in jobs:
         created = dt.datetime.fromtimestamp(job.created_at, dt.UTC)
@@ -331,6 +337,12 @@ async def _history(core: Core, args: argparse.Namespace) -> int:
             f"{job.id:<10}  {created:%Y-%m-%d %H:%M}  {job.status.value:<21}  {job.kind:<8}  "
             f"{job.images_requested:>2}  {cost:>8}  {prompt} ({who})"
         )
+    return EXIT_OK
+
+
+def _print_records(records: list[reports.Record], fmt: str, fields: list[str]) -> int:
+    """``--format json`` (a list of objects) or ``csv`` (a header row, then one row per record) on stdout."""
+    sys.stdout.write(reports.as_json(records) if fmt == "json" else reports.as_csv(records, fields))
     return EXIT_OK
 
 

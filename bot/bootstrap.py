@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import unquote, urlsplit
@@ -19,6 +19,7 @@ import aiohttp
 from bot.catalog import Catalog
 from bot.jobs import JobService
 from bot.limits import Admission
+from bot.metrics import Metrics
 from bot.ports import ImageProvider, JobStore
 from bot.providers.offline import OfflineImages
 from bot.providers.openai import OpenAIImages
@@ -40,6 +41,7 @@ class Images:
     admission: Admission
     provider: ImageProvider
     service: ImageService
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,7 @@ class Core:
     provider: ImageProvider
     service: ImageService
     jobs: JobService
+    metrics: Metrics = field(default_factory=Metrics)  # this core's own registry, served at /metrics
 
 
 # Answers are megabytes of base64: a bigger read buffer means fewer pause/resume cycles (and wakeups) per answer.
@@ -79,8 +82,10 @@ def build_images(
         position_interval=limits.position_interval,
         max_result_bytes=limits.max_result_bytes,
     )
+    metrics = Metrics()
+    metrics.watch_queue(lambda: admission.queue_length, lambda: admission.running)
     if provider is None:
-        provider = _provider(settings, session, admission)
+        provider = _provider(settings, session, admission, metrics)
     log.info("image provider: %s, default model %s", provider.name, settings.default_model)
     service = ImageService(
         provider=provider,
@@ -94,11 +99,14 @@ def build_images(
         },
         default_n=settings.default_n,
         partial_images=settings.openai.partial_images,
+        metrics=metrics,
     )
-    return Images(settings, catalog, admission, provider, service)
+    return Images(settings, catalog, admission, provider, service, metrics)
 
 
-def _provider(settings: Settings, session: aiohttp.ClientSession, admission: Admission) -> ImageProvider:
+def _provider(
+    settings: Settings, session: aiohttp.ClientSession, admission: Admission, metrics: Metrics
+) -> ImageProvider:
     """The provider the settings ask for: OpenAI (or a compatible server) with a key, else the offline one."""
     if settings.provider_name == "openai":
         if settings.openai_api_key is None:
@@ -118,6 +126,7 @@ def _provider(settings: Settings, session: aiohttp.ClientSession, admission: Adm
             settings=settings.openai,
             on_throttle=admission.throttle,
             result_budget=admission.result_bytes,
+            metrics=metrics,
         )
     return OfflineImages()
 
@@ -230,10 +239,13 @@ async def open_core(
                 jobs=settings.jobs,
                 budgets=settings.budgets,
                 clock=clock,
+                metrics=images.metrics,
             )
             if exclusive:
                 await jobs.start()
-            yield Core(settings, images.catalog, images.admission, images.provider, images.service, jobs)
+            yield Core(
+                settings, images.catalog, images.admission, images.provider, images.service, jobs, images.metrics
+            )
         finally:
             await store.close()
     finally:

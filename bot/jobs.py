@@ -22,6 +22,7 @@ from bot import imaging
 from bot.budgets import check_budgets
 from bot.catalog import nearest_size
 from bot.errors import ImageBotError, InvalidRequestError
+from bot.metrics import Metrics, current_request
 from bot.models import (
     EditRequest,
     GeneratedImage,
@@ -86,8 +87,10 @@ class JobService:
         jobs: JobSettings,
         budgets: BudgetSettings,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ):
         self.images = images
+        self.metrics = metrics or images.metrics
         self.store = store
         self.files = files
         self._settings = jobs
@@ -141,8 +144,9 @@ class JobService:
     ) -> JobOutcome:
         """Validate, check budgets, record and run a request (or join an identical one already running)."""
         request = dataclasses.replace(request, requester=context.requester)
-        model, count, estimate = self.images.estimate(request)
         kind, options, inputs = _describe(request)
+        self._trace(context.platform, kind)
+        model, count, estimate = self.images.estimate(request)
         digest = _request_hash(kind, options, inputs)
         now = self._clock()
         async with self._admission_lock:
@@ -184,6 +188,7 @@ class JobService:
     async def confirm(self, job_id: str, context: JobContext, progress: ProgressSink | None = None) -> JobOutcome:
         """The user pressed Confirm on a held job: run it (budgets are checked again, time has passed)."""
         job = await self._job(job_id)
+        self._trace(context.platform, job.kind)
         if job.status is not JobStatus.AWAITING_CONFIRMATION:
             return await self._join(job)
         request = await self._rebuild(job)
@@ -365,6 +370,12 @@ class JobService:
         """The newest jobs, of one user (``platform:id``) or of everyone."""
         return await self.store.history(user=user, limit=limit)
 
+    def _trace(self, platform: str, kind: str) -> None:
+        """Count the request being answered (if a lifecycle traces it) in this core's metrics."""
+        trace = current_request()
+        if trace is not None:
+            trace.bind(self.metrics, platform, kind)
+
     async def _job(self, job_id: str) -> Job:
         job = await self.find(job_id)
         if job is None:
@@ -397,6 +408,7 @@ class JobService:
         try:
             result = await self._call(request, track, self._write_ahead(job))
             job = await self._store_result(job.id, result)
+            self.metrics.paid(job.context.platform, len(result.images), result.cost_usd)
             future.set_result(result)
             return JobOutcome(job, result)
         except ImageBotError as exc:

@@ -19,6 +19,7 @@ from bot import imaging
 from bot.catalog import Catalog, ModelSpec
 from bot.errors import ImageBotError, InvalidRequestError, UnexpectedError
 from bot.limits import Admission
+from bot.metrics import Metrics
 from bot.models import (
     EditRequest,
     GeneratedImage,
@@ -74,6 +75,7 @@ class ImageService:
         default_n: int = 1,
         partial_images: int = 0,
         today: Callable[[], dt.date] = dt.date.today,
+        metrics: Metrics | None = None,
     ):
         """``partial_images``: previews to stream per image (models with streaming, one image only);
         ``variation_prompts``: the prompt for each variation strength ("subtle", "strong")."""
@@ -86,6 +88,7 @@ class ImageService:
         self._default_n = default_n
         self._partial_images = partial_images
         self._today = today
+        self.metrics = metrics or Metrics()
 
     # --- public API ---------------------------------------------------------------------------------
 
@@ -273,9 +276,15 @@ class ImageService:
         call: Callable[[], Awaitable[ProviderImages]],
     ) -> ProviderImages:
         """Wait for a turn in line, then make the provider call."""
+        waiting = time.monotonic()
         async with self.admission.slot(requester, plan.n, progress):
+            started = time.monotonic()
+            self.metrics.queue_wait_seconds.observe(started - waiting)
             await _report(progress, Progress(JobStatus.RUNNING))
-            return await call()
+            try:
+                return await call()
+            finally:
+                self.metrics.upstream_seconds.labels(plan.model).observe(time.monotonic() - started)
 
     async def _run(
         self,

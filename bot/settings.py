@@ -110,6 +110,7 @@ class SlackSettings(BaseModel):
     allowed_channels: list[str] = Field(default_factory=list)
     allowed_users: list[str] = Field(default_factory=list)
     others_may_press: bool = False
+    admins: list[str] = Field(default_factory=list)  # user ids who may use /imagebot-admin besides workspace admins
 
 
 class ImagingSettings(BaseModel):

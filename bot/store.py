@@ -248,18 +248,22 @@ class SQLiteJobStore:
         images, dollars = self._db.execute(query, args).fetchone()
         return Spend(int(images), float(dollars))
 
-    async def usage(self, since: float, *, by: str = "user") -> list[UsageRow]:
-        """Jobs, images and dollars per user, channel or workspace since ``since``: paid jobs only."""
+    async def usage(
+        self, since: float, *, by: str = "user", workspace: tuple[str, str] | None = None
+    ) -> list[UsageRow]:
+        """Jobs, images and dollars per user, channel or workspace since ``since``: paid jobs only (of one
+        ``(platform, workspace)`` when given)."""
         if by not in USAGE_KEYS:
             raise ValueError(f"usage by {by!r}")
-        return await self._run(self._usage, since, USAGE_KEYS[by])
+        return await self._run(self._usage, since, USAGE_KEYS[by], workspace)
 
-    def _usage(self, since: float, key: str) -> list[UsageRow]:
+    def _usage(self, since: float, key: str, workspace: tuple[str, str] | None) -> list[UsageRow]:
+        within = " AND platform = ? AND workspace = ?" if workspace is not None else ""
         rows = self._db.execute(
             f"SELECT {key} AS k, count(*), sum(images_requested),"  # noqa: S608 - key from a fixed table
             f" sum({CHARGE}) FROM jobs"
-            " WHERE created_at >= ? AND paid_at IS NOT NULL GROUP BY k ORDER BY 4 DESC, k",
-            (since,),
+            f" WHERE created_at >= ? AND paid_at IS NOT NULL{within} GROUP BY k ORDER BY 4 DESC, k",
+            (since, *(workspace or ())),
         ).fetchall()
         return [
             UsageRow(str(k), int(jobs), int(images or 0), float(dollars or 0.0)) for k, jobs, images, dollars in rows

@@ -264,14 +264,19 @@ class PostgresJobStore:
         images, dollars = await self._retrying(lambda: self._pool.fetchrow(query, *args))  # an aggregate: one row
         return Spend(int(images), float(dollars))
 
-    async def usage(self, since: float, *, by: str = "user") -> list[UsageRow]:
-        """Jobs, images and dollars per user, channel or workspace since ``since``: paid jobs only."""
+    async def usage(
+        self, since: float, *, by: str = "user", workspace: tuple[str, str] | None = None
+    ) -> list[UsageRow]:
+        """Jobs, images and dollars per user, channel or workspace since ``since``: paid jobs only (of one
+        ``(platform, workspace)`` when given)."""
         if by not in USAGE_KEYS:
             raise ValueError(f"usage by {by!r}")
+        within = " AND platform = $2 AND workspace = $3" if workspace is not None else ""
         rows = await self._fetch(
             f'SELECT ({USAGE_KEYS[by]}) COLLATE "C" AS k, count(*), sum(images_requested), sum({CHARGE}) FROM jobs'  # noqa: S608
-            " WHERE created_at >= $1 AND paid_at IS NOT NULL GROUP BY k ORDER BY 4 DESC, k",
+            f" WHERE created_at >= $1 AND paid_at IS NOT NULL{within} GROUP BY k ORDER BY 4 DESC, k",
             since,
+            *(workspace or ()),
         )
         return [
             UsageRow(str(k), int(jobs), int(images or 0), float(dollars or 0.0)) for k, jobs, images, dollars in rows

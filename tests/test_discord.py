@@ -541,7 +541,14 @@ async def test_commands_are_synced_only_when_they_differ(fake: FakeDiscord, tmp_
         assert first.synced is True
     assert len(fake.command_puts) == 1
     names = sorted((c["name"], c["type"]) for c in fake.command_puts[0][1])
-    assert names == [("Edit image", 3), ("Vary image", 3), ("edit", 1), ("imagine", 1), ("vary", 1)]
+    assert names == [
+        ("Edit image", 3),
+        ("Vary image", 3),
+        ("edit", 1),
+        ("imagebot-admin", 1),
+        ("imagine", 1),
+        ("vary", 1),
+    ]
     async with running(settings) as second:
         assert second.synced is False
     assert len(fake.command_puts) == 1

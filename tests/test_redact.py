@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+import bot.redact as redact_module
 from bot.redact import LOG_LIMIT, MASK, RedactingFilter, redact, register_secrets, untrusted
 
 # Registered as configured secrets (the ends are what partial echoes keep): an OpenAI key, a Slack signing
@@ -14,6 +15,15 @@ API_KEY = "sk-proj-Xy7Qm2Lp9Rt4Vb8Nc3Wd6Hf1Jk5Ga0Se2Uo7Iy4TqZvXkJtM"
 SIGNING_SECRET = "8f14e45fceea167a5a36dedd4bea9d7c"
 DISCORD_TOKEN = "MTA1MjM0NTY3ODkwMTIzNDU2Nw.GhIjKl.Zp3Lq8Rw2Xv6Ty1Bn5Mc9Kd4Fs7Hg0Ja2"
 register_secrets([API_KEY, SIGNING_SECRET, DISCORD_TOKEN])
+
+
+@pytest.fixture(autouse=True)
+def only_these_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry is per process: tests that ran before (a Slack token ends in ``6789``) must not mask this
+    module's ordinary text; each test starts from this module's secrets and its own additions are undone."""
+    monkeypatch.setattr(redact_module, "_secrets", ())
+    register_secrets([API_KEY, SIGNING_SECRET, DISCORD_TOKEN])
+
 
 SECRETS_IN_TEXT = [
     ("Incorrect API key provided: sk-proj-abcDEF1234567890xyz.", "sk-proj-abcDEF1234567890xyz"),

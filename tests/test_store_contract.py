@@ -406,3 +406,16 @@ async def test_a_submit_whose_commit_was_cut_off_is_not_inserted_twice(postgres_
     finally:
         await admin.close()
         await store.close()
+
+
+async def test_usage_of_one_workspace_leaves_out_every_other(store: JobStore) -> None:
+    """An admin's view: ``/imagebot-admin usage`` in guild1 never shows guild2's or another platform's spend."""
+    await put(
+        store,
+        job(ALICE, prompt="a", status=JobStatus.DELIVERED, images=2, actual_cost=0.1, paid_at=T0),
+        job(JobContext("discord", "carol", workspace="guild2"), prompt="b", status=JobStatus.DONE, paid_at=T0),
+        job(JobContext("slack", "dave", workspace="guild1"), prompt="c", status=JobStatus.DONE, paid_at=T0),
+    )
+    rows = await store.usage(T0, by="user", workspace=("discord", "guild1"))
+    assert [(r.key, r.jobs, r.images) for r in rows] == [("discord:alice", 1, 2)]
+    assert await store.usage(T0, workspace=("discord", "guild9")) == []

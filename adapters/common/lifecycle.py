@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from bot.errors import ImageBotError, UnexpectedError
 from bot.jobs import JobOutcome
+from bot.metrics import request_trace
 from bot.models import Job, Progress
 from bot.ports import ProgressSink
 
@@ -76,25 +78,35 @@ async def answer(reply: Reply, work: Work, *, translate: Translate | None = None
         except Exception as exc:  # a status line that can't be shown must not cost the job
             log.info("progress not shown (%s): %s", type(exc).__name__, friendly_detail(exc))
 
-    try:
-        outcome = await work(progress)
-        if outcome is not None:
-            await reply.finish(outcome)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # the one place every failure is answered
-        await fail(reply, exc, translate)
+    with request_trace() as trace:
+        try:
+            outcome = await work(progress)
+            if outcome is not None:
+                delivering = time.monotonic()
+                await reply.finish(outcome)
+                trace.finished(final_status(outcome), delivery_started=delivering)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the one place every failure is answered
+            trace.finished(await fail(reply, exc, translate))
 
 
-async def fail(reply: Reply, error: BaseException, translate: Translate | None = None) -> None:
-    """Tell the user about ``error`` through ``reply``; if even that fails, the log has it."""
-    text = friendly(error, translate)
+def final_status(outcome: JobOutcome) -> str:
+    """A request's final status for the metrics: ``delivered``, or ``held`` (waiting for a confirmation)."""
+    return "held" if outcome.needs_confirmation else "delivered"
+
+
+async def fail(reply: Reply, error: BaseException, translate: Translate | None = None) -> str:
+    """Tell the user about ``error`` through ``reply``; if even that fails, the log has it. Returns its kind."""
+    shown = as_user_error(error, translate)
+    text = shown.friendly()
     try:
         await reply.fail(text)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         log.warning("could not tell the user about a failure (%s)", type(exc).__name__)
+    return shown.kind
 
 
 def cut_off_text(job: Job) -> str:

@@ -27,6 +27,7 @@ from discord import app_commands
 from adapters.base import AdapterState, PlatformUnreachableError
 from adapters.common.access import AccessPolicy
 from adapters.common.lifecycle import fail
+from adapters.discord.admin import install_admin
 from adapters.discord.commands import install_commands
 from adapters.discord.components import ConfirmButton, ResultButton
 from adapters.discord.files import Attachments
@@ -134,6 +135,7 @@ class DiscordAdapter:
         self.listeners = Listeners(core, AccessPolicy(settings.discord, settings.slack), delivery)
         self.client.handlers = self.listeners
         install_commands(self.tree, self.listeners, settings)
+        install_admin(self.tree, core.jobs.store)
         self.recovery = Recovery(delivery)
         self.connected = False
         self.messages_handled = 0  # gateway messages whose handling has finished (answered or ignored)

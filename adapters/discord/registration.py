@@ -35,7 +35,8 @@ def command_shape(raw: Mapping[str, Any]) -> tuple[int, str, str, str]:
     kind = int(raw.get("type", 1))
     options = [_option(o) for o in raw.get("options") or []]
     description = str(raw.get("description") or "") if kind == 1 else ""
-    return kind, str(raw["name"]), description, repr(options)
+    permissions = raw.get("default_member_permissions")  # who sees it: a change must reach Discord
+    return kind, str(raw["name"]), description, repr((options, str(permissions) if permissions else None))
 
 
 def commands_differ(local: Iterable[Mapping[str, Any]], remote: Iterable[Mapping[str, Any]]) -> bool:
@@ -50,13 +51,19 @@ async def ensure_commands(tree: app_commands.CommandTree[Any], *, force: bool = 
     """
     local = [command.to_dict(tree) for command in tree.get_commands()]
     if not force:
-        remote = [command.to_dict() for command in await tree.fetch_commands()]
+        remote = [_registered(command) for command in await tree.fetch_commands()]
         if not commands_differ(local, remote):
             log.info("discord: the %d registered commands are up to date", len(remote))
             return False
     synced = await tree.sync()
     log.info("discord: synced %d commands", len(synced))
     return True
+
+
+def _registered(command: app_commands.AppCommand) -> dict[str, Any]:
+    """A registered command as a dict, with who may see it (discord.py's ``to_dict`` leaves that out)."""
+    permissions = command.default_member_permissions
+    return {**command.to_dict(), "default_member_permissions": permissions.value if permissions is not None else None}
 
 
 def application_id_from_token(token: str) -> int | None:

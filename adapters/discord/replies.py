@@ -23,6 +23,7 @@ import discord
 from adapters.discord import render
 from bot.errors import BusyError
 from bot.jobs import JobOutcome, JobService
+from bot.metrics import acknowledged
 from bot.models import JobStatus, Progress
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,7 @@ class InteractionReply(_JobReply):
             await self.interaction.response.defer()
             message = self.interaction.message
             self.response_message = message.id if message is not None else None
+        acknowledged()
 
     async def _show_progress(self, text: str, preview: bytes | None) -> None:
         if self.expired:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -25,6 +26,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.base import AdapterState, PlatformUnreachableError
 from adapters.common.access import AccessPolicy
+from adapters.slack.admin import SlackAdmin
 from adapters.slack.files import SlackFiles
 from adapters.slack.http import SignedRequests
 from adapters.slack.listeners import Listeners
@@ -32,6 +34,7 @@ from adapters.slack.redelivery import recover
 from adapters.slack.replies import WEB_API_TIMEOUT, Outbox, ReplyTo
 from adapters.slack.state import SlackState
 from bot.bootstrap import Core
+from bot.metrics import Metrics
 from bot.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -70,12 +73,14 @@ class SlackAdapter:
             request_verification_enabled=self.mode == "http",
             process_before_response=False,
         )
+        self.app.metrics = core.metrics
         self.files = SlackFiles(
             session, token, api_url=settings.slack_api_url, max_bytes=settings.imaging.max_input_bytes
         )
         self.outbox = Outbox(core.jobs, self.client, session)
         self.listeners = Listeners(core, AccessPolicy(settings.discord, settings.slack), self.outbox, self.files)
         self.listeners.register(self.app)
+        SlackAdmin(core.jobs.store, self.outbox, settings.slack.admins).register(self.app)
         self._auth: AuthorizeResult | None = None
         self._state = AdapterState.STOPPED
         self._handler: AsyncSocketModeHandler | None = None
@@ -209,13 +214,18 @@ class _AckTrackingApp(AsyncApp):
     user before the acknowledgement's own message ("Working on it" after the error would read backwards).
     """
 
+    metrics: Metrics | None = None  # where the time to acknowledge is counted
+
     async def async_dispatch(self, req: AsyncBoltRequest) -> BoltResponse:
         acked = asyncio.Event()
         req.context["acked"] = acked
+        started = time.monotonic()
         try:
             return await super().async_dispatch(req)
         finally:
             acked.set()
+            if self.metrics is not None:
+                self.metrics.ack_seconds.labels("slack").observe(time.monotonic() - started)
 
 
 def _client(token: str | None, base_url: str, session: aiohttp.ClientSession) -> AsyncWebClient:

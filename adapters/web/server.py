@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from adapters.base import Adapter, AdapterState
+from adapters.web.session import authorised
 from bot.bootstrap import Core
+from bot.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,38 @@ def create_app(core: Core, adapters: Sequence[Adapter]) -> web.Application:
         }
         return web.json_response(body, status=200 if healthy else 503, headers={"Cache-Control": "no-store"})
 
+    password = core.settings.web_password.get_secret_value() if core.settings.web_password is not None else None
+    local_only = is_loopback(core.settings.web_host)
+    core.metrics.watch_adapters(lambda: {adapter.name: adapter.state.value for adapter in adapters})
+
+    async def metrics(request: web.Request) -> web.Response:
+        refusal = metrics_refusal(request, password=password, local_only=local_only)
+        if refusal is not None:
+            return refusal
+        body = core.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
+
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     return app
+
+
+def metrics_refusal(request: web.Request, *, password: str | None, local_only: bool) -> web.Response | None:
+    """Who may read /metrics: anyone on a server bound to loopback; beyond it, the playground's password (HTTP
+    Basic, any user name) — or, with no password set, only this machine."""
+    if local_only:
+        return None
+    if password is not None:
+        if authorised(request, password):
+            return None
+        return web.Response(
+            status=401,
+            text="The metrics need the web password (IMAGEBOT_WEB_PASSWORD).\n",
+            headers={"WWW-Authenticate": 'Basic realm="imagebot metrics", charset="UTF-8"'},
+        )
+    if is_loopback(request.remote or ""):
+        return None
+    return web.Response(status=403, text="Set IMAGEBOT_WEB_PASSWORD to read the metrics from another machine.\n")
 
 
 class WebServer:

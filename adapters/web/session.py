@@ -64,7 +64,7 @@ class Sessions:
             return await handler(request)  # /healthz and whatever else shares the server
         if self._local_only and not _is_local_host(request.host):
             return web.Response(status=421, text="This playground answers only on localhost.\n")
-        if self._password is not None and not _authorised(request, self._password):
+        if self._password is not None and not authorised(request, self._password):
             return web.Response(
                 status=401,
                 text="The playground needs its password (IMAGEBOT_WEB_PASSWORD).\n",
@@ -163,7 +163,7 @@ def _is_local_host(host: str) -> bool:
     return name.strip("[]").lower() in _LOCAL_HOSTS
 
 
-def _authorised(request: web.Request, password: str) -> bool:
+def authorised(request: web.Request, password: str) -> bool:
     """HTTP Basic auth with any user name and the shared password."""
     scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "basic":

@@ -42,6 +42,7 @@ from bot.errors import (
     SafetyRefusalError,
     safety_categories,
 )
+from bot.metrics import Metrics
 from bot.models import (
     ProviderEdit,
     ProviderGenerate,
@@ -517,6 +518,7 @@ class OpenAIImages:
         on_throttle: Callable[[float], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         result_budget: ByteBudget | None = None,
+        metrics: Metrics | None = None,
     ):
         """``result_budget``: bytes that answers being decoded may hold at once (None: no limit)."""
         self._session = session
@@ -530,6 +532,7 @@ class OpenAIImages:
         self._on_throttle = on_throttle
         self._sleep = sleep
         self._budget = result_budget
+        self._metrics = metrics or Metrics()
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout, sock_connect=settings.connect_timeout)
 
     @property
@@ -651,7 +654,9 @@ class OpenAIImages:
                 path, model, request_kwargs, stream=stream, on_partial=on_partial, spool=spool
             )
             if isinstance(outcome, ProviderImages):
+                self._metrics.upstream_attempt(model, None, None)
                 return outcome
+            self._metrics.upstream_attempt(model, outcome.error, outcome.status)
             if (
                 attempt == attempts - 1
                 or not outcome.retryable
@@ -670,6 +675,7 @@ class OpenAIImages:
                 attempts,
                 outcome.error.log_line(),
             )
+            self._metrics.upstream_retry(model, outcome.status)
             await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 

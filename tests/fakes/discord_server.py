@@ -234,6 +234,7 @@ class InteractionContext(TypedDict, total=False):
     app_permissions: str
     message: Json  # the message a component / modal-from-component interaction belongs to
     roles: list[str]  # the member's role ids (in a guild)
+    member_permissions: str  # the member's resolved permissions in the channel (default MEMBER_PERMISSIONS)
     expect_ack: bool  # False: never being acknowledged is not an error
 
 
@@ -1155,7 +1156,8 @@ class FakeDiscord(LoopbackServer):
             channel = self._channel(channel_id)
             payload |= {"guild_id": guild_id, "guild_locale": "en-US"}
             payload["guild"] = {"id": guild_id, "locale": "en-US", "features": []}
-            payload["member"] = make_member(user, permissions=MEMBER_PERMISSIONS, roles=context.get("roles", ()))
+            permissions = context.get("member_permissions", MEMBER_PERMISSIONS)
+            payload["member"] = make_member(user, permissions=permissions, roles=context.get("roles", ()))
             payload["channel"] = dict(channel[0] if channel else make_text_channel(channel_id, guild_id))
             payload["channel"]["permissions"] = MEMBER_PERMISSIONS
         payload["channel_id"] = channel_id

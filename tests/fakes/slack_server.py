@@ -398,10 +398,13 @@ class FakeSlack(LoopbackServer):
         self.channels[channel_id] = channel = Channel(channel_id, name, member, private, im)
         return channel
 
-    def add_user(self, user_id: str, name: str, *, is_bot: bool = False) -> dict[str, Any]:
+    def add_user(
+        self, user_id: str, name: str, *, is_bot: bool = False, is_admin: bool = False, is_owner: bool = False
+    ) -> dict[str, Any]:
         profile = {"display_name": name, "real_name": name.title(), "image_48": f"{self.url}/avatars/{user_id}.png"}
         user = {"id": user_id, "team_id": TEAM_ID, "name": name, "real_name": name.title(), "deleted": False}
-        self.users[user_id] = user | {"is_bot": is_bot, "tz": "Europe/London", "profile": profile}
+        roles = {"is_admin": is_admin or is_owner, "is_owner": is_owner, "is_primary_owner": False}  # owners are admins
+        self.users[user_id] = user | {"is_bot": is_bot, "tz": "Europe/London", "profile": profile} | roles
         return self.users[user_id]
 
     def add_file(self, data: bytes, name: str, mimetype: str, *, owner: str = USER_ID) -> dict[str, Any]:
