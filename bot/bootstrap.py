@@ -213,7 +213,7 @@ async def open_core(
     folder is only read alongside a running bot: no lock, no recovery, and no job may be run.
     """
     lock = DataFolderLock(settings.data_dir)
-    if exclusive:
+    if exclusive and settings.database_url is None:  # PostgreSQL: processes share the folder (the results)
         await asyncio.to_thread(lock.acquire)  # first: a second process stops before it does or logs anything
     try:
         images = build_images(settings, session, provider=provider)
