@@ -1,0 +1,60 @@
+"""Slack in two `imagebot run` processes (Socket Mode), sharing PostgreSQL, Redis and the data folder: Slack
+spreads the envelopes over both connections, each request is answered exactly once, and a retried event that
+arrives on the other connection is not answered twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from tests.fakes.slack_server import APP_TOKEN, BOT_TOKEN, CHANNEL_ID, FakeSlack
+from tests.images import png
+from tests.test_run import run_env, running_bot
+
+
+def slack_env(tmp_path: Path, fake: FakeSlack, postgres_url: str, redis_url: str) -> dict[str, str]:
+    return run_env(
+        tmp_path,
+        SLACK_BOT_TOKEN=BOT_TOKEN,
+        SLACK_APP_TOKEN=APP_TOKEN,
+        SLACK_API_URL=fake.api_url,
+        IMAGEBOT_DATABASE_URL=postgres_url,
+        IMAGEBOT_REDIS_URL=redis_url,
+    )
+
+
+def uploads(fake: FakeSlack) -> int:
+    return len([call for call in fake.calls_to("files.completeUploadExternal") if call.ok])
+
+
+async def settle(fake: FakeSlack, expected: int) -> None:
+    """Wait for ``expected`` uploads, then give a duplicate the time it would take to show up as well."""
+    await fake.wait_for(lambda: uploads(fake) >= expected, timeout=30, what=f"{expected} uploads")
+    await fake.wait_for(lambda: all(e.ack for e in fake.envelopes.values()), what="every envelope acknowledged")
+    await asyncio.sleep(1.0)  # a second answer would be one more upload: none may come
+
+
+async def test_two_socket_mode_processes_share_the_envelopes(tmp_path: Path, postgres_url: str, redis_url: str) -> None:
+    async with FakeSlack(spread=True) as fake:
+        envs = [slack_env(tmp_path, fake, postgres_url, redis_url) for _ in range(2)]
+        async with contextlib.AsyncExitStack() as stack:
+            await asyncio.gather(*(stack.enter_async_context(running_bot(env, tmp_path)) for env in envs))
+            await fake.wait_for(lambda: fake.open_connections == 2, what="a connection per process")
+            sent = [
+                await fake.send_slash_command("/imagine", f"fox number {n}", channel_id=CHANNEL_ID) for n in range(4)
+            ]
+            assert len({envelope.connection for envelope in sent}) == 2
+            await settle(fake, 4)
+            assert uploads(fake) == 4
+
+            shared = fake.add_file(png(), "cat.png", "image/png")
+            event = fake.app_mention_event("vary please", files=[shared])
+            first = await fake.send_event(event)
+            retry = await fake.send_event(
+                event, event_id=first.payload["event_id"], retry_attempt=1, retry_reason="timeout"
+            )
+            assert first.connection != retry.connection  # the retry went to the other process
+            await settle(fake, 5)
+            assert uploads(fake) == 5, "the retried event was answered by both processes"
+        assert not fake.errors
