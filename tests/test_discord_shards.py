@@ -114,6 +114,25 @@ async def test_one_process_with_several_shards(tmp_path: Path, endpoints: None) 
         fake.assert_no_errors()
 
 
+async def test_a_shard_that_identifies_again_leaves_the_process_connected(tmp_path: Path, endpoints: None) -> None:
+    """discord.py says ``ready`` once for all shards: a shard identifying again later must still count as back."""
+    async with FakeDiscord(guilds=two_guilds(), identify_window=0.2) as fake:
+        settings = settings_for(fake, tmp_path, discord_shard_count=2)
+        async with running(settings, identify_interval=0.2) as adapter:
+            assert adapter.connected
+            await fake.invalidate_session(1)
+            await fake.wait_for(lambda: len(fake.identifies) == 3, what="shard 1 identifying again")
+            async with asyncio.timeout(5):  # the adapter's own flag: nothing the fake sees changes with it
+                while not adapter.connected:
+                    await asyncio.sleep(0.01)
+            assert sorted(fake.connected_shards()) == [(0, 2), (1, 2)]
+            inter = await fake.dispatch_slash_command(
+                "imagine", {"prompt": "a fox"}, guild_id=GUILD_ON_1, channel_id=CHANNEL_ON_1
+            )
+            assert (await result_of(fake, inter.id)).files
+        fake.assert_no_errors()
+
+
 async def test_the_fake_refuses_identifies_faster_than_the_session_start_limit(tmp_path: Path, endpoints: None) -> None:
     """Two processes without Redis cannot know of each other: the fake gateway catches the second IDENTIFY."""
     async with FakeDiscord(guilds=two_guilds(), max_concurrency=1, identify_window=30) as fake:

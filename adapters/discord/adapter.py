@@ -105,7 +105,38 @@ class ImageClient(discord.Client):
 
 class ShardedImageClient(ImageClient, discord.AutoShardedClient):
     """The same client holding only this process's shards (``shard_count`` and ``shard_ids``): Discord sends
-    each shard the events of the guilds whose ``(guild_id >> 22) % shard_count`` is its id, DMs to shard 0."""
+    each shard the events of the guilds whose ``(guild_id >> 22) % shard_count`` is its id, DMs to shard 0.
+
+    Connected means every shard is: discord.py sends ``ready`` once for all shards (a shard that identifies
+    again later only gets ``shard_ready``), so the shard events keep the count."""
+
+    def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
+        super().__init__(adapter, **options)
+        self.shards_down: set[int] = set()
+
+    def _update_connected(self) -> None:
+        self.adapter.connected = self.is_ready() and not self.shards_down
+
+    async def on_ready(self) -> None:
+        self._update_connected()
+
+    async def on_resumed(self) -> None:
+        """Handled per shard (``on_shard_resumed``)."""
+
+    async def on_disconnect(self) -> None:
+        """Handled per shard (``on_shard_disconnect``)."""
+
+    async def on_shard_disconnect(self, shard_id: int) -> None:
+        self.shards_down.add(shard_id)
+        self.adapter.connected = False
+
+    async def on_shard_ready(self, shard_id: int) -> None:
+        self.shards_down.discard(shard_id)
+        self._update_connected()
+
+    async def on_shard_resumed(self, shard_id: int) -> None:
+        self.shards_down.discard(shard_id)
+        self._update_connected()
 
 
 class ImageTree(app_commands.CommandTree[ImageClient]):

@@ -1028,6 +1028,13 @@ class FakeDiscord(LoopbackServer):
         """The shard that receives a guild's events: ``(guild_id >> 22) % num_shards``."""
         return (int(guild_id) >> 22) % shard_count
 
+    async def invalidate_session(self, shard_id: int) -> None:
+        """Op 9 Invalid Session (not resumable) on the shard's session: the client must IDENTIFY again."""
+        for session in self._sessions:
+            if session.identified and not session.ws.closed and session.shard[0] == shard_id:
+                session.identified = False
+                await session.send(9, False)
+
     def connected_shards(self) -> list[tuple[int, int]]:
         """[shard_id, num_shards] of every identified, open gateway session."""
         return [s.shard for s in self._sessions if s.identified and not s.ws.closed]
