@@ -13,11 +13,13 @@ from typing import Any
 import aiohttp
 import discord
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapters.discord import DiscordAdapter
 from bot.bootstrap import open_core
 from bot.errors import ConfigurationError
-from bot.settings import Settings, load_settings
+from bot.settings import Settings, SettingsError, load_settings
 from tests.fakes.discord_server import TOKEN, FakeDiscord, SentMessage, make_guild, make_text_channel
 
 # two guilds whose events belong to shards 0 and 1 of 2: (guild_id >> 22) % 2
@@ -221,3 +223,53 @@ async def test_a_bot_that_must_shard_says_how(tmp_path: Path, endpoints: None) -
             async with running(settings_for(fake, tmp_path)):
                 pass
         assert "IMAGEBOT_DISCORD_SHARD_COUNT" in refused.value.user_message
+
+
+@pytest.mark.parametrize(
+    ("count", "ids", "shards"),
+    [("4", "0,1", (0, 1)), ("4", " 3 , 2 ", (3, 2)), ("3", None, (0, 1, 2)), (None, None, None)],
+)
+def test_shard_settings(monkeypatch: pytest.MonkeyPatch, count: str | None, ids: str | None, shards: Any) -> None:
+    for name, value in (("IMAGEBOT_DISCORD_SHARD_COUNT", count), ("IMAGEBOT_DISCORD_SHARD_IDS", ids)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert load_settings().discord_shards == shards
+
+
+@pytest.mark.parametrize(
+    ("count", "ids", "says"),
+    [
+        ("2", "0,2", "IMAGEBOT_DISCORD_SHARD_IDS: shard 2 is outside 0..1 (the shard count is 2)"),
+        (None, "1", "IMAGEBOT_DISCORD_SHARD_IDS: set IMAGEBOT_DISCORD_SHARD_COUNT too"),
+        ("2", "1,1", "IMAGEBOT_DISCORD_SHARD_IDS: each shard may appear only once"),
+        ("2", "one", "IMAGEBOT_DISCORD_SHARD_IDS: must be shard numbers separated by commas, e.g. 0,1"),
+        ("2", "0,,1", "IMAGEBOT_DISCORD_SHARD_IDS: must be shard numbers separated by commas"),
+        ("0", "0", "IMAGEBOT_DISCORD_SHARD_COUNT"),
+    ],
+)
+def test_bad_shard_settings_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, count: str | None, ids: str, says: str
+) -> None:
+    if count is None:
+        monkeypatch.delenv("IMAGEBOT_DISCORD_SHARD_COUNT", raising=False)
+    else:
+        monkeypatch.setenv("IMAGEBOT_DISCORD_SHARD_COUNT", count)
+    monkeypatch.setenv("IMAGEBOT_DISCORD_SHARD_IDS", ids)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    message = str(refused.value.user_message)
+    assert says in message and "\n" not in message
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(alphabet="0123456789, -x", max_size=12), count=st.integers(1, 8))
+def test_any_shard_ids_text_loads_or_is_refused_in_one_line(text: str, count: int) -> None:
+    try:
+        loaded = load_settings(discord_shard_count=count, discord_shard_ids=text)
+    except SettingsError as refused:
+        assert refused.user_message.startswith("setting IMAGEBOT_DISCORD_SHARD_") and "\n" not in refused.user_message
+    else:
+        shards = loaded.discord_shards or ()
+        assert shards and len(set(shards)) == len(shards) and all(0 <= shard < count for shard in shards)
