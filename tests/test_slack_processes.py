@@ -1,6 +1,7 @@
-"""Slack in two `imagebot run` processes (Socket Mode), sharing PostgreSQL, Redis and the data folder: Slack
-spreads the envelopes over both connections, each request is answered exactly once, and a retried event that
-arrives on the other connection is not answered twice."""
+"""Slack in two `imagebot run` processes sharing PostgreSQL, Redis and the data folder, in Socket Mode (Slack
+spreads the envelopes over both connections) and in HTTP mode behind a load balancer (requests alternate between
+the processes): each request is answered exactly once, and a retried event that reaches the other process is not
+answered twice."""
 
 from __future__ import annotations
 
@@ -8,19 +9,32 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from tests.fakes.slack_server import APP_TOKEN, BOT_TOKEN, CHANNEL_ID, FakeSlack
+from tests.fakes.slack_server import (
+    APP_TOKEN,
+    BOT_TOKEN,
+    CHANNEL_ID,
+    SIGNING_SECRET,
+    FakeSlack,
+    command_body,
+    event_body,
+    retry_headers,
+    sign_request,
+)
 from tests.images import png
 from tests.test_run import run_env, running_bot
 
 
-def slack_env(tmp_path: Path, fake: FakeSlack, postgres_url: str, redis_url: str) -> dict[str, str]:
+def slack_env(
+    tmp_path: Path, fake: FakeSlack, postgres_url: str, redis_url: str, *, http: bool = False
+) -> dict[str, str]:
+    mode = {"SLACK_SIGNING_SECRET": SIGNING_SECRET} if http else {"SLACK_APP_TOKEN": APP_TOKEN}
     return run_env(
         tmp_path,
         SLACK_BOT_TOKEN=BOT_TOKEN,
-        SLACK_APP_TOKEN=APP_TOKEN,
         SLACK_API_URL=fake.api_url,
         IMAGEBOT_DATABASE_URL=postgres_url,
         IMAGEBOT_REDIS_URL=redis_url,
+        **mode,
     )
 
 
@@ -55,6 +69,30 @@ async def test_two_socket_mode_processes_share_the_envelopes(tmp_path: Path, pos
                 event, event_id=first.payload["event_id"], retry_attempt=1, retry_reason="timeout"
             )
             assert first.connection != retry.connection  # the retry went to the other process
+            await settle(fake, 5)
+            assert uploads(fake) == 5, "the retried event was answered by both processes"
+        assert not fake.errors
+
+
+async def test_two_http_mode_processes_behind_a_load_balancer(
+    tmp_path: Path, postgres_url: str, redis_url: str
+) -> None:
+    async with FakeSlack() as fake:
+        envs = [slack_env(tmp_path, fake, postgres_url, redis_url, http=True) for _ in range(2)]
+        urls = [f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}/slack/events" for env in envs]
+        async with contextlib.AsyncExitStack() as stack:
+            await asyncio.gather(*(stack.enter_async_context(running_bot(env, tmp_path)) for env in envs))
+            for n in range(4):  # the load balancer alternates
+                await fake.send_http(urls[n % 2], command_body(fake.command_payload("/imagine", f"fox number {n}")))
+            await settle(fake, 4)
+            assert uploads(fake) == 4
+
+            shared = fake.add_file(png(), "cat.png", "image/png")
+            body = event_body(fake.event_payload(fake.app_mention_event("vary please", files=[shared])))
+            await fake.send_http(urls[0], body)
+            await fake.wait_for(lambda: uploads(fake) >= 5, timeout=30, what="the event answered")
+            retried = await fake.send_http(urls[1], body, sign_request(body) | retry_headers(1))
+            assert retried.status == 200
             await settle(fake, 5)
             assert uploads(fake) == 5, "the retried event was answered by both processes"
         assert not fake.errors
