@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from pathlib import Path
+
+import aiohttp
 
 from tests.fakes.slack_server import (
     APP_TOKEN,
     BOT_TOKEN,
     CHANNEL_ID,
+    MAX_SOCKET_CONNECTIONS,
     SIGNING_SECRET,
     FakeSlack,
     command_body,
@@ -96,3 +100,21 @@ async def test_two_http_mode_processes_behind_a_load_balancer(
             await settle(fake, 5)
             assert uploads(fake) == 5, "the retried event was answered by both processes"
         assert not fake.errors
+
+
+async def test_the_fake_spreads_envelopes_and_refuses_an_eleventh_connection() -> None:
+    async with FakeSlack(spread=True) as fake, aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {APP_TOKEN}"}
+        sockets = []
+        for _ in range(MAX_SOCKET_CONNECTIONS + 1):
+            async with http.post(fake.api_url + "apps.connections.open", headers=headers) as opened:
+                url = (await opened.json())["url"]
+            ws = await http.ws_connect(url)
+            sockets.append((ws, json.loads((await ws.receive()).data)))
+        assert [hello["type"] for _, hello in sockets] == ["hello"] * MAX_SOCKET_CONNECTIONS + ["disconnect"]
+        assert sockets[-1][1]["reason"] == "too_many_websockets"
+        await fake.wait_for(lambda: fake.open_connections == MAX_SOCKET_CONNECTIONS or None, what="ten open")
+        envelopes = [await fake.send_slash_command("/imagine", f"fox {n}") for n in range(MAX_SOCKET_CONNECTIONS)]
+        assert sorted(e.connection for e in envelopes) == list(range(1, MAX_SOCKET_CONNECTIONS + 1))
+        for ws, _ in sockets:
+            await ws.close()

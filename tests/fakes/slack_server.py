@@ -56,6 +56,7 @@ DEFAULT_SCOPES = frozenset(
     | {"channels:history", "groups:history", "im:history", "mpim:history"}
 )
 ACK_DEADLINE = 3.0  # seconds Slack waits for an envelope ack
+MAX_SOCKET_CONNECTIONS = 10  # open Socket Mode connections per app; one more is told "too_many_websockets"
 TRIGGER_TTL = 3.0  # trigger_ids are short-lived and single use
 RESPONSE_URL_USES, RESPONSE_URL_TTL = 5, 30 * 60.0
 UPLOAD = "upload"  # pseudo method name of the upload-URL step, in fake.calls and for fail_next()
@@ -320,7 +321,8 @@ class FakeSlack(LoopbackServer):
         spread: bool = False,
     ) -> None:
         """``spread``: send each envelope on the next open Socket Mode connection in turn, as Slack spreads an app's
-        events over its connections (up to 10, e.g. one per process); otherwise on the newest connection."""
+        events over its connections (up to 10, e.g. one per process; Slack picks one at random, turn by turn keeps
+        tests deterministic); otherwise on the newest connection."""
         self.bot_token, self.app_token = bot_token, app_token
         self.spread = spread
         self._connection_numbers: dict[int, int] = {}  # id(ws) -> its number
@@ -712,6 +714,11 @@ class FakeSlack(LoopbackServer):
             return web.Response(status=401, text="invalid ticket")
         ws = web.WebSocketResponse()  # autoping: answers the SDK's "sdk-ping-pong" pings
         await ws.prepare(request)
+        if self.open_connections >= MAX_SOCKET_CONNECTIONS:
+            too_many = {"type": "disconnect", "reason": "too_many_websockets"}
+            await ws.send_json(too_many | {"debug_info": {"host": "applink-fake"}})
+            await ws.close()
+            return ws
         self._sockets.append(ws)
         self._connection_numbers[id(ws)] = next(self._connections_opened)
         try:
