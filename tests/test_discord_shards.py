@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -273,3 +274,15 @@ def test_any_shard_ids_text_loads_or_is_refused_in_one_line(text: str, count: in
     else:
         shards = loaded.discord_shards or ()
         assert shards and len(set(shards)) == len(shards) and all(0 <= shard < count for shard in shards)
+
+
+async def test_without_redis_reachable_the_shards_still_connect(tmp_path: Path, endpoints: None) -> None:
+    """Redis down at start: identify pacing falls back to a full window per shard instead of never connecting."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    async with FakeDiscord(guilds=two_guilds(), identify_window=0.3) as fake:
+        settings = shard_settings(fake, tmp_path, 0, redis_url=nowhere)
+        async with running(settings, identify_interval=0.3) as adapter:
+            assert adapter.connected and adapter.synced is False  # nobody syncs without the lock
+        fake.assert_no_errors()

@@ -245,6 +245,7 @@ class DiscordAdapter:
         except discord.HTTPException as exc:
             log.warning("discord: could not check the registered commands (%s %s)", exc.status, exc.code)
         except redis.RedisError as exc:
+            self.synced = False
             log.warning("discord: Redis unavailable, commands left as they are (%s)", type(exc).__name__)
 
     def _namespace(self) -> str:

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 IDENTIFY_INTERVAL = 5.0  # seconds: Discord's window for max_concurrency identifies
 COMMAND_SYNC_LOCK = 60.0  # seconds a process keeps the command-sync role (long enough to compare and PUT)
 _POLL_FLOOR = 0.02  # never spin faster than this on a taken bucket
+# the key outlives the window a little: the IDENTIFY after taking it can reach Discord sooner than the one before
+_SKEW_MARGIN = 1.1
 
 
 class IdentifyGate:
@@ -47,13 +49,21 @@ class IdentifyGate:
             if not initial:  # discord.py's own rule for one process
                 await asyncio.sleep(self.interval)
         else:
-            await self._take_bucket(self.client, self.bucket(shard_id))
+            try:
+                await self._take_bucket(self.client, self.bucket(shard_id))
+            except redis.RedisError as exc:
+                # better late than never connected: a whole window apart, so only another process's IDENTIFY in
+                # the same window can meet Discord's refusal (op 9), which discord.py answers by identifying later
+                log.warning(
+                    "discord: Redis unavailable for identify pacing (%s); waiting a full window", type(exc).__name__
+                )
+                await asyncio.sleep(self.interval)
         self.identified.append(shard_id)
 
     async def _take_bucket(self, client: redis.Redis, bucket: int) -> None:
         key = f"{self.namespace}:identify:{bucket}"
         holder = secrets.token_hex(8)
-        window_ms = max(1, int(self.interval * 1000))
+        window_ms = max(1, int(self.interval * 1000 * _SKEW_MARGIN))
         while not await client.set(key, holder, nx=True, px=window_ms):
             remaining_ms = await client.pttl(key)
             log.debug("discord: identify bucket %d taken for %d ms more", bucket, remaining_ms)
