@@ -22,6 +22,7 @@ from bot.bootstrap import open_core
 from bot.errors import ConfigurationError
 from bot.settings import Settings, SettingsError, load_settings
 from tests.fakes.discord_server import TOKEN, FakeDiscord, SentMessage, make_guild, make_text_channel
+from tests.test_run import cli, own_logging  # noqa: F401 - a fixture
 
 # two guilds whose events belong to shards 0 and 1 of 2: (guild_id >> 22) % 2
 GUILD_ON_0, GUILD_ON_1 = str(1185000000000000100 + (1 << 22)), "1185000000000000100"
@@ -286,3 +287,15 @@ async def test_without_redis_reachable_the_shards_still_connect(tmp_path: Path, 
         async with running(settings, identify_interval=0.3) as adapter:
             assert adapter.connected and adapter.synced is False  # nobody syncs without the lock
         fake.assert_no_errors()
+
+
+@pytest.mark.usefixtures("own_logging")
+def test_run_with_a_shard_outside_the_count_exits_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli(monkeypatch, "run", IMAGEBOT_DISCORD_SHARD_COUNT="2", IMAGEBOT_DISCORD_SHARD_IDS="1,2")
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        "imagebot: setting IMAGEBOT_DISCORD_SHARD_IDS: shard 2 is outside 0..1 (the shard count is 2)"
+    ]

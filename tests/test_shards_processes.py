@@ -52,6 +52,7 @@ async def test_two_processes_split_the_guilds_and_serve_each_others_results(
         async with contextlib.AsyncExitStack() as stack:
             await asyncio.gather(*(stack.enter_async_context(running_bot(env, tmp_path)) for env in envs))
             assert sorted(fake.connected_shards()) == [(0, 2), (1, 2)]
+            assert sorted(d["shard"] for _, d in fake.identifies) == [[0, 2], [1, 2]]  # one shard per process
             first, made_on_0 = await imagine(fake, GUILD_ON_0, CHANNEL_ON_0)
             second, made_on_1 = await imagine(fake, GUILD_ON_1, CHANNEL_ON_1)
             assert (first.shard, second.shard) == (0, 1)
