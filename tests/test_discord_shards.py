@@ -141,7 +141,7 @@ async def test_the_fake_refuses_identifies_faster_than_the_session_start_limit(t
     """Two processes without Redis cannot know of each other: the fake gateway catches the second IDENTIFY."""
     async with FakeDiscord(guilds=two_guilds(), max_concurrency=1, identify_window=30) as fake:
         async with running(shard_settings(fake, tmp_path, 0)):
-            second = running(shard_settings(fake, tmp_path, 1), ready_timeout=1.0)
+            second = running(shard_settings(fake, tmp_path, 1), ready_timeout=1.0, identify_interval=0.1)
             with contextlib.suppress(Exception):
                 async with second:
                     pass

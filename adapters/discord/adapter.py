@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Any
 
 import aiohttp
@@ -206,7 +207,8 @@ class DiscordAdapter:
         await self._share_identify_limits()
         self._connection = asyncio.create_task(self.client.connect(reconnect=True), name="discord-gateway")
         ready = asyncio.create_task(self.client.wait_until_ready())
-        await asyncio.wait({ready, self._connection}, timeout=self.ready_timeout, return_when=asyncio.FIRST_COMPLETED)
+        timeout = self.ready_timeout + self._identify_allowance()
+        await asyncio.wait({ready, self._connection}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if not ready.done():
             ready.cancel()
             failure = self._connection.exception() if self._connection.done() else None
@@ -233,6 +235,15 @@ class DiscordAdapter:
         except (discord.HTTPException, discord.GatewayNotFound) as exc:
             log.warning("discord: no session start limits from /gateway/bot (%s); assuming 1", type(exc).__name__)
         self.identify_gate.client = self._redis
+
+    def _identify_allowance(self) -> float:
+        """Seconds the shards may spend waiting their turn to IDENTIFY (5 s per turn of each bucket): this process's
+        shards alone, or with Redis every shard of the bot (the other processes may start at the same time)."""
+        if self.shards is None:
+            return 0.0
+        gate = self.identify_gate
+        waiting = len(self.shards) if gate.client is None else (self.settings.discord_shard_count or 1)
+        return gate.interval * 1.1 * math.ceil(waiting / gate.max_concurrency)
 
     async def _sync_commands(self) -> None:
         """Compare (and if needed sync) the commands, in one process only: the others never PUT them."""
