@@ -37,8 +37,7 @@ class IdentifyGate:
         self.client = client
         self.namespace = namespace
         self.interval = interval
-        self.max_concurrency = 1
-        self.identified: list[int | None] = []  # shards in the order this process identified them
+        self.max_concurrency = 1  # from /gateway/bot when Redis is used
 
     def bucket(self, shard_id: int | None) -> int:
         return (shard_id or 0) % max(1, self.max_concurrency)
@@ -58,7 +57,6 @@ class IdentifyGate:
                     "discord: Redis unavailable for identify pacing (%s); waiting a full window", type(exc).__name__
                 )
                 await asyncio.sleep(self.interval)
-        self.identified.append(shard_id)
 
     async def _take_bucket(self, client: redis.Redis, bucket: int) -> None:
         key = f"{self.namespace}:identify:{bucket}"
