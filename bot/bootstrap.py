@@ -199,7 +199,8 @@ def describe_database(settings: Settings) -> str:
 async def open_store(settings: Settings) -> JobStore:
     """The job store: PostgreSQL when IMAGEBOT_DATABASE_URL is set, else SQLite under the data folder.
 
-    Result files stay under IMAGEBOT_DATA_DIR either way, so one process per data folder still holds (the lock).
+    Result files stay under IMAGEBOT_DATA_DIR either way: with PostgreSQL, processes share that folder (a shared
+    volume) and no lock keeps them out; with SQLite, one process per data folder (the lock).
     """
     log.info("job database: %s", describe_database(settings))
     if settings.database_url is not None:
@@ -226,7 +227,7 @@ async def open_core(
     folder is only read alongside a running bot: no lock, no recovery, and no job may be run.
     """
     lock = DataFolderLock(settings.data_dir)
-    if exclusive:
+    if exclusive and settings.database_url is None:  # PostgreSQL: processes share the folder (the results)
         await asyncio.to_thread(lock.acquire)  # first: a second process stops before it does or logs anything
     try:
         images = build_images(settings, session, provider=provider)

@@ -16,7 +16,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import (
@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -149,6 +150,9 @@ class Settings(BaseSettings):
     discord_token: SecretStr | None = Field(None, validation_alias=AliasChoices("DISCORD_TOKEN"))
     discord_api_base_url: str | None = Field(None, validation_alias=AliasChoices("DISCORD_API_BASE_URL"))
     discord_gateway_url: str | None = Field(None, validation_alias=AliasChoices("DISCORD_GATEWAY_URL"))
+    # this process's gateway shards: IMAGEBOT_DISCORD_SHARD_COUNT=4, IMAGEBOT_DISCORD_SHARD_IDS=0,1 (unset: one session)
+    discord_shard_count: int | None = Field(None, ge=1, le=100_000)
+    discord_shard_ids: Annotated[tuple[int, ...] | None, NoDecode] = None
     slack_bot_token: SecretStr | None = Field(None, validation_alias=AliasChoices("SLACK_BOT_TOKEN"))
     slack_app_token: SecretStr | None = Field(None, validation_alias=AliasChoices("SLACK_APP_TOKEN"))
     slack_signing_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET"))
@@ -204,6 +208,41 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value else value
+
+    @field_validator("discord_shard_ids", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",")]
+            if not value.strip() or not all(part.isdigit() for part in parts):
+                raise ValueError("must be shard numbers separated by commas, e.g. 0,1")
+            return tuple(int(part) for part in parts)
+        return value
+
+    @model_validator(mode="after")
+    def _shards_fit(self) -> Settings:
+        ids, count = self.discord_shard_ids, self.discord_shard_count
+        if ids is None:
+            return self
+        if count is None:
+            raise ValueError("discord_shard_ids: set IMAGEBOT_DISCORD_SHARD_COUNT too (the total number of shards)")
+        if not ids:
+            raise ValueError("discord_shard_ids: list at least one shard, e.g. 0,1")
+        outside = sorted({i for i in ids if not 0 <= i < count})
+        if outside:
+            raise ValueError(
+                f"discord_shard_ids: shard {outside[0]} is outside 0..{count - 1} (the shard count is {count})"
+            )
+        if len(set(ids)) != len(ids):
+            raise ValueError("discord_shard_ids: each shard may appear only once")
+        return self
+
+    @property
+    def discord_shards(self) -> tuple[int, ...] | None:
+        """This process's shard ids (all of them when only the count is set); None: one unsharded session."""
+        if self.discord_shard_count is None:
+            return None
+        return self.discord_shard_ids or tuple(range(self.discord_shard_count))
 
     @field_validator("database_url")
     @classmethod

@@ -55,7 +55,8 @@ class _Errors(logging.Handler):
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeDiscord]:
     rest, gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    async with FakeDiscord() as server:
+    # restarts here follow each other within Discord's 5 s identify window (tests/test_discord_shards.py keeps it)
+    async with FakeDiscord(identify_window=0.0) as server:
         handler = _Errors(server)
         for name in ("discord", "adapters.discord"):
             logging.getLogger(name).addHandler(handler)

@@ -12,6 +12,12 @@ Wire facts checked against discord.py 2.7.1: JSON answers need ``Content-Type: a
 may send plain JSON text frames whatever ``compress`` the client asked for (it only inflates binary frames).
 The fake enforces what discord.py does not: the 3 s initial-response deadline, one initial response per
 interaction, webhook use only after it, and the Message Content intent on MESSAGE_CREATE.
+
+Sharding as Discord does it: IDENTIFY's ``shard: [id, num_shards]`` picks the session's guilds (READY,
+GUILD_CREATE) and events: a guild's go only to the session whose id is ``(guild_id >> 22) % num_shards``, DMs
+to shard 0 (``FakeInteraction.shard`` records where each went). A bad shard closes with 4010, a session with more
+than ``max_guilds_per_session`` guilds with 4011, and an IDENTIFY sooner than ``identify_window`` (5 s) after
+another in its rate-limit bucket (``shard_id % max_concurrency``, from /gateway/bot) gets op 9 and is an error.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ REQUEST_LIMIT = 25 * 1024 * 1024
 ACK_DEADLINE = 3.0
 NONCE_WINDOW = 5 * 60.0  # Discord drops a repeat of an enforced nonce from the same author for a few minutes
 TOKEN_LIFETIME = 15 * 60.0
+IDENTIFY_WINDOW = 5.0  # seconds: max_concurrency IDENTIFYs per rate-limit bucket per window
+MAX_GUILDS_PER_SESSION = 2500  # more than this on one session: close 4011 (sharding required)
 MESSAGE_CONTENT = 1 << 15
 PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | MESSAGE_CONTENT
 # VIEW_CHANNEL, SEND_MESSAGES, EMBED_LINKS, ATTACH_FILES, READ_MESSAGE_HISTORY, ADD_REACTIONS, USE_APPLICATION_COMMANDS
@@ -207,6 +215,7 @@ class FakeInteraction:
     expect_ack: bool = True
     callbacks: list[Callback] = field(default_factory=list)
     original_message_id: str | None = None
+    shard: int | None = None  # the gateway shard it was sent on
 
     @property
     def acked(self) -> bool:
@@ -255,6 +264,7 @@ class _GatewaySession:
     query: dict[str, str]
     seq: int = 0
     identified: bool = False
+    shard: tuple[int, int] = (0, 1)  # [shard_id, num_shards] as identified; an unsharded session is [0, 1]
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, op: int, d: Any, t: str | None = None) -> None:
@@ -264,6 +274,14 @@ class _GatewaySession:
                 self.seq += 1
                 s = self.seq
             await self.ws.send_str(json.dumps({"op": op, "d": d, "s": s, "t": t}))
+
+
+def _shard_of(value: Any) -> tuple[int, int] | None:
+    """A valid IDENTIFY ``shard`` ([shard_id, num_shards], 0 <= id < num_shards) as a tuple, else None."""
+    if not isinstance(value, list) or len(value) != 2 or not all(type(v) is int for v in value):
+        return None
+    shard_id, count = value
+    return (shard_id, count) if 0 <= shard_id < count else None
 
 
 def _walk_components(components: Sequence[Json]) -> Iterator[Json]:
@@ -298,6 +316,10 @@ class FakeDiscord(LoopbackServer):
         heartbeat_interval_ms: int = 41_250,
         allowed_intents: int | None = None,
         application_flags: int = 0,
+        recommended_shards: int = 1,
+        max_concurrency: int = 1,
+        identify_window: float = IDENTIFY_WINDOW,
+        max_guilds_per_session: int = MAX_GUILDS_PER_SESSION,
     ) -> None:
         self.token = token
         self.bot_user = make_user(BOT_ID, "imagebot", bot=True)
@@ -312,6 +334,13 @@ class FakeDiscord(LoopbackServer):
         self.guild_commands: dict[str, list[Json]] = {}
         self.command_puts: list[tuple[str | None, list[Json]]] = []  # (guild_id or None, payload) per PUT
         self.identify: Json | None = None  # the IDENTIFY "d" (token included)
+        self.identifies: list[tuple[float, Json]] = []  # (time.monotonic(), IDENTIFY "d") of every IDENTIFY
+        self.recommended_shards = recommended_shards  # GET /gateway/bot "shards"
+        self.max_concurrency = max_concurrency  # session_start_limit.max_concurrency
+        self.identify_window = identify_window
+        self.max_guilds_per_session = max_guilds_per_session
+        self._bucket_started: dict[int, list[float]] = {}  # rate-limit key -> recent session starts
+        self._session_shards: dict[str, tuple[int, int]] = {}  # session_id -> shard (RESUME keeps the shard)
         self.gateway_query: dict[str, str] = {}  # v, encoding, compress asked by the client
         self.heartbeats = 0
         self.interactions: dict[str, FakeInteraction] = {}
@@ -677,8 +706,8 @@ class FakeDiscord(LoopbackServer):
     async def _gateway_info(self, request: web.Request) -> web.Response:
         if not request.path.endswith("/bot"):
             return _json({"url": self.gateway_url})
-        limit = {"total": 1000, "remaining": 999, "reset_after": 86_400_000, "max_concurrency": 1}
-        return _json({"url": self.gateway_url, "shards": 1, "session_start_limit": limit})
+        limit = {"total": 1000, "remaining": 999, "reset_after": 86_400_000, "max_concurrency": self.max_concurrency}
+        return _json({"url": self.gateway_url, "shards": self.recommended_shards, "session_start_limit": limit})
 
     async def _not_found(self, _: web.Request) -> web.Response:
         return _error(404, "404: Not Found")
@@ -938,42 +967,93 @@ class FakeDiscord(LoopbackServer):
             self.heartbeats += 1
             await session.send(11, None)
         elif op == 2 and isinstance(d, dict):
-            self.identify = d
-            if d.get("token") != self.token:
-                await session.ws.close(code=4004, message=b"Authentication failed.")
-                return
-            intents = int(d.get("intents", 0))
-            if self.allowed_intents is not None and intents & PRIVILEGED_INTENTS & ~self.allowed_intents:
-                await session.ws.close(code=4014, message=b"Disallowed intent(s).")
-                return
-            ready: Json = {"v": 10, "user": self.bot_user, "session_id": uuid.uuid4().hex, "auth": {}}
-            ready |= {"resume_gateway_url": self.gateway_url, "session_type": "normal", "user_settings": {}}
-            ready["guilds"] = [{"id": g["id"], "unavailable": True} for g in self.guilds]
-            ready["application"] = {"id": APP_ID, "flags": self.application_flags}
-            ready |= {key: [] for key in ("private_channels", "relationships", "presences", "guild_join_requests")}
-            ready |= {"geo_ordered_rtc_regions": ["local"], "_trace": ['["fake-discord",{"micros":0}]']}
-            if "shard" in d:
-                ready["shard"] = d["shard"]
-            await session.send(0, ready, "READY")
-            for guild in self.guilds:
-                await session.send(0, guild, "GUILD_CREATE")
-            session.identified = True
+            await self._identify(session, d)
         elif op == 6 and isinstance(d, dict):
+            session.shard = self._session_shards.get(str(d.get("session_id")), session.shard)
             session.seq = int(d.get("seq") or 0)
             await session.send(0, {}, "RESUMED")
             session.identified = True
         self._notify()
 
+    async def _identify(self, session: _GatewaySession, d: Json) -> None:
+        """IDENTIFY as Discord checks it: token, intents, shard, the session start rate, guilds per session."""
+        self.identify = d
+        self.identifies.append((time.monotonic(), d))
+        if d.get("token") != self.token:
+            await session.ws.close(code=4004, message=b"Authentication failed.")
+            return
+        intents = int(d.get("intents", 0))
+        if self.allowed_intents is not None and intents & PRIVILEGED_INTENTS & ~self.allowed_intents:
+            await session.ws.close(code=4014, message=b"Disallowed intent(s).")
+            return
+        shard = _shard_of(d.get("shard", [0, 1]))
+        if shard is None:
+            await session.ws.close(code=4010, message=b"Invalid shard.")
+            return
+        guilds = [g for g in self.guilds if self.shard_of_guild(g["id"], shard[1]) == shard[0]]
+        if len(guilds) > self.max_guilds_per_session:
+            await session.ws.close(code=4011, message=b"Sharding required.")
+            return
+        if not self._may_start_session(shard[0]):
+            self.errors.append(f"IDENTIFY of shard {list(shard)} faster than max_concurrency allows")
+            await session.send(9, False)  # Invalid Session: the client must wait and identify again
+            return
+        session.shard = shard
+        ready: Json = {"v": 10, "user": self.bot_user, "session_id": uuid.uuid4().hex, "auth": {}}
+        self._session_shards[ready["session_id"]] = shard
+        ready |= {"resume_gateway_url": self.gateway_url, "session_type": "normal", "user_settings": {}}
+        ready["guilds"] = [{"id": g["id"], "unavailable": True} for g in guilds]
+        ready["application"] = {"id": APP_ID, "flags": self.application_flags}
+        ready |= {key: [] for key in ("private_channels", "relationships", "presences", "guild_join_requests")}
+        ready |= {"geo_ordered_rtc_regions": ["local"], "_trace": ['["fake-discord",{"micros":0}]']}
+        if "shard" in d:
+            ready["shard"] = list(shard)
+        await session.send(0, ready, "READY")
+        for guild in guilds:
+            await session.send(0, guild, "GUILD_CREATE")
+        session.identified = True
+
+    def _may_start_session(self, shard_id: int) -> bool:
+        """At most ``max_concurrency`` session starts per window, counted per rate-limit key (shard % concurrency)."""
+        now = time.monotonic()
+        key = shard_id % self.max_concurrency
+        recent = [t for t in self._bucket_started.get(key, []) if now - t < self.identify_window]
+        if recent:
+            self._bucket_started[key] = recent
+            return False
+        self._bucket_started[key] = [now]
+        return True
+
+    @staticmethod
+    def shard_of_guild(guild_id: str | int, shard_count: int) -> int:
+        """The shard that receives a guild's events: ``(guild_id >> 22) % num_shards``."""
+        return (int(guild_id) >> 22) % shard_count
+
+    async def invalidate_session(self, shard_id: int) -> None:
+        """Op 9 Invalid Session (not resumable) on the shard's session: the client must IDENTIFY again."""
+        for session in self._sessions:
+            if session.identified and not session.ws.closed and session.shard[0] == shard_id:
+                session.identified = False
+                await session.send(9, False)
+
+    def connected_shards(self) -> list[tuple[int, int]]:
+        """[shard_id, num_shards] of every identified, open gateway session."""
+        return [s.shard for s in self._sessions if s.identified and not s.ws.closed]
+
     @property
     def intents(self) -> int | None:
         return None if self.identify is None else int(self.identify.get("intents", 0))
 
-    async def dispatch(self, event: str, data: Json) -> None:
-        """Send a DISPATCH (op 0) event to the connected, identified client."""
-        session = next((s for s in reversed(self._sessions) if s.identified and not s.ws.closed), None)
-        if session is None:
-            raise RuntimeError("no client is connected to the fake gateway (did it identify?)")
-        await session.send(0, data, event)
+    async def dispatch(self, event: str, data: Json) -> int:
+        """Send a DISPATCH (op 0) event to the session of its guild's shard (DMs: shard 0); return that shard id."""
+        guild_id = data.get("guild_id")
+        for session in reversed(self._sessions):
+            shard_id, count = session.shard
+            wanted = 0 if guild_id is None else self.shard_of_guild(guild_id, count)
+            if session.identified and not session.ws.closed and shard_id == wanted:
+                await session.send(0, data, event)
+                return shard_id
+        raise RuntimeError(f"no client is connected to the fake gateway for {event} (guild {guild_id})")
 
     # --- events ---------------------------------------------------------------------------------------------
 
@@ -1167,7 +1247,7 @@ class FakeDiscord(LoopbackServer):
             data["guild_id"] = command_guild
         inter = FakeInteraction(interaction_id, token, kind, payload, time.monotonic(), context.get("expect_ack", True))
         self.interactions[interaction_id] = inter
-        await self.dispatch("INTERACTION_CREATE", payload)
+        inter.shard = await self.dispatch("INTERACTION_CREATE", payload)
         return inter
 
 

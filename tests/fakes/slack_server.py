@@ -56,6 +56,7 @@ DEFAULT_SCOPES = frozenset(
     | {"channels:history", "groups:history", "im:history", "mpim:history"}
 )
 ACK_DEADLINE = 3.0  # seconds Slack waits for an envelope ack
+MAX_SOCKET_CONNECTIONS = 10  # open Socket Mode connections per app; one more is told "too_many_websockets"
 TRIGGER_TTL = 3.0  # trigger_ids are short-lived and single use
 RESPONSE_URL_USES, RESPONSE_URL_TTL = 5, 30 * 60.0
 UPLOAD = "upload"  # pseudo method name of the upload-URL step, in fake.calls and for fail_next()
@@ -168,6 +169,7 @@ class Envelope:
     retry_reason: str = ""
     ack: Ack | None = None
     late: bool = False
+    connection: int = 0  # which Socket Mode connection carried it (numbered from 1 in the order they opened)
 
     @property
     def latency(self) -> float | None:
@@ -316,8 +318,16 @@ class FakeSlack(LoopbackServer):
         scopes: Iterable[str] = DEFAULT_SCOPES,
         ack_deadline: float = ACK_DEADLINE,
         trigger_ttl: float = TRIGGER_TTL,
+        spread: bool = False,
     ) -> None:
+        """``spread``: send each envelope on the next open Socket Mode connection in turn, as Slack spreads an app's
+        events over its connections (up to 10, e.g. one per process; Slack picks one at random, turn by turn keeps
+        tests deterministic); otherwise on the newest connection."""
         self.bot_token, self.app_token = bot_token, app_token
+        self.spread = spread
+        self._connection_numbers: dict[int, int] = {}  # id(ws) -> its number
+        self._connections_opened = itertools.count(1)
+        self._turn = itertools.count()
         self.scopes = set(scopes)  # the bot token's scopes; mutable in tests
         self.ack_deadline, self.trigger_ttl = ack_deadline, trigger_ttl
         self.calls: list[SlackCall] = []
@@ -388,6 +398,11 @@ class FakeSlack(LoopbackServer):
     @property
     def connected(self) -> bool:
         return any(not ws.closed for ws in self._sockets)
+
+    @property
+    def open_connections(self) -> int:
+        """How many Socket Mode connections are open (one per process running Socket Mode)."""
+        return sum(not ws.closed for ws in self._sockets)
 
     # --- set-up ------------------------------------------------------------------------------------------
 
@@ -663,9 +678,11 @@ class FakeSlack(LoopbackServer):
         retry_reason: str = "",
     ) -> Envelope:
         await self.wait_for(lambda: self.connected, what="a Socket Mode connection")
-        ws = [ws for ws in self._sockets if not ws.closed][-1]
+        open_sockets = [ws for ws in self._sockets if not ws.closed]
+        ws = open_sockets[next(self._turn) % len(open_sockets)] if self.spread else open_sockets[-1]
         sent_at = time.monotonic()
         envelope = Envelope(str(uuid.uuid4()), kind, payload, accepts_response_payload, sent_at)
+        envelope.connection = self._connection_numbers[id(ws)]
         envelope.retry_attempt, envelope.retry_reason = retry_attempt, retry_reason
         self.envelopes[envelope.envelope_id] = envelope
         await ws.send_str(json.dumps(envelope.to_wire()))
@@ -700,7 +717,13 @@ class FakeSlack(LoopbackServer):
             return web.Response(status=401, text="invalid ticket")
         ws = web.WebSocketResponse()  # autoping: answers the SDK's "sdk-ping-pong" pings
         await ws.prepare(request)
+        if self.open_connections >= MAX_SOCKET_CONNECTIONS:
+            too_many = {"type": "disconnect", "reason": "too_many_websockets"}
+            await ws.send_json(too_many | {"debug_info": {"host": "applink-fake"}})
+            await ws.close()
+            return ws
         self._sockets.append(ws)
+        self._connection_numbers[id(ws)] = next(self._connections_opened)
         try:
             hello = {"type": "hello", "num_connections": len(self._sockets), "connection_info": {"app_id": APP_ID}}
             hello["debug_info"] = {"host": "applink-fake", "build_number": 1, "approximate_connection_time": 18060}
@@ -711,6 +734,7 @@ class FakeSlack(LoopbackServer):
                     self._on_ack(frame.data)
         finally:
             self._sockets.remove(ws)
+            self._connection_numbers.pop(id(ws), None)
             self._notify()
         return ws
 
