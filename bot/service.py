@@ -35,6 +35,7 @@ from bot.models import (
 )
 from bot.ports import ImageProvider, OnPartial, ProgressSink
 from bot.settings import ImagingSettings
+from bot.text import N_
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,11 @@ class ImageService:
             plan = self._plan(request.model, request.prompt, request.n)
             spec = plan.spec
             if not spec.edits:
-                raise InvalidRequestError(f"The model {plan.model} can't edit images. Pick another model.")
+                raise InvalidRequestError(
+                    N_("The model {model} can't edit images. Pick another model.", model=plan.model)
+                )
             if not request.images:
-                raise InvalidRequestError("Attach the image you want to edit.")
+                raise InvalidRequestError(N_("Attach the image you want to edit."))
             if len(request.images) > spec.max_input_images:
                 raise InvalidRequestError(f"{plan.model} can edit at most {spec.max_input_images} image(s) at once.")
             if request.region is not None:
@@ -181,7 +184,9 @@ class ImageService:
             plan = self._plan(request.model, prompt, request.n)
             spec = plan.spec
             if not spec.variations_endpoint and not spec.edits:
-                raise InvalidRequestError(f"The model {plan.model} can't make variations. Pick another model.")
+                raise InvalidRequestError(
+                    N_("The model {model} can't make variations. Pick another model.", model=plan.model)
+                )
             size = self.catalog.check_size(plan.model, spec, request.size)
             png = await asyncio.to_thread(self._prepare_image, spec, request.image)
             if spec.variations_endpoint and not steer:
@@ -242,14 +247,16 @@ class ImageService:
         real, spec = self.catalog.resolve(model, today=self._today())
         cleaned = " ".join((prompt or "").split())
         if not cleaned:
-            raise InvalidRequestError("Please describe the image you want: the prompt is empty.")
+            raise InvalidRequestError(N_("Please describe the image you want: the prompt is empty."))
         if len(cleaned) > spec.max_prompt_chars:
             raise InvalidRequestError(
                 f"Your prompt is {len(cleaned):,} characters; {real} accepts at most {spec.max_prompt_chars:,}."
             )
         count = self._default_n if n is None else n
         if not 1 <= count <= spec.max_n:
-            raise InvalidRequestError(f"You can ask {real} for 1 to {spec.max_n} images at a time.")
+            raise InvalidRequestError(
+                N_("You can ask {model} for 1 to {limit} images at a time.", model=real, limit=spec.max_n)
+            )
         return _Plan(real, spec, count, cleaned)
 
     async def _admitted(

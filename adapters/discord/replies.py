@@ -20,10 +20,13 @@ from typing import Any
 
 import discord
 
+from adapters.common import i18n
+from adapters.common.i18n import _
 from adapters.discord import render
 from bot.errors import BusyError
 from bot.jobs import JobOutcome, JobService
 from bot.models import JobStatus, Progress
+from bot.text import N_
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +121,13 @@ class Throttle:
         self._task: asyncio.Task[None] | None = None
         self._sending = False
         self._closed = False
+        self._locale = i18n.current()  # the core may report progress from another task: keep the reader's language
 
     async def __call__(self, update: Progress) -> None:
         if update.status is JobStatus.QUEUED and update.position:
-            text = f"Queued — #{update.position} in line"
+            text = _(N_("Queued — #{position} in line", position=update.position), self._locale)
         elif update.status is JobStatus.RUNNING:
-            text = "Generating…"
+            text = _("Generating…", self._locale)
         else:
             return
         self._latest = text
@@ -181,7 +185,7 @@ class _JobReply:
             await self.show(render.render_confirmation(job, user), job.id)
             return
         if outcome.result is None:
-            raise BusyError("I'm already working on that same request; its result will appear there.")
+            raise BusyError(N_("I'm already working on that same request; its result will appear there."))
         rendered = await render.render_result(job, outcome.result, user, self.size_limit)
         jobs = self.delivery.jobs
         await jobs.begin_delivery(job.id)
@@ -275,7 +279,7 @@ class InteractionReply(_JobReply):
     async def _to_channel(self, rendered: render.Rendered, nonce: str) -> None:
         channel = self.interaction.channel_id
         if channel is None:
-            raise BusyError("I couldn't post the result here.", detail="no channel to post to")
+            raise BusyError(N_("I couldn't post the result here."), detail="no channel to post to")
         await self.delivery.post_to_channel(channel, rendered, self.user_id, nonce)
 
 

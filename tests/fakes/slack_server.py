@@ -398,10 +398,10 @@ class FakeSlack(LoopbackServer):
         self.channels[channel_id] = channel = Channel(channel_id, name, member, private, im)
         return channel
 
-    def add_user(self, user_id: str, name: str, *, is_bot: bool = False) -> dict[str, Any]:
+    def add_user(self, user_id: str, name: str, *, is_bot: bool = False, locale: str = "en-US") -> dict[str, Any]:
         profile = {"display_name": name, "real_name": name.title(), "image_48": f"{self.url}/avatars/{user_id}.png"}
         user = {"id": user_id, "team_id": TEAM_ID, "name": name, "real_name": name.title(), "deleted": False}
-        self.users[user_id] = user | {"is_bot": is_bot, "tz": "Europe/London", "profile": profile}
+        self.users[user_id] = user | {"is_bot": is_bot, "tz": "Europe/London", "profile": profile, "locale": locale}
         return self.users[user_id]
 
     def add_file(self, data: bytes, name: str, mimetype: str, *, owner: str = USER_ID) -> dict[str, Any]:
@@ -1011,6 +1011,8 @@ class FakeSlack(LoopbackServer):
         user = self.users.get(str(args.get("user")))
         if user is None:
             raise SlackError("user_not_found")
+        if str(args.get("include_locale")).lower() not in ("true", "1"):  # Slack's locale is opt-in
+            user = {key: value for key, value in user.items() if key != "locale"}
         return {"user": user}
 
     # --- url_private and response_url ----------------------------------------------------------------------
