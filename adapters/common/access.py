@@ -68,7 +68,8 @@ class AccessPolicy:
         if others.get(who.platform, False):
             return None
         if who.platform in ("discord", "slack"):
-            return N_("Only {mention} can use these buttons. Make your own with /imagine.", mention=f"<@{owner.user}>")
+            mention = f"<@{owner.user}>"
+            return N_("Only {mention} can use these buttons. Make your own with /imagine.", mention=mention)
         return N_("Only the person who asked can use these buttons. Make your own with /imagine.")
 
     def dms_allowed(self) -> bool:

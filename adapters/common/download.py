@@ -18,6 +18,7 @@ import aiohttp
 
 from bot import imaging
 from bot.errors import ImageBotError, InvalidImageError, ProviderOutageError
+from bot.text import N_
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class DownloadRefusedError(InvalidImageError):
 class NotAnImageError(InvalidImageError):
     """What came back is not an image (a document, a text...)."""
 
-    default_message = "That file isn't an image I can read. Send a PNG, JPEG, WebP or GIF."
+    default_message = N_("That file isn't an image I can read. Send a PNG, JPEG, WebP or GIF.")
 
 
 class LoginPageError(NotAnImageError):

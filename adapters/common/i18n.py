@@ -110,13 +110,10 @@ def _(message: Text | str, locale: str | None = None) -> str:
     return message.render(catalogue.gettext, catalogue.ngettext)
 
 
-def pgettext(context: str, message: str, locale: str) -> str | None:
-    """``message`` in ``context`` (e.g. a command name) translated into ``locale``; None when not translated."""
+def pgettext(context: str, message: str, locale: str) -> str:
+    """``message`` in ``context`` (e.g. a command name) in ``locale``; itself when not translated."""
     catalogue = CATALOGUES.get(locale)
-    if catalogue is None:
-        return None
-    translated = catalogue.pgettext(context, message)
-    return translated if translated != message else None
+    return message if catalogue is None else str(catalogue.pgettext(context, message))
 
 
 def NC_(context: str, message: str) -> str:

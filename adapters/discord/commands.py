@@ -122,7 +122,7 @@ def install_commands(
         await handlers.imagine(interaction, prompt, count, size, quality, model)
 
     if qualities:
-        choices = [app_commands.Choice(name=q, value=q) for q in qualities[:_MAX_CHOICES]]
+        choices = [app_commands.Choice(name=locale_str(q), value=q) for q in qualities[:_MAX_CHOICES]]
         imagine = app_commands.choices(quality=choices)(imagine)
 
     @tree.command(name="vary", description=locale_str("Make variations of an image"))

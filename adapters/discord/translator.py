@@ -46,7 +46,7 @@ NAMES = (
 
 
 class CatalogueTranslator(app_commands.Translator):
-    """Answers discord.py from the gettext catalogues; None (Discord shows the English) when not translated."""
+    """Answers discord.py from the gettext catalogues; None (Discord shows the English) for other languages."""
 
     async def translate(
         self, string: app_commands.locale_str, locale: Locale, context: app_commands.TranslationContextTypes
@@ -54,9 +54,7 @@ class CatalogueTranslator(app_commands.Translator):
         shipped = i18n.negotiate(locale.value)
         if shipped == i18n.SOURCE:
             return None
-        message = string.message
         name_context = NAME_CONTEXTS.get(context.location)
         if name_context is not None:
-            return i18n.pgettext(name_context, message, shipped)
-        translated = i18n._(message, shipped)
-        return translated if translated != message else None
+            return i18n.pgettext(name_context, string.message, shipped)
+        return i18n._(string.message, shipped)  # the same word as in English is a translation too ("auto")
