@@ -138,11 +138,17 @@ class ImageService:
             if not request.images:
                 raise InvalidRequestError(N_("Attach the image you want to edit."))
             if len(request.images) > spec.max_input_images:
-                raise InvalidRequestError(f"{plan.model} can edit at most {spec.max_input_images} image(s) at once.")
+                raise InvalidRequestError(
+                    N_(
+                        "{model} can edit at most {limit} image(s) at once.",
+                        model=plan.model,
+                        limit=spec.max_input_images,
+                    )
+                )
             if request.region is not None:
                 imaging.parse_region(request.region)  # an empty or unknown region is refused, never ignored
             if (request.mask is not None or request.region is not None) and not spec.masks:
-                raise InvalidRequestError(f"{plan.model} can't edit only part of an image (no masks).")
+                raise InvalidRequestError(N_("{model} can't edit only part of an image (no masks).", model=plan.model))
             size = self.catalog.check_size(plan.model, spec, request.size)
             quality = _option(plan.model, "quality", request.quality, spec.qualities)
             plan = dataclasses.replace(plan, size=size, quality=quality)
@@ -250,7 +256,12 @@ class ImageService:
             raise InvalidRequestError(N_("Please describe the image you want: the prompt is empty."))
         if len(cleaned) > spec.max_prompt_chars:
             raise InvalidRequestError(
-                f"Your prompt is {len(cleaned):,} characters; {real} accepts at most {spec.max_prompt_chars:,}."
+                N_(
+                    "Your prompt is {length} characters; {model} accepts at most {limit}.",
+                    length=f"{len(cleaned):,}",
+                    model=real,
+                    limit=f"{spec.max_prompt_chars:,}",
+                )
             )
         count = self._default_n if n is None else n
         if not 1 <= count <= spec.max_n:
@@ -283,7 +294,7 @@ class ImageService:
         try:
             plan, raw = await work()
             if not raw.images:
-                raise InvalidRequestError("The image service returned no images for that request.")
+                raise InvalidRequestError(N_("The image service returned no images for that request."))
             cost = self._cost(plan, raw)
             if spool is not None:
                 await spool.paid(cost)  # before anything else can fail: the answer is paid for
@@ -397,9 +408,16 @@ def _option(model: str, what: str, value: str | None, allowed: tuple[str, ...]) 
         return None
     cleaned = value.strip().lower()
     if not allowed:
-        raise InvalidRequestError(f"{model} has no {what} option; leave it out.")
+        raise InvalidRequestError(N_("{model} has no {option} option; leave it out.", model=model, option=what))
     if cleaned not in allowed:
-        raise InvalidRequestError(f"{what.capitalize()} for {model} can be: {', '.join(allowed)}.")
+        raise InvalidRequestError(
+            N_(
+                "{option} for {model} can be: {allowed}.",
+                option=what.capitalize(),
+                model=model,
+                allowed=", ".join(allowed),
+            )
+        )
     return cleaned
 
 
