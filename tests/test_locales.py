@@ -26,6 +26,7 @@ from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI, moderation_blocke
 from tests.fakes.slack_server import ACK_DEADLINE, USER_ID, FakeSlack
 from tests.slack_harness import slack_bot
 from tests.test_discord import fake, openai_settings, running, settings_for  # noqa: F401
+from tests.test_web import HEADERS, Harness, web_bot  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCALES = ROOT / "adapters" / "locales"
@@ -331,3 +332,16 @@ async def test_a_slack_user_with_a_german_locale_gets_german(tmp_path: Path) -> 
         assert len(info) == 1 and str(info[0].args.get("include_locale")).lower() in ("true", "1")  # once, cached
         await slack.settle()
         slack.assert_no_errors()
+
+
+# --- the playground -------------------------------------------------------------------------------------------
+
+
+async def test_the_playground_answers_in_the_browsers_language(web_bot: Harness) -> None:  # noqa: F811
+    headers = {**HEADERS, "Accept-Language": "ja-JP,ja;q=0.9,en;q=0.8"}
+    response = await web_bot.client.post("/api/imagine", json={"text": "/imagine   --n 2"}, headers=headers)
+    error = (await response.json())["error"]
+    assert response.status == 400
+    assert error["message"] == f"作成したい画像を説明してください。プロンプトが空です。（参照 ID: {error['ref']}）"
+    english = await web_bot.imagine("/imagine   --n 2", status=400)
+    assert english["error"]["message"].startswith("Please describe the image you want")
