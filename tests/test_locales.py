@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from babel.messages.catalog import Catalog, Message
 from babel.messages.extract import extract_from_dir
@@ -21,7 +22,7 @@ from adapters.common.flags import parse_imagine
 from adapters.discord.registration import commands_differ
 from bot.errors import InvalidRequestError, RateLimitedError, SafetyRefusalError
 from bot.text import N_, NP_, placeholders
-from tests.fakes.discord_server import FakeDiscord
+from tests.fakes.discord_server import APP_ID, FakeDiscord
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI, moderation_blocked
 from tests.fakes.slack_server import ACK_DEADLINE, USER_ID, FakeSlack
 from tests.slack_harness import slack_bot
@@ -345,3 +346,13 @@ async def test_the_playground_answers_in_the_browsers_language(web_bot: Harness)
     assert error["message"] == f"作成したい画像を説明してください。プロンプトが空です。（参照 ID: {error['ref']}）"
     english = await web_bot.imagine("/imagine   --n 2", status=400)
     assert english["error"]["message"].startswith("Please describe the image you want")
+
+
+async def test_the_fake_refuses_a_localised_name_outside_discords_rules(fake: FakeDiscord) -> None:  # noqa: F811
+    command = {"type": 1, "name": "imagine", "description": "d", "name_localizations": {"de": "Bild Erzeugen"}}
+    async with aiohttp.ClientSession() as session:
+        url = f"{fake.api_base}/applications/{APP_ID}/commands"
+        async with session.put(url, json=[command], headers={"Authorization": f"Bot {fake.token}"}) as response:
+            assert response.status == 400
+            assert (await response.json())["code"] == 50035
+    fake.command_puts.clear()
