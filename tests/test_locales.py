@@ -27,6 +27,7 @@ from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI, moderation_blocke
 from tests.fakes.slack_server import ACK_DEADLINE, USER_ID, FakeSlack
 from tests.slack_harness import slack_bot
 from tests.test_discord import fake, openai_settings, running, settings_for  # noqa: F401
+from tests.test_discord_lifecycle import snapshot
 from tests.test_web import HEADERS, Harness, web_bot  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -356,3 +357,25 @@ async def test_the_fake_refuses_a_localised_name_outside_discords_rules(fake: Fa
             assert response.status == 400
             assert (await response.json())["code"] == 50035
     fake.command_puts.clear()
+
+
+async def test_a_restart_tells_a_german_requester_in_german(fake: FakeDiscord, tmp_path: Path) -> None:  # noqa: F811
+    crashed = tmp_path / "after-crash"
+    async with FakeOpenAI(latency=30) as openai:
+        async with running(openai_settings(fake, openai, tmp_path / "before")):
+            await fake.dispatch_slash_command("imagine", {"prompt": "eine langsame Burg"}, locale="de")
+            await fake.wait_for(lambda: openai.image_requests or None, what="the upstream call")
+            snapshot(tmp_path / "before", crashed)
+        told_before = len(fake.sent)
+        async with running(openai_settings(fake, openai, crashed)):
+            english = await fake.dispatch_slash_command("imagine", {"prompt": "   "})  # someone else, after it
+            failure = await fake.wait_for(
+                lambda: next((t for t in _texts_to(fake, english.id) if "(ref " in t), None), what="English failure"
+            )
+    notices = [s.content or "" for s in fake.sent[told_before:] if "Neustart" in (s.content or "")]
+    assert notices == [
+        "Ein Neustart hat deine Anfrage „eine langsame Burg“ unterbrochen; es wurde nichts berechnet. "
+        "Bitte frag noch einmal."
+    ]
+    assert failure.startswith("Please describe the image you want")  # an English user still reads English
+    fake.assert_no_errors()

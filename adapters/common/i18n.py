@@ -12,8 +12,10 @@ renders in it. asyncio copies context into tasks started from there, so progress
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+from collections.abc import Iterator
 from contextvars import ContextVar
 from importlib import resources
 
@@ -94,6 +96,17 @@ def use(tag: str | None) -> str:
     locale = negotiate(tag)
     _current.set(locale)
     return locale
+
+
+@contextlib.contextmanager
+def speaking(tag: str | None) -> Iterator[str]:
+    """Answer in the language of ``tag`` inside the block only; ``use`` calls inside it end with it too (work
+    that serves several people in turn, e.g. a restart telling each requester in their own language)."""
+    token = _current.set(negotiate(tag))
+    try:
+        yield _current.get()
+    finally:
+        _current.reset(token)
 
 
 def current() -> str:

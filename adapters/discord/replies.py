@@ -50,10 +50,11 @@ class Address:
     token: str | None = field(default=None, repr=False)
     created_at: float | None = None
     message_id: int | None = None  # the interaction's response message, once known
+    locale: str | None = None  # the requester's language: a restart answers in it too
 
     def to_json(self) -> str:
         fields = {"kind": self.kind, "key": self.key, "app": self.application_id, "token": self.token}
-        return json.dumps(fields | {"created": self.created_at, "message": self.message_id})
+        return json.dumps(fields | {"created": self.created_at, "message": self.message_id, "locale": self.locale})
 
     @classmethod
     def from_json(cls, text: str | None) -> Address | None:
@@ -61,7 +62,7 @@ class Address:
             raw = json.loads(text or "")
             return cls(
                 str(raw["kind"]), str(raw["key"]), raw.get("app"), raw.get("token"), raw.get("created"),
-                raw.get("message"),
+                raw.get("message"), raw.get("locale"),
             )  # fmt: skip
         except (ValueError, KeyError, TypeError):
             return None
@@ -219,7 +220,7 @@ class InteractionReply(_JobReply):
         inter = self.interaction
         return Address(
             "interaction", str(inter.id), inter.application_id, inter.token, inter.created_at.timestamp(),
-            self.response_message,
+            self.response_message, i18n.negotiate(inter.locale.value),
         )  # fmt: skip
 
     @property

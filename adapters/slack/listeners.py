@@ -226,6 +226,7 @@ class Listeners:
     async def remix_submit(
         self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], context: dict[str, Any]
     ) -> None:
+        i18n.use(self.locales.known(reply_to(body).user))  # no I/O before the ack
         prompt = input_value(view, render.PROMPT_BLOCK, render.PROMPT_ACTION).strip()
         if not prompt:
             await ack(response_action="errors", errors={render.PROMPT_BLOCK: _("Write a prompt.")})
@@ -244,6 +245,7 @@ class Listeners:
     async def edit_submit(
         self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], context: dict[str, Any]
     ) -> None:
+        i18n.use(self.locales.known(reply_to(body).user))  # no I/O before the ack
         prompt = input_value(view, render.PROMPT_BLOCK, render.PROMPT_ACTION).strip()
         if not prompt:
             await ack(response_action="errors", errors={render.PROMPT_BLOCK: _("Say what should change.")})
