@@ -43,7 +43,9 @@ class SlackFiles:
         """The bytes of a Slack file object that must be an image (raises a friendly ``ImageBotError``)."""
         url = str(file.get("url_private_download") or file.get("url_private") or "")
         if not url:
-            raise InvalidImageError("I can't download that file from Slack.", detail=f"file {file.get('id')} no url")
+            raise InvalidImageError(
+                N_("I can't download that file from Slack."), detail=f"file {file.get('id')} no url"
+            )
         size = file.get("size")
         return await self.download(url, declared_size=size if isinstance(size, int) else None)
 
