@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from babel.messages.catalog import Catalog, Message
-from babel.messages.extract import extract_from_dir
+from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_dir
 from babel.messages.pofile import read_po
 from hypothesis import given
 from hypothesis import strategies as st
@@ -35,7 +35,8 @@ LOCALES = ROOT / "adapters" / "locales"
 SHIPPED = ("de", "es", "fr", "ja", "pt_BR")
 # Discord's locales for the shipped languages (both Spanish variants read the one Spanish catalogue)
 DISCORD_LOCALES = ("de", "fr", "es-ES", "es-419", "pt-BR", "ja")
-KEYWORDS = {"_": None, "N_": None, "NP_": (1, 2), "NC_": ((1, "c"), 2), "locale_str": None}
+# the README's pybabel command: Babel's default keywords plus ``-k NP_:1,2 -k NC_:1c,2 -k locale_str``
+KEYWORDS = {**DEFAULT_KEYWORDS, "NP_": (1, 2), "NC_": ((1, "c"), 2), "locale_str": None}
 
 
 def _catalogue(path: Path, locale: str | None = None) -> Catalog:
