@@ -28,6 +28,7 @@ from tests.fakes.slack_server import ACK_DEADLINE, USER_ID, FakeSlack
 from tests.slack_harness import slack_bot
 from tests.test_discord import fake, openai_settings, running, settings_for  # noqa: F401
 from tests.test_discord_lifecycle import snapshot
+from tests.test_slack_restart import _leave_running
 from tests.test_web import HEADERS, Harness, web_bot  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -380,3 +381,19 @@ async def test_a_restart_tells_a_german_requester_in_german(fake: FakeDiscord, t
     ]
     assert failure.startswith("Please describe the image you want")  # an English user still reads English
     fake.assert_no_errors()
+
+
+async def test_a_slack_restart_tells_a_german_requester_in_german(tmp_path: Path) -> None:
+    async with FakeSlack() as slack:
+        slack.users[USER_ID]["locale"] = "de-DE"
+        async with slack_bot(slack, tmp_path / "data") as first:
+            job = await _leave_running(first, "eine Burg")
+        async with slack_bot(slack, tmp_path / "data") as second:
+            await second.adapter.redelivered()
+        told = [m.text for m in slack.messages if m.ephemeral_to == USER_ID]
+        assert told == [
+            "Ein Neustart hat deine Anfrage „eine Burg“ unterbrochen; es wurde nichts berechnet. "
+            "Bitte frag noch einmal."
+        ], job.id
+        await slack.settle()
+        slack.assert_no_errors()
