@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bot.errors import InvalidRequestError, ModelUnavailableError
 from bot.models import Usage
+from bot.text import N_
 
 _SEARCH = 8  # multiples either way a free size may move from the exact one to obey its rule
 _SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
@@ -206,12 +207,21 @@ class Catalog:
         dims = parse_size(cleaned)
         allowed = ", ".join(spec.sizes)
         if dims is None:
-            raise InvalidRequestError(f"'{size[:40]}' isn't a size. Use WIDTHxHEIGHT, e.g. {allowed}.")
+            raise InvalidRequestError(
+                N_("'{size}' isn't a size. Use WIDTHxHEIGHT, e.g. {allowed}.", size=size[:40], allowed=allowed)
+            )
         if spec.size_rule is None:
-            raise InvalidRequestError(f"{model} can make these sizes: {allowed}.")
+            raise InvalidRequestError(N_("{model} can make these sizes: {allowed}.", model=model, allowed=allowed))
         problem = spec.size_rule.problem(*dims)
         if problem:
-            raise InvalidRequestError(f"{dims[0]}x{dims[1]} doesn't work for {model}: {problem}.")
+            raise InvalidRequestError(
+                N_(
+                    "{size} doesn't work for {model}: {problem}.",
+                    size=f"{dims[0]}x{dims[1]}",
+                    model=model,
+                    problem=problem,
+                )
+            )
         return f"{dims[0]}x{dims[1]}"
 
     @staticmethod

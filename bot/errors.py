@@ -1,8 +1,9 @@
 """The ImageBotError tree: every failure a user can meet, each with a safe message and a reference id.
 
 Provider and platform exceptions are translated into this tree once, at the boundary where they are
-caught. ``str(error)`` is always the user-safe text; the raw detail lives in ``detail`` (already
-redacted) and goes to the log next to the same reference id.
+caught. ``str(error)`` is always the user-safe text in English; ``text`` is the same message as a template
+with its values (``bot.text``), which adapters render in the reader's language. The raw detail lives in
+``detail`` (already redacted) and goes to the log next to the same reference id.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterable
 from typing import ClassVar
 
 from bot.redact import redact, untrusted
+from bot.text import N_, NP_, Text
 
 DETAIL_LIMIT = 4096  # characters of detail kept for the log (upstream parts are capped smaller before)
 SAFETY_CATEGORIES = (
@@ -76,10 +78,11 @@ class ImageBotError(Exception):
 
     kind: ClassVar[str] = "unexpected"
     retryable: ClassVar[bool] = False
-    default_message: ClassVar[str] = "Sorry, something went wrong on my side while making your image."
+    default_message: ClassVar[Text | str] = N_("Sorry, something went wrong on my side while making your image.")
 
-    def __init__(self, user_message: str | None = None, *, detail: str = "", ref: str | None = None):
-        self.user_message = user_message or self.default_message
+    def __init__(self, user_message: Text | str | None = None, *, detail: str = "", ref: str | None = None):
+        self.text = _as_text(user_message or self.default_message)
+        self.user_message = str(self.text)
         self.detail = untrusted(detail, DETAIL_LIMIT)
         self.ref = ref or new_ref()
         super().__init__(self.user_message)
@@ -91,9 +94,18 @@ class ImageBotError(Exception):
         """The message with its reference id, as adapters show it."""
         return f"{self.user_message} (ref {self.ref})"
 
+    def friendly_text(self) -> Text:
+        """``friendly()`` as a template, for adapters to render in the reader's language."""
+        return N_("{message} (ref {ref})", message=self.text, ref=self.ref)
+
     def log_line(self) -> str:
         """One redacted line for the log: kind, ref, and what really happened."""
         return redact(f"{self.kind} ref={self.ref}: {self.detail or self.user_message}")
+
+
+def _as_text(message: Text | str) -> Text:
+    """A plain string (not in the catalogue) is shown as it is: a field, so braces in it are never a template."""
+    return message if isinstance(message, Text) else Text("{message}", {"message": message})
 
 
 class UnexpectedError(ImageBotError):
@@ -107,13 +119,13 @@ class InvalidRequestError(ImageBotError):
     """The prompt or an option is not acceptable (empty prompt, too many images, wrong size...)."""
 
     kind = "invalid_input"
-    default_message = "That request isn't something I can make; please check the prompt and options."
+    default_message = N_("That request isn't something I can make; please check the prompt and options.")
 
 
 class InvalidImageError(InvalidRequestError):
     """An uploaded image is unreadable, of the wrong type, too big, or a mask does not fit."""
 
-    default_message = "I couldn't use that image. Send a PNG, JPEG, WebP or GIF under the size limit."
+    default_message = N_("I couldn't use that image. Send a PNG, JPEG, WebP or GIF under the size limit.")
 
 
 class SafetyRefusalError(ImageBotError):
@@ -131,13 +143,25 @@ class SafetyRefusalError(ImageBotError):
     ):
         self.stage = stage if stage in ("input", "output") else None
         self.categories = categories = safety_categories(categories)
-        what = "the generated picture" if stage == "output" else "that request"
-        if stage == "input":
-            what = "that prompt or image"
-        message = f"The image service's safety filter refused {what}"
-        if categories:
-            message += f" (flagged: {', '.join(categories)})"
-        message += ". Try rephrasing it; retrying the same request won't help."
+        flagged = N_(" (flagged: {categories})", categories=", ".join(categories)) if categories else ""
+        if stage == "output":
+            message = N_(
+                "The image service's safety filter refused the generated picture{flagged}. "
+                "Try rephrasing it; retrying the same request won't help.",
+                flagged=flagged,
+            )
+        elif stage == "input":
+            message = N_(
+                "The image service's safety filter refused that prompt or image{flagged}. "
+                "Try rephrasing it; retrying the same request won't help.",
+                flagged=flagged,
+            )
+        else:
+            message = N_(
+                "The image service's safety filter refused that request{flagged}. "
+                "Try rephrasing it; retrying the same request won't help.",
+                flagged=flagged,
+            )
         super().__init__(message, detail=detail, ref=ref)
 
 
@@ -145,7 +169,7 @@ class TooManyJobsError(ImageBotError):
     """This user already has the maximum number of jobs waiting or running."""
 
     kind = "quota_exceeded"
-    default_message = "You already have the maximum number of images in progress. Wait for one to finish."
+    default_message = N_("You already have the maximum number of images in progress. Wait for one to finish.")
 
 
 class BusyError(ImageBotError):
@@ -153,7 +177,7 @@ class BusyError(ImageBotError):
 
     kind = "busy"
     retryable = True
-    default_message = "I'm too busy to take more requests right now. Please try again in a minute."
+    default_message = N_("I'm too busy to take more requests right now. Please try again in a minute.")
 
 
 # --- the operator's configuration and account -------------------------------------------------------
@@ -163,19 +187,21 @@ class ConfigurationError(ImageBotError):
     """A setting is missing or wrong; the operator has to fix it."""
 
     kind = "config_error"
-    default_message = "The bot is not configured correctly. Please tell the person who runs it."
+    default_message = N_("The bot is not configured correctly. Please tell the person who runs it.")
 
 
 class AuthenticationError(ConfigurationError):
     """The API key is missing, wrong or revoked (never says which part of the key)."""
 
-    default_message = "The image service rejected the bot's API key. The operator needs to set a valid OPENAI_API_KEY."
+    default_message = N_(
+        "The image service rejected the bot's API key. The operator needs to set a valid OPENAI_API_KEY."
+    )
 
 
 class PermissionDeniedError(ConfigurationError):
     """The key is valid but may not use this model (e.g. organization verification needed)."""
 
-    default_message = (
+    default_message = N_(
         "The bot's API account is not allowed to use this model (it may need organization "
         "verification). The operator can pick another model or verify the organization."
     )
@@ -184,7 +210,7 @@ class PermissionDeniedError(ConfigurationError):
 class ModelUnavailableError(ConfigurationError):
     """The model is unknown to the capability table, retired, or unknown to the provider."""
 
-    default_message = (
+    default_message = N_(
         "That image model isn't available. The operator can change IMAGEBOT_DEFAULT_MODEL or the "
         "model table (in the settings override file, config/settings.toml)."
     )
@@ -194,7 +220,7 @@ class QuotaExhaustedError(ImageBotError):
     """The provider account is out of credit or hit its billing limit."""
 
     kind = "quota_exceeded"
-    default_message = (
+    default_message = N_(
         "The bot's image budget with the provider is used up (billing limit or no credit left). "
         "Please tell the operator."
     )
@@ -211,20 +237,26 @@ class RateLimitedError(ImageBotError):
 
     def __init__(self, *, retry_after: float | None = None, detail: str = "", ref: str | None = None):
         self.retry_after = retry_after
-        when = "in a minute" if retry_after is None or retry_after != retry_after else _in_about(retry_after)
-        super().__init__(
-            f"The image service is rate-limiting the bot right now. Please try again {when}.",
-            detail=detail,
-            ref=ref,
-        )
+        super().__init__(_rate_limited(retry_after), detail=detail, ref=ref)
 
 
-def _in_about(seconds: float) -> str:
+def _rate_limited(seconds: float | None) -> Text:
+    if seconds is None or seconds != seconds:  # absent or NaN
+        return N_("The image service is rate-limiting the bot right now. Please try again in a minute.")
     if seconds < 59.5:
-        return f"in about {plural(max(1, round(seconds)), 'second')}"
+        return NP_(
+            "The image service is rate-limiting the bot right now. Please try again in about {count} second.",
+            "The image service is rate-limiting the bot right now. Please try again in about {count} seconds.",
+            max(1, round(seconds)),
+        )
     if seconds < 3570:
-        return f"in about {plural(round(seconds / 60), 'minute')}"
-    return "later"  # an hour or more (or an absurd header value): no false precision
+        return NP_(
+            "The image service is rate-limiting the bot right now. Please try again in about {count} minute.",
+            "The image service is rate-limiting the bot right now. Please try again in about {count} minutes.",
+            round(seconds / 60),
+        )
+    # an hour or more (or an absurd header value): no false precision
+    return N_("The image service is rate-limiting the bot right now. Please try again later.")
 
 
 class ProviderOutageError(ImageBotError):
@@ -232,16 +264,16 @@ class ProviderOutageError(ImageBotError):
 
     kind = "provider_outage"
     retryable = True
-    default_message = "The image service is having trouble right now. Please try again in a few minutes."
+    default_message = N_("The image service is having trouble right now. Please try again in a few minutes.")
 
 
 class ProviderTimeoutError(ProviderOutageError):
     """The provider did not answer in time."""
 
-    default_message = "The image service took too long to answer. Please try again in a moment."
+    default_message = N_("The image service took too long to answer. Please try again in a moment.")
 
 
 class ProviderResponseError(ProviderOutageError):
     """The provider answered with something that is not a valid Images API response or image."""
 
-    default_message = "The image service sent back something I couldn't read. Please try again."
+    default_message = N_("The image service sent back something I couldn't read. Please try again.")

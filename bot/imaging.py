@@ -22,6 +22,7 @@ from typing import Literal
 from PIL import ExifTags, Image, ImageChops, ImageDraw, ImageFile, ImageFont, ImageOps, UnidentifiedImageError
 
 from bot.errors import InvalidImageError, ProviderResponseError
+from bot.text import N_
 
 FORMATS = ("png", "jpeg", "webp", "gif")
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
@@ -181,10 +182,15 @@ def _verify(img: ImageFile.ImageFile) -> None:
 
 def _check_upload_bytes(data: bytes, max_bytes: int) -> None:
     if not data:
-        raise InvalidImageError(f"That file is empty. Send a {_ACCEPTED} image.", detail="0 bytes")
+        raise InvalidImageError(N_("That file is empty. Send a {formats} image.", formats=_ACCEPTED), detail="0 bytes")
     if len(data) > max_bytes:
         raise InvalidImageError(
-            f"That image is {_byte_size(len(data))}; the limit is {_byte_size(max_bytes)}. Send a smaller {_ACCEPTED}.",
+            N_(
+                "That image is {size}; the limit is {limit}. Send a smaller {formats}.",
+                size=_byte_size(len(data)),
+                limit=_byte_size(max_bytes),
+                formats=_ACCEPTED,
+            ),
             detail=f"{len(data)} bytes > max_bytes={max_bytes}",
         )
 
@@ -649,8 +655,12 @@ def mask_from_upload(data: bytes, size: tuple[int, int], *, max_bytes: int, max_
     img = open_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
     if abs((img.width / img.height) / (width / height) - 1) > 0.02:
         raise InvalidImageError(
-            f"The mask must have the same shape as the image ({width}x{height}); this one is "
-            f"{img.width}x{img.height}. Send a mask of the same size or proportions.",
+            N_(
+                "The mask must have the same shape as the image ({expected}); this one is {actual}. "
+                "Send a mask of the same size or proportions.",
+                expected=f"{width}x{height}",
+                actual=f"{img.width}x{img.height}",
+            ),
             detail=f"mask {img.width}x{img.height} vs image {width}x{height}",
         )
     if _has_transparent_pixel(img):
@@ -661,8 +671,10 @@ def mask_from_upload(data: bytes, size: tuple[int, int], *, max_bytes: int, max_
         editable = editable.resize(size, Image.Resampling.BILINEAR).point(_LUT_AT_LEAST_HALF)
     if editable.getextrema()[1] == 0:
         raise InvalidImageError(
-            "The mask doesn't mark any area to change. Make the part to edit transparent, "
-            "or paint it white on a black image.",
+            N_(
+                "The mask doesn't mark any area to change. Make the part to edit transparent, "
+                "or paint it white on a black image."
+            ),
             detail=f"no editable pixel in a {img.width}x{img.height} mask",
         )
     return _mask_png(editable.point(_LUT_INVERT))

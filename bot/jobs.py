@@ -41,6 +41,7 @@ from bot.ports import JobStore, ProgressSink
 from bot.service import ImageService
 from bot.settings import BudgetSettings, JobSettings
 from bot.store import ResultFiles
+from bot.text import N_
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def new_job_id() -> str:
 class JobNotFoundError(InvalidRequestError):
     """A button or command named a job the store does not have (or whose files were cleaned up)."""
 
-    default_message = "I can't find that image any more (old results are cleaned up after a while)."
+    default_message = N_("I can't find that image any more (old results are cleaned up after a while).")
 
 
 @dataclass(frozen=True, slots=True)

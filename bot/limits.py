@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from bot.errors import BusyError, ImageBotError, TooManyJobsError
 from bot.models import JobStatus, Progress
 from bot.ports import ProgressSink
+from bot.text import N_
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class Admission:
         for queue in self._waiting.values():
             for ticket in queue:
                 ticket.error = BusyError(
-                    "The bot is restarting, so your request was not started. Please send it again."
+                    N_("The bot is restarting, so your request was not started. Please send it again.")
                 )
                 ticket.changed.set()
         self._waiting.clear()
@@ -219,7 +220,7 @@ class Admission:
 
     def _enqueue(self, requester: str, images: int) -> _Ticket:
         if self._closed:
-            raise BusyError("The bot is shutting down and not taking new requests. Please try again shortly.")
+            raise BusyError(N_("The bot is shutting down and not taking new requests. Please try again shortly."))
         if self._in_flight.get(requester, 0) >= self._per_user:
             raise TooManyJobsError(
                 f"You already have {self._per_user} image requests in progress. Wait for one to finish, then try again."

@@ -36,6 +36,7 @@ from bot.models import (
 )
 from bot.ports import ImageProvider, OnPartial, ProgressSink
 from bot.settings import ImagingSettings
+from bot.text import N_
 
 log = logging.getLogger(__name__)
 
@@ -146,15 +147,23 @@ class ImageService:
             plan = self._plan(request.model, request.prompt, request.n)
             spec = plan.spec
             if not spec.edits:
-                raise InvalidRequestError(f"The model {plan.model} can't edit images. Pick another model.")
+                raise InvalidRequestError(
+                    N_("The model {model} can't edit images. Pick another model.", model=plan.model)
+                )
             if not request.images:
-                raise InvalidRequestError("Attach the image you want to edit.")
+                raise InvalidRequestError(N_("Attach the image you want to edit."))
             if len(request.images) > spec.max_input_images:
-                raise InvalidRequestError(f"{plan.model} can edit at most {spec.max_input_images} image(s) at once.")
+                raise InvalidRequestError(
+                    N_(
+                        "{model} can edit at most {limit} image(s) at once.",
+                        model=plan.model,
+                        limit=spec.max_input_images,
+                    )
+                )
             if request.region is not None:
                 imaging.parse_region(request.region)  # an empty or unknown region is refused, never ignored
             if (request.mask is not None or request.region is not None) and not spec.masks:
-                raise InvalidRequestError(f"{plan.model} can't edit only part of an image (no masks).")
+                raise InvalidRequestError(N_("{model} can't edit only part of an image (no masks).", model=plan.model))
             size = self.catalog.check_size(plan.model, spec, request.size)
             quality = _option(plan.model, "quality", request.quality, spec.qualities)
             plan = dataclasses.replace(plan, size=size, quality=quality)
@@ -197,7 +206,9 @@ class ImageService:
             plan = self._plan(request.model, prompt, request.n)
             spec = plan.spec
             if not spec.variations_endpoint and not spec.edits:
-                raise InvalidRequestError(f"The model {plan.model} can't make variations. Pick another model.")
+                raise InvalidRequestError(
+                    N_("The model {model} can't make variations. Pick another model.", model=plan.model)
+                )
             size = self.catalog.check_size(plan.model, spec, request.size)
             png = await asyncio.to_thread(self._prepare_image, spec, request.image)
             if spec.variations_endpoint and not steer:
@@ -258,14 +269,21 @@ class ImageService:
         real, spec = self.catalog.resolve(model, today=self._today())
         cleaned = " ".join((prompt or "").split())
         if not cleaned:
-            raise InvalidRequestError("Please describe the image you want: the prompt is empty.")
+            raise InvalidRequestError(N_("Please describe the image you want: the prompt is empty."))
         if len(cleaned) > spec.max_prompt_chars:
             raise InvalidRequestError(
-                f"Your prompt is {len(cleaned):,} characters; {real} accepts at most {spec.max_prompt_chars:,}."
+                N_(
+                    "Your prompt is {length} characters; {model} accepts at most {limit}.",
+                    length=f"{len(cleaned):,}",
+                    model=real,
+                    limit=f"{spec.max_prompt_chars:,}",
+                )
             )
         count = self._default_n if n is None else n
         if not 1 <= count <= spec.max_n:
-            raise InvalidRequestError(f"You can ask {real} for 1 to {spec.max_n} images at a time.")
+            raise InvalidRequestError(
+                N_("You can ask {model} for 1 to {limit} images at a time.", model=real, limit=spec.max_n)
+            )
         return _Plan(real, spec, count, cleaned)
 
     async def _admitted(
@@ -298,7 +316,7 @@ class ImageService:
         try:
             plan, raw = await work()
             if not raw.images:
-                raise InvalidRequestError("The image service returned no images for that request.")
+                raise InvalidRequestError(N_("The image service returned no images for that request."))
             cost = self._cost(plan, raw)
             if spool is not None:
                 await spool.paid(cost)  # before anything else can fail: the answer is paid for
@@ -412,9 +430,16 @@ def _option(model: str, what: str, value: str | None, allowed: tuple[str, ...]) 
         return None
     cleaned = value.strip().lower()
     if not allowed:
-        raise InvalidRequestError(f"{model} has no {what} option; leave it out.")
+        raise InvalidRequestError(N_("{model} has no {option} option; leave it out.", model=model, option=what))
     if cleaned not in allowed:
-        raise InvalidRequestError(f"{what.capitalize()} for {model} can be: {', '.join(allowed)}.")
+        raise InvalidRequestError(
+            N_(
+                "{option} for {model} can be: {allowed}.",
+                option=what.capitalize(),
+                model=model,
+                allowed=", ".join(allowed),
+            )
+        )
     return cleaned
 
 

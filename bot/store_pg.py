@@ -34,6 +34,7 @@ from bot.store import (
     job_row,
     update_values,
 )
+from bot.text import N_
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,7 +57,7 @@ class DatabaseUnavailableError(ImageBotError):
 
     kind = "database_unavailable"
     retryable = True
-    default_message = "I can't reach my job database right now. Please try again in a minute."
+    default_message = N_("I can't reach my job database right now. Please try again in a minute.")
 
 
 # Each entry moves the schema one version up; the schema_version table records where a database stands.

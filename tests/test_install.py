@@ -93,3 +93,16 @@ def test_an_override_file_changes_only_what_it_names(installed: Path, tmp_path: 
     default_model, pace, queue, max_n, streaming, rows = done.stdout.split()
     assert (default_model, pace, queue, max_n, streaming) == ("fast", "5.0", "500", "2", "True")
     assert int(rows) >= 10  # every packaged row is still there
+
+
+def test_the_installed_package_answers_in_german(installed: Path, tmp_path: Path) -> None:
+    """The catalogues ship as package data: a core error renders in German from the installed copy."""
+    script = (
+        "from adapters.common import i18n; from bot.errors import RateLimitedError; "
+        "print(i18n.SHIPPED); print(i18n._(RateLimitedError(retry_after=12).text, i18n.negotiate('de-DE')))"
+    )
+    done = _run(installed, tmp_path, "-c", script)
+    assert done.returncode == 0, done.stderr
+    shipped, german = done.stdout.splitlines()
+    assert shipped == "('de', 'es', 'fr', 'ja', 'pt_BR')"
+    assert german == "Der Bilddienst bremst den Bot gerade aus. Bitte versuch es in etwa 12 Sekunden erneut."

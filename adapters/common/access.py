@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 
 from bot.models import Job
 from bot.settings import DiscordSettings, SlackSettings
+from bot.text import N_, Text
 
-NOT_IN_DMS = "I don't take requests in direct messages here. Use me in a server where I'm enabled."
-NOT_THIS_SERVER = "I'm not enabled on this server."
-NOT_THIS_CHANNEL = "I'm not enabled in this channel. Try another one."
-NEEDS_ROLE = "You need one of the roles allowed to make images here."
-NOT_THIS_WORKSPACE = "This workspace isn't allowed to use me. Ask the person who runs the bot."
-NOT_THIS_SLACK_CHANNEL = "I'm not allowed to make images in this channel. Try one where I'm enabled."
-NOT_ON_THE_LIST = "You're not on the list of people who may use me. Ask the person who runs the bot."
+NOT_IN_DMS = N_("I don't take requests in direct messages here. Use me in a server where I'm enabled.")
+NOT_THIS_SERVER = N_("I'm not enabled on this server.")
+NOT_THIS_CHANNEL = N_("I'm not enabled in this channel. Try another one.")
+NEEDS_ROLE = N_("You need one of the roles allowed to make images here.")
+NOT_THIS_WORKSPACE = N_("This workspace isn't allowed to use me. Ask the person who runs the bot.")
+NOT_THIS_SLACK_CHANNEL = N_("I'm not allowed to make images in this channel. Try one where I'm enabled.")
+NOT_ON_THE_LIST = N_("You're not on the list of people who may use me. Ask the person who runs the bot.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,27 +48,29 @@ class AccessPolicy:
         self._discord = discord
         self._slack = slack
 
-    def refusal(self, who: Requester) -> str | None:
-        """Why the operator's rules refuse this request (None: allowed)."""
+    def refusal(self, who: Requester) -> Text | None:
+        """Why the operator's rules refuse this request (None: allowed), to render in the reader's language."""
         if who.platform == "discord":
             return self._discord_refusal(who)
         if who.platform == "slack":
             return self._slack_refusal(who)
         return None  # the playground: whoever passed its password and holds a session
 
-    def may_press(self, job: Job, who: Requester) -> str | None:
+    def may_press(self, job: Job, who: Requester) -> Text | None:
         """Why ``who`` may not act on ``job``'s result (None: allowed): the requester always may; others only
         where the platform's ``others_may_press`` says so, and never across platforms or playground sessions."""
         owner = job.context
         if owner.platform != who.platform:
-            return "That result belongs somewhere else."
+            return N_("That result belongs somewhere else.")
         if owner.user == who.user:
             return None
         others = {"discord": self._discord.others_may_press, "slack": self._slack.others_may_press}
         if others.get(who.platform, False):
             return None
-        mention = f"<@{owner.user}>" if who.platform in ("discord", "slack") else "the person who asked"
-        return f"Only {mention} can use these buttons. Make your own with /imagine."
+        if who.platform in ("discord", "slack"):
+            mention = f"<@{owner.user}>"
+            return N_("Only {mention} can use these buttons. Make your own with /imagine.", mention=mention)
+        return N_("Only the person who asked can use these buttons. Make your own with /imagine.")
 
     def dms_allowed(self) -> bool:
         """Discord: ``allow_dms`` as set, or "auto": allowed only while no allow-list is set."""
@@ -77,7 +80,7 @@ class AccessPolicy:
         rules = self._discord
         return not (rules.allowed_guilds or rules.allowed_channels or rules.allowed_roles)
 
-    def _discord_refusal(self, who: Requester) -> str | None:
+    def _discord_refusal(self, who: Requester) -> Text | None:
         rules = self._discord
         if who.direct or who.workspace is None:
             return None if self.dms_allowed() else NOT_IN_DMS
@@ -89,7 +92,7 @@ class AccessPolicy:
             return NEEDS_ROLE
         return None
 
-    def _slack_refusal(self, who: Requester) -> str | None:
+    def _slack_refusal(self, who: Requester) -> Text | None:
         rules = self._slack
         if rules.allowed_workspaces and who.workspace not in rules.allowed_workspaces:
             return NOT_THIS_WORKSPACE

@@ -18,6 +18,7 @@ import aiohttp
 
 from bot import imaging
 from bot.errors import ImageBotError, InvalidImageError, ProviderOutageError
+from bot.text import N_, Text
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class DownloadRefusedError(InvalidImageError):
 class NotAnImageError(InvalidImageError):
     """What came back is not an image (a document, a text...)."""
 
-    default_message = "That file isn't an image I can read. Send a PNG, JPEG, WebP or GIF."
+    default_message = N_("That file isn't an image I can read. Send a PNG, JPEG, WebP or GIF.")
 
 
 class LoginPageError(NotAnImageError):
@@ -103,7 +104,8 @@ class CappedDownload:
                 origin = origin_of(url)
                 where = f"{origin.scheme}://{origin.host}:{origin.port}" if origin else "a malformed link"
                 raise DownloadRefusedError(
-                    f"I only download images shared in {self._platform} itself.", detail=f"refused {where}"
+                    N_("I only download images shared in {platform} itself.", platform=self._platform),
+                    detail=f"refused {where}",
                 )
             try:
                 async with self._session.get(
@@ -118,15 +120,15 @@ class CappedDownload:
                 raise
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 raise ProviderOutageError(
-                    f"I couldn't download that image from {self._platform}. Please try again.",
+                    N_("I couldn't download that image from {platform}. Please try again.", platform=self._platform),
                     detail=f"download failed: {type(exc).__name__}",
                 ) from None
-        raise DownloadRefusedError("I can't download that file.", detail="too many redirects")
+        raise DownloadRefusedError(N_("I can't download that file."), detail="too many redirects")
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         if resp.status != 200:
             raise InvalidImageError(
-                "I couldn't download that image (its link may have expired). Please upload it again.",
+                N_("I couldn't download that image (its link may have expired). Please upload it again."),
                 detail=f"download answered HTTP {resp.status}",
             )
         if resp.content_length is not None and resp.content_length > self._max_bytes:
@@ -145,5 +147,5 @@ class CappedDownload:
             raise NotAnImageError(detail=f"downloaded {resp.content_type}, not an image")
         return data
 
-    def too_big(self) -> str:
-        return f"That image is too large: the limit is {self._max_bytes // (1024 * 1024)} MB."
+    def too_big(self) -> Text:
+        return N_("That image is too large: the limit is {limit} MB.", limit=self._max_bytes // (1024 * 1024))

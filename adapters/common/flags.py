@@ -13,10 +13,11 @@ import re
 from dataclasses import dataclass
 
 from bot.errors import InvalidRequestError
+from bot.text import N_, Text
 
 FLAGS = ("n", "size", "quality", "model")
 MAX_N = 10  # the Images API's own limit; each model's row may allow fewer
-USAGE = "Usage: /imagine <prompt> [--n 2] [--size 1536x1024] [--quality high] [--model gpt-image-2]"
+USAGE = N_("Usage: /imagine <prompt> [--n 2] [--size 1536x1024] [--quality high] [--model gpt-image-2]")
 _DASHES = ("--", "—", "–")
 _OPTION = re.compile(r"^(?:--|—|–)([A-Za-z][\w-]*)(?:=(.*))?$", re.DOTALL)
 _SIZE = re.compile(r"^(\d{1,5})\s*[x×]\s*(\d{1,5})$", re.IGNORECASE)
@@ -39,8 +40,12 @@ def parse_imagine(text: str, *, command: str = "/imagine") -> ImagineCommand:
     if words and words[0].startswith("/") and len(words[0]) > 1:
         if words[0].lower() != command:
             raise InvalidRequestError(
-                f"I don't know the command {words[0][:30]}. Type {command} followed by a description, "
-                "or just the description."
+                N_(
+                    "I don't know the command {given}. Type {command} followed by a description, "
+                    "or just the description.",
+                    given=words[0][:30],
+                    command=command,
+                )
             )
         words = words[1:]
     values: dict[str, str] = {}
@@ -55,16 +60,16 @@ def parse_imagine(text: str, *, command: str = "/imagine") -> ImagineCommand:
             continue
         name, value = match.group(1).lower(), match.group(2)
         if name not in FLAGS:
-            raise InvalidRequestError(f"I don't know the option --{name[:30]}. {USAGE}")
+            raise InvalidRequestError(N_("I don't know the option --{name}. {usage}", name=name[:30], usage=USAGE))
         if value is None:
             if index >= len(words) or words[index].startswith(_DASHES):
-                raise InvalidRequestError(f"The option --{name} needs a value, e.g. {_EXAMPLES[name]}.")
+                raise InvalidRequestError(_needs_value(name))
             value = words[index]
             index += 1
         if name in values:
-            raise InvalidRequestError(f"The option --{name} is given twice. {USAGE}")
+            raise InvalidRequestError(N_("The option --{name} is given twice. {usage}", name=name, usage=USAGE))
         if not value:
-            raise InvalidRequestError(f"The option --{name} needs a value, e.g. {_EXAMPLES[name]}.")
+            raise InvalidRequestError(_needs_value(name))
         values[name] = value
     return ImagineCommand(
         prompt=" ".join(prompt),
@@ -79,7 +84,9 @@ def _count(text: str | None) -> int | None:
     if text is None:
         return None
     if not text.isdigit() or not 1 <= int(text) <= MAX_N:
-        raise InvalidRequestError(f"--n takes a number of images from 1 to {MAX_N} (got {text[:10]}).")
+        raise InvalidRequestError(
+            N_("--n takes a number of images from 1 to {limit} (got {given}).", limit=MAX_N, given=text[:10])
+        )
     return int(text)
 
 
@@ -88,8 +95,14 @@ def _size(text: str | None) -> str | None:
         return text.lower() if text else None
     match = _SIZE.match(text)
     if match is None:
-        raise InvalidRequestError(f"--size takes WIDTHxHEIGHT, e.g. 1536x1024, or auto (got {text[:20]}).")
+        raise InvalidRequestError(
+            N_("--size takes WIDTHxHEIGHT, e.g. 1536x1024, or auto (got {given}).", given=text[:20])
+        )
     return f"{int(match.group(1))}x{int(match.group(2))}"
+
+
+def _needs_value(name: str) -> Text:
+    return N_("The option --{name} needs a value, e.g. {example}.", name=name, example=_EXAMPLES[name])
 
 
 _EXAMPLES = {"n": "--n 4", "size": "--size 1536x1024", "quality": "--quality high", "model": "--model gpt-image-2"}

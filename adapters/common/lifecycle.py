@@ -16,11 +16,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from adapters.common.i18n import _
 from bot.errors import ImageBotError, UnexpectedError
 from bot.jobs import JobOutcome
 from bot.metrics import request_trace
 from bot.models import Job, Progress
 from bot.ports import ProgressSink
+from bot.text import N_, Text
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,8 @@ def as_user_error(error: BaseException, translate: Translate | None = None) -> I
 
 
 def friendly(error: BaseException, translate: Translate | None = None) -> str:
-    """The only text a user sees for a failure."""
-    return as_user_error(error, translate).friendly()
+    """The only text a user sees for a failure, in the reader's language (``i18n.use``)."""
+    return _(as_user_error(error, translate).friendly_text())
 
 
 async def answer(reply: Reply, work: Work, *, translate: Translate | None = None) -> None:
@@ -112,14 +114,30 @@ async def fail(reply: Reply, error: BaseException, translate: Translate | None =
 def cut_off_text(job: Job) -> str:
     """What the requester of a job a restart interrupted is told, on every platform (plain text: each platform
     escapes it its own way). Honest about the charge: the service bills a generation once it has answered."""
-    what = {"edit": "an image edit", "vary": "variations"}.get(job.kind, "images")
+    return _(cut_off_message(job))
+
+
+def cut_off_message(job: Job) -> Text:
     prompt = " ".join(job.prompt.split())
-    about = f"“{prompt[:100]}{'…' if len(prompt) > 100 else ''}”" if prompt else what
+    if prompt:
+        shown = f"{prompt[:100]}{'…' if len(prompt) > 100 else ''}"
+        if job.paid_at is None:
+            return N_(
+                "A restart interrupted your request for “{prompt}”; nothing was charged. Please ask again.",
+                prompt=shown,
+            )
+        return N_(
+            "A restart interrupted your request for “{prompt}” while its images were arriving; the image service "
+            "had already made them, so they count against the budget, but they are lost. Please ask again.",
+            prompt=shown,
+        )
+    what = {"edit": N_("an image edit"), "vary": N_("variations")}.get(job.kind, N_("images"))
     if job.paid_at is None:
-        return f"A restart interrupted your request for {about}; nothing was charged. Please ask again."
-    return (
-        f"A restart interrupted your request for {about} while its images were arriving; the image service "
-        "had already made them, so they count against the budget, but they are lost. Please ask again."
+        return N_("A restart interrupted your request for {what}; nothing was charged. Please ask again.", what=what)
+    return N_(
+        "A restart interrupted your request for {what} while its images were arriving; the image service "
+        "had already made them, so they count against the budget, but they are lost. Please ask again.",
+        what=what,
     )
 
 

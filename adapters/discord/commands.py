@@ -11,12 +11,13 @@ from typing import Protocol
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 
 from bot import imaging
 from bot.errors import ImageBotError
 from bot.settings import Settings
 
-MAX_COUNT = 4
+MAX_COUNT = 4  # the count options' descriptions say 1-4 (catalogue msgids are literal text)
 _MAX_CHOICES = 25
 _SIZE = re.compile(r"^\d{2,5}x\d{2,5}$")
 _CELLS = re.compile(r"^[A-Da-d][1-4](:[A-Da-d][1-4])?$")
@@ -101,13 +102,13 @@ def install_commands(
             return [app_commands.Choice(name=typed, value=typed)]
         return _matching(list(imaging.REGION_NAMES), current)
 
-    @tree.command(name="imagine", description="Make images from a text prompt")
+    @tree.command(name="imagine", description=locale_str("Make images from a text prompt"))
     @app_commands.describe(
-        prompt="What to draw",
-        count=f"How many images (1-{MAX_COUNT})",
-        size="Image size, e.g. 1024x1024",
-        quality="Image quality",
-        model="Image model",
+        prompt=locale_str("What to draw"),
+        count=locale_str("How many images (1-4)"),
+        size=locale_str("Image size, e.g. 1024x1024"),
+        quality=locale_str("Image quality"),
+        model=locale_str("Image model"),
     )
     @app_commands.autocomplete(size=sizes, model=model_names)
     async def imagine(
@@ -121,11 +122,15 @@ def install_commands(
         await handlers.imagine(interaction, prompt, count, size, quality, model)
 
     if qualities:
-        choices = [app_commands.Choice(name=q, value=q) for q in qualities[:_MAX_CHOICES]]
+        choices = [app_commands.Choice(name=locale_str(q), value=q) for q in qualities[:_MAX_CHOICES]]
         imagine = app_commands.choices(quality=choices)(imagine)
 
-    @tree.command(name="vary", description="Make variations of an image")
-    @app_commands.describe(image="The image to vary", count=f"How many variations (1-{MAX_COUNT})", prompt="Direction")
+    @tree.command(name="vary", description=locale_str("Make variations of an image"))
+    @app_commands.describe(
+        image=locale_str("The image to vary"),
+        count=locale_str("How many variations (1-4)"),
+        prompt=locale_str("Direction"),
+    )
     async def vary(
         interaction: discord.Interaction,
         image: discord.Attachment,
@@ -134,12 +139,12 @@ def install_commands(
     ) -> None:
         await handlers.vary(interaction, image, count, prompt)
 
-    @tree.command(name="edit", description="Change part of an image with a prompt")
+    @tree.command(name="edit", description=locale_str("Change part of an image with a prompt"))
     @app_commands.describe(
-        image="The image to edit",
-        prompt="What should change",
-        mask="Transparent or white = the area to change",
-        region="Where to change: top-half, center, border… or grid cells like A1:B2",
+        image=locale_str("The image to edit"),
+        prompt=locale_str("What should change"),
+        mask=locale_str("Transparent or white = the area to change"),
+        region=locale_str("Where to change: top-half, center, border… or grid cells like A1:B2"),
     )
     @app_commands.autocomplete(region=regions)
     async def edit(

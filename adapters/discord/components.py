@@ -8,15 +8,18 @@ from typing import Any, Protocol, cast
 
 import discord
 
+from adapters.common.i18n import _
+from bot.text import N_, Text
+
 RESULT_TEMPLATE = r"img:(?P<action>v|u|r|x|vs|vt|z15|z2|pl|pr|pu|pd):(?P<job>[a-z0-9]+):(?P<index>\d+)"
 CONFIRM_TEMPLATE = r"img:(?P<action>ok|no):(?P<job>[a-z0-9]+)"
-_LABELS = {"r": ("🔄", None), "x": ("✏️", None)}
+_LABELS: dict[str, tuple[str | None, Text | None]] = {"r": ("🔄", None), "x": ("✏️", None)}
 # the tools under an upscaled image (one image of a result, posted on its own)
-UPSCALE_LABELS = {
-    "vs": (None, "Vary (Subtle)"),
-    "vt": (None, "Vary (Strong)"),
-    "z15": (None, "Zoom out 1.5x"),
-    "z2": (None, "Zoom out 2x"),
+UPSCALE_LABELS: dict[str, tuple[str | None, Text | None]] = {
+    "vs": (None, N_("Vary (Subtle)")),
+    "vt": (None, N_("Vary (Strong)")),
+    "z15": (None, N_("Zoom out 1.5x")),
+    "z2": (None, N_("Zoom out 2x")),
     "pl": ("⬅️", None),
     "pr": ("➡️", None),
     "pu": ("⬆️", None),
@@ -58,7 +61,8 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=RESU
     image: Vary (Subtle)/(Strong), Zoom out 1.5x/2x, Pan ⬅️➡️⬆️⬇️ and ✏️ (remix)."""
 
     def __init__(self, action: str, job_id: str, index: int, *, row: int | None = None) -> None:
-        emoji, label = _LABELS.get(action) or UPSCALE_LABELS.get(action) or (None, f"{action.upper()}{index}")
+        emoji, text = _LABELS.get(action) or UPSCALE_LABELS.get(action) or (None, None)
+        label = _(text) if text is not None else None if emoji else f"{action.upper()}{index}"
         button: discord.ui.Button[Any] = discord.ui.Button(
             label=label, emoji=emoji, custom_id=f"img:{action}:{job_id}:{index}", style=discord.ButtonStyle.secondary
         )
@@ -81,7 +85,7 @@ class ConfirmButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CON
     def __init__(self, action: str, job_id: str) -> None:
         confirm = action == "ok"
         button: discord.ui.Button[Any] = discord.ui.Button(
-            label="Confirm" if confirm else "Cancel",
+            label=_("Confirm") if confirm else _("Cancel"),
             style=discord.ButtonStyle.success if confirm else discord.ButtonStyle.secondary,
             custom_id=f"img:{action}:{job_id}",
         )
@@ -106,12 +110,12 @@ class RemixModal(discord.ui.Modal):
     """✏️ Remix: the job's prompt, pre-filled, to change before running it again."""
 
     def __init__(self, job_id: str, prompt: str) -> None:
-        super().__init__(title="Remix", custom_id=f"remix:{job_id}", timeout=MODAL_TIMEOUT)
+        super().__init__(title=_("Remix"), custom_id=f"remix:{job_id}", timeout=MODAL_TIMEOUT)
         self.job_id = job_id
         self.prompt = _text_input(
             "prompt", style=discord.TextStyle.paragraph, default=prompt[:PROMPT_LIMIT], max_length=PROMPT_LIMIT
         )
-        self.add_item(discord.ui.Label(text="Prompt", component=self.prompt))
+        self.add_item(discord.ui.Label(text=_("Prompt"), component=self.prompt))
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         await handlers_of(interaction).remix_submit(interaction, self.job_id, self.prompt.value)
@@ -121,20 +125,22 @@ class EditModal(discord.ui.Modal):
     """ "Edit image" on a message: what to change, optionally where (a region) or a mask upload."""
 
     def __init__(self, target: discord.Message) -> None:
-        super().__init__(title="Edit image", custom_id=f"edit:{target.id}", timeout=MODAL_TIMEOUT)
+        super().__init__(title=_("Edit image"), custom_id=f"edit:{target.id}", timeout=MODAL_TIMEOUT)
         self.target = target
         self.prompt = _text_input("prompt", style=discord.TextStyle.paragraph, max_length=PROMPT_LIMIT)
         self.region = _text_input(
-            "region", required=False, max_length=40, placeholder="top-half, center, border… or grid cells like A1:B2"
+            "region", required=False, max_length=40, placeholder=_("top-half, center, border… or grid cells like A1:B2")
         )
         self.mask: discord.ui.FileUpload[Any] = discord.ui.FileUpload(
             custom_id="mask", required=False, min_values=0, max_values=1
         )
-        self.add_item(discord.ui.Label(text="What should change?", component=self.prompt))
-        self.add_item(discord.ui.Label(text="Where (optional)", component=self.region))
+        self.add_item(discord.ui.Label(text=_("What should change?"), component=self.prompt))
+        self.add_item(discord.ui.Label(text=_("Where (optional)"), component=self.region))
         self.add_item(
             discord.ui.Label(
-                text="Mask (optional)", description="Transparent or white = the area to change", component=self.mask
+                text=_("Mask (optional)"),
+                description=_("Transparent or white = the area to change"),
+                component=self.mask,
             )
         )
 

@@ -9,6 +9,7 @@ import discord
 from adapters.common.download import CappedDownload, origins
 from bot.errors import InvalidImageError
 from bot.settings import Settings
+from bot.text import N_
 
 CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net", "cdn.discord.com", "media.discord.net"})
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
@@ -35,5 +36,5 @@ class Attachments:
     async def read(self, attachment: discord.Attachment) -> bytes:
         """The attachment's bytes (raises a friendly ``ImageBotError``)."""
         if not is_image(attachment):
-            raise InvalidImageError("That file isn't an image. Send a PNG, JPEG, WebP or GIF.")
+            raise InvalidImageError(N_("That file isn't an image. Send a PNG, JPEG, WebP or GIF."))
         return await self._download.fetch(attachment.url, declared_size=attachment.size)

@@ -15,7 +15,9 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from adapters.common import i18n
 from adapters.common.access import AccessPolicy, Requester
+from adapters.common.i18n import _
 from adapters.common.lifecycle import answer
 from adapters.discord import render
 from adapters.discord.commands import MAX_COUNT
@@ -27,6 +29,7 @@ from bot.errors import ImageBotError, InvalidImageError
 from bot.jobs import JobNotFoundError, JobOutcome
 from bot.models import EditRequest, GenerateRequest, Job, JobContext, Origin, VaryRequest
 from bot.ports import ProgressSink
+from bot.text import N_
 
 log = logging.getLogger(__name__)
 
@@ -98,22 +101,26 @@ class Listeners:
 
     async def refused(self, interaction: discord.Interaction) -> bool:
         """Whether the access policy refuses this interaction (then it has been told, ephemerally)."""
+        i18n.use(interaction.locale.value)  # every interaction passes here or reply_for first: answer in its language
         reason = self.policy.refusal(interaction_requester(interaction))
         if reason is None:
             return False
         if interaction.type is not discord.InteractionType.autocomplete:
-            await interaction.response.send_message(reason, ephemeral=True)
+            await interaction.response.send_message(_(reason), ephemeral=True)
         return True
 
     async def read(self, attachment: discord.Attachment) -> bytes:
         if self.attachments is None:
-            raise ImageBotError("I'm still starting up. Please try again in a moment.", detail="no download session")
+            raise ImageBotError(
+                N_("I'm still starting up. Please try again in a moment."), detail="no download session"
+            )
         return await self.attachments.read(attachment)
 
     def count(self, count: int | None) -> int:
         return count if count is not None else min(self.core.settings.default_n, MAX_COUNT)
 
     def reply_for(self, interaction: discord.Interaction, heading: str) -> InteractionReply:
+        i18n.use(interaction.locale.value)
         return InteractionReply(self.delivery, interaction, render.result_text(heading, str(interaction.user.id)))
 
     def context_for(
@@ -167,7 +174,7 @@ class Listeners:
             data = await self.read(image)
             return await self._submitting(VaryRequest(image=data, n=self.count(count), prompt=prompt))()
 
-        await self.run(interaction, prompt or "Variations", prepare)
+        await self.run(interaction, prompt or _("Variations"), prepare)
 
     async def edit(
         self,
@@ -196,18 +203,18 @@ class Listeners:
 
         async def prepare() -> Submit:
             if image is None:
-                raise InvalidImageError("That message has no image I can vary.")
+                raise InvalidImageError(N_("That message has no image I can vary."))
             data = await self.read(image)
             return await self._submitting(VaryRequest(image=data, n=self.count(None)))()
 
-        await self.run(interaction, "Variations", prepare)
+        await self.run(interaction, _("Variations"), prepare)
 
     async def edit_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
-        reply = self.reply_for(interaction, "Edit image")
+        reply = self.reply_for(interaction, _("Edit image"))
 
         async def work(sink: ProgressSink) -> None:
             if first_image(message) is None:
-                raise InvalidImageError("That message has no image I can edit.")
+                raise InvalidImageError(N_("That message has no image I can edit."))
             await interaction.response.send_modal(EditModal(message))  # a modal must be the first response
 
         await answer(reply, work, translate=translate)
@@ -222,7 +229,7 @@ class Listeners:
         async def prepare() -> Submit:
             return lambda context, sink: self.core.jobs.vary_result(job_id, index, context, sink, prompt=prompt)
 
-        await self.run(interaction, prompt or f"Variations of image #{index}", prepare)
+        await self.run(interaction, prompt or _(N_("Variations of image #{index}", index=index)), prepare)
 
     # --- buttons and modals ----------------------------------------------------------------------------------
 
@@ -232,11 +239,11 @@ class Listeners:
         reason = self.policy.refusal(who)
         job = None if reason else await self.core.jobs.find(job_id)
         if reason is None and job is None:
-            reason = JobNotFoundError().friendly()
+            reason = JobNotFoundError().friendly_text()
         if reason is None and job is not None:
             reason = self.policy.may_press(job, who)
         if reason is not None:
-            await interaction.response.send_message(reason, ephemeral=True)
+            await interaction.response.send_message(_(reason), ephemeral=True)
             return None
         return job
 
@@ -305,7 +312,7 @@ class Listeners:
             if action == "no":
                 await interaction.response.defer()
                 await self.core.jobs.cancel(job.id)
-                await interaction.edit_original_response(content="Cancelled — nothing was spent.", view=None)
+                await interaction.edit_original_response(content=_("Cancelled — nothing was spent."), view=None)
                 return
             confirmed = job.id
 
@@ -325,8 +332,9 @@ class Listeners:
         if kind == "remix" and prompt and prompt.strip():
             await self.remix_submit(interaction, reference, prompt.strip())
             return
+        i18n.use(interaction.locale.value)
         await interaction.response.send_message(
-            "That form was opened before I restarted, so I lost what it was for. Please open it again.",
+            _("That form was opened before I restarted, so I lost what it was for. Please open it again."),
             ephemeral=True,
         )
 
@@ -348,7 +356,7 @@ class Listeners:
         async def prepare() -> Submit:
             image = first_image(target)
             if image is None:
-                raise InvalidImageError("That message has no image I can edit.")
+                raise InvalidImageError(N_("That message has no image I can edit."))
             data = await self.read(image)
             mask = await self.read(masks[0]) if masks else None
             origin = self._edit_origin(target, region)
@@ -403,12 +411,12 @@ class Listeners:
             pick = _PICK.match(text)
             index = int(pick[1]) if pick and int(pick[1]) in indexes else (indexes[0] if indexes else 1)
             prompt = (_PICK.sub("", text, count=1).strip() if pick else text) or None
-            heading = prompt or f"Variations of image #{index}"
+            heading = prompt or _(N_("Variations of image #{index}", index=index))
 
             def submit(context: JobContext, sink: ProgressSink) -> Awaitable[JobOutcome]:
                 return self.core.jobs.vary_result(job_id, index, context, sink, prompt=prompt)
         else:
-            heading = text or "Variations"
+            heading = text or _("Variations")
             submit = self._vary_upload(own_image or first_image(referenced), text)
         reply = MessageReply(self.delivery, message, render.result_text(heading, user))
         guild = message.guild.id if message.guild else None
@@ -418,7 +426,7 @@ class Listeners:
     def _vary_upload(self, image: discord.Attachment | None, text: str) -> Submit:
         async def submit(context: JobContext, sink: ProgressSink) -> JobOutcome:
             if image is None:
-                raise InvalidImageError("That message has no image I can vary.")
+                raise InvalidImageError(N_("That message has no image I can vary."))
             request = VaryRequest(image=await self.read(image), n=self.count(None), prompt=text or None)
             return await self.core.jobs.submit(context, request, sink)
 

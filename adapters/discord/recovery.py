@@ -13,6 +13,7 @@ import logging
 
 import discord
 
+from adapters.common import i18n
 from adapters.common.lifecycle import cut_off_text
 from adapters.discord import render
 from adapters.discord.replies import Address, Delivery, nonce_for, requester_only
@@ -31,8 +32,9 @@ class Recovery:
         self.delivery = delivery
 
     async def run(self) -> None:
-        delivered = await self.redeliver()
-        told = await self.tell_cut_off()
+        with i18n.speaking(None):  # each job is answered in its requester's language, none leaks out
+            delivered = await self.redeliver()
+            told = await self.tell_cut_off()
         if delivered or told:
             log.info("discord: after the restart, delivered %d result(s) and told %d user(s)", delivered, told)
 
@@ -76,6 +78,7 @@ class Recovery:
 
     async def _post(self, job: Job, result: ImageResult) -> bool:
         address = Address.from_json(job.context.reply)
+        i18n.use(address.locale if address else None)  # the requester's language, as before the restart
         user = int(job.context.user)
         limit = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
         rendered = await render.render_result(job, result, job.context.user, limit)
@@ -110,6 +113,7 @@ class Recovery:
 
     async def _tell(self, job: Job) -> bool:
         address = Address.from_json(job.context.reply)
+        i18n.use(address.locale if address else None)
         user = int(job.context.user)
         if address is not None and address.message_id is not None and address.token_alive(self.delivery.token_lifetime):
             try:

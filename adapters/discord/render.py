@@ -12,11 +12,13 @@ from typing import Any
 
 import discord
 
+from adapters.common.i18n import _
 from adapters.common.story import Story, story, upscale_story
 from adapters.discord.components import RESULT_TEMPLATE, UPSCALE_LABELS, ConfirmButton, ResultButton
 from bot import imaging
 from bot.budgets import format_dollars
 from bot.models import GeneratedImage, ImageResult, Job
+from bot.text import N_
 
 MESSAGE_LIMIT = 2000
 REQUEST_LIMIT = 25 * 1024 * 1024  # one message's whole upload
@@ -137,7 +139,7 @@ async def upload_files(images: Sequence[GeneratedImage], size_limit: int) -> lis
 async def preview_file(data: bytes, size_limit: int) -> discord.File:
     """A partial image as the one attachment of a progress edit, fitted under the upload limit (worker thread)."""
     fitted, info = await asyncio.to_thread(imaging.fit_under, data, min(size_limit, REQUEST_LIMIT - _REQUEST_MARGIN))
-    return discord.File(io.BytesIO(fitted), filename=f"preview.{info.extension}", description="Preview in progress")
+    return discord.File(io.BytesIO(fitted), filename=f"preview.{info.extension}", description=_("Preview in progress"))
 
 
 async def render_result(
@@ -163,6 +165,10 @@ def upscale_view(job_id: str, index: int) -> discord.ui.View:
 
 
 def render_confirmation(job: Job, user_id: str) -> Rendered:
-    cost = f"about {format_dollars(job.estimated_cost)}" if job.estimated_cost is not None else "more than usual"
-    note = f"This will cost {cost} ({job.images_requested} image(s)). Go ahead?"
-    return Rendered(result_text(job.prompt or "(variation)", user_id, note=note), [], confirm_view(job.id))
+    count = job.images_requested
+    if job.estimated_cost is not None:
+        cost = format_dollars(job.estimated_cost)
+        note = N_("This will cost about {cost} ({count} image(s)). Go ahead?", cost=cost, count=count)
+    else:
+        note = N_("This will cost more than usual ({count} image(s)). Go ahead?", count=count)
+    return Rendered(result_text(job.prompt or _("(variation)"), user_id, note=_(note)), [], confirm_view(job.id))

@@ -20,11 +20,14 @@ from typing import Any
 
 import discord
 
+from adapters.common import i18n
+from adapters.common.i18n import _
 from adapters.discord import render
 from bot.errors import BusyError
 from bot.jobs import JobOutcome, JobService
 from bot.metrics import acknowledged
 from bot.models import JobStatus, Progress
+from bot.text import N_
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +51,11 @@ class Address:
     token: str | None = field(default=None, repr=False)
     created_at: float | None = None
     message_id: int | None = None  # the interaction's response message, once known
+    locale: str | None = None  # the requester's language: a restart answers in it too
 
     def to_json(self) -> str:
         fields = {"kind": self.kind, "key": self.key, "app": self.application_id, "token": self.token}
-        return json.dumps(fields | {"created": self.created_at, "message": self.message_id})
+        return json.dumps(fields | {"created": self.created_at, "message": self.message_id, "locale": self.locale})
 
     @classmethod
     def from_json(cls, text: str | None) -> Address | None:
@@ -59,7 +63,7 @@ class Address:
             raw = json.loads(text or "")
             return cls(
                 str(raw["kind"]), str(raw["key"]), raw.get("app"), raw.get("token"), raw.get("created"),
-                raw.get("message"),
+                raw.get("message"), raw.get("locale"),
             )  # fmt: skip
         except (ValueError, KeyError, TypeError):
             return None
@@ -119,12 +123,13 @@ class Throttle:
         self._task: asyncio.Task[None] | None = None
         self._sending = False
         self._closed = False
+        self._locale = i18n.current()  # the core may report progress from another task: keep the reader's language
 
     async def __call__(self, update: Progress) -> None:
         if update.status is JobStatus.QUEUED and update.position:
-            text = f"Queued — #{update.position} in line"
+            text = _(N_("Queued — #{position} in line", position=update.position), self._locale)
         elif update.status is JobStatus.RUNNING:
-            text = "Generating…"
+            text = _("Generating…", self._locale)
         else:
             return
         self._latest = text
@@ -182,7 +187,7 @@ class _JobReply:
             await self.show(render.render_confirmation(job, user), job.id)
             return
         if outcome.result is None:
-            raise BusyError("I'm already working on that same request; its result will appear there.")
+            raise BusyError(N_("I'm already working on that same request; its result will appear there."))
         rendered = await render.render_result(job, outcome.result, user, self.size_limit)
         jobs = self.delivery.jobs
         await jobs.begin_delivery(job.id)
@@ -216,7 +221,7 @@ class InteractionReply(_JobReply):
         inter = self.interaction
         return Address(
             "interaction", str(inter.id), inter.application_id, inter.token, inter.created_at.timestamp(),
-            self.response_message,
+            self.response_message, i18n.negotiate(inter.locale.value),
         )  # fmt: skip
 
     @property
@@ -277,7 +282,7 @@ class InteractionReply(_JobReply):
     async def _to_channel(self, rendered: render.Rendered, nonce: str) -> None:
         channel = self.interaction.channel_id
         if channel is None:
-            raise BusyError("I couldn't post the result here.", detail="no channel to post to")
+            raise BusyError(N_("I couldn't post the result here."), detail="no channel to post to")
         await self.delivery.post_to_channel(channel, rendered, self.user_id, nonce)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from slack_sdk.errors import SlackApiError
 
 from bot.errors import ImageBotError, UnexpectedError
+from bot.text import N_
 
 _NOT_A_MEMBER = ("not_in_channel", "channel_not_found")
 
@@ -13,7 +14,9 @@ class NotInChannelError(ImageBotError):
     """Slack refused a post or upload because the bot is not a member of the conversation."""
 
     kind = "not_in_channel"
-    default_message = "I can't post in this channel yet: invite me to this channel (/invite @imagebot), then try again."
+    default_message = N_(
+        "I can't post in this channel yet: invite me to this channel (/invite @imagebot), then try again."
+    )
 
 
 def translate(error: BaseException) -> ImageBotError | None:

@@ -9,6 +9,7 @@ import aiohttp
 
 from adapters.common.download import CappedDownload, LoginPageError, origins
 from bot.errors import ConfigurationError, InvalidImageError
+from bot.text import N_
 
 SLACK_FILE_HOST = "files.slack.com"
 
@@ -16,7 +17,7 @@ SLACK_FILE_HOST = "files.slack.com"
 class MissingFilesScopeError(ConfigurationError):
     """Slack answered a file download with its sign-in page: the app lacks the ``files:read`` scope."""
 
-    default_message = (
+    default_message = N_(
         "I can't read files shared in Slack: the Slack app is missing the files:read scope. "
         "Ask a workspace admin to add it and reinstall the app."
     )
@@ -42,7 +43,9 @@ class SlackFiles:
         """The bytes of a Slack file object that must be an image (raises a friendly ``ImageBotError``)."""
         url = str(file.get("url_private_download") or file.get("url_private") or "")
         if not url:
-            raise InvalidImageError("I can't download that file from Slack.", detail=f"file {file.get('id')} no url")
+            raise InvalidImageError(
+                N_("I can't download that file from Slack."), detail=f"file {file.get('id')} no url"
+            )
         size = file.get("size")
         return await self.download(url, declared_size=size if isinstance(size, int) else None)
 

@@ -15,12 +15,15 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
 
+from adapters.common import i18n
 from adapters.common.access import AccessPolicy
 from adapters.common.flags import USAGE, parse_imagine
+from adapters.common.i18n import _
 from adapters.common.lifecycle import answer, friendly
 from adapters.slack import render
 from adapters.slack.errors import translate
 from adapters.slack.files import SlackFiles, image_files
+from adapters.slack.locale import UserLocales
 from adapters.slack.payloads import (
     event_reply_to,
     input_value,
@@ -36,6 +39,7 @@ from bot.errors import InvalidRequestError
 from bot.jobs import JobNotFoundError, JobOutcome
 from bot.models import EditRequest, GenerateRequest, Job, Origin, VaryRequest
 from bot.ports import ProgressSink
+from bot.text import N_, Text
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,7 @@ class Listeners:
         self.policy = policy
         self.outbox = outbox
         self.files = files
+        self.locales = UserLocales(outbox.client)
         self.busy: set[asyncio.Task[Any]] = set()
 
     def register(self, app: AsyncApp) -> None:
@@ -86,6 +91,7 @@ class Listeners:
     async def _run(self, to: ReplyTo, work: Work, context: Mapping[str, Any]) -> None:
         """Run ``work`` to exactly one answer (never raises), tracked so ``stop`` can let it finish."""
         acked = context.get("acked")
+        i18n.use(await self.locales.lookup(to.user))  # after the ack: answer in the user's language
         reply = self.outbox.reply(to, acked if isinstance(acked, asyncio.Event) else None)
         task = asyncio.current_task()
         if task is not None:
@@ -101,7 +107,7 @@ class Listeners:
         refusal = self.policy.refusal(to.requester())
         if refusal is not None:
             log.info("refused slack user %s in %s/%s", to.user, to.team, to.channel)
-            await reply.say(refusal)
+            await reply.say(_(refusal))
         return refusal is None
 
     async def _may_press(self, reply: SlackReply, to: ReplyTo, job_id: str) -> Job | None:
@@ -113,7 +119,7 @@ class Listeners:
             raise JobNotFoundError(detail=f"button of unknown job {job_id}")
         refusal = self.policy.may_press(job, to.requester())
         if refusal is not None:
-            await reply.say(refusal, mentions=(job.context.user,))  # names the owner: a real mention
+            await reply.say(_(refusal), mentions=(job.context.user,))  # names the owner: a real mention
             return None
         return job
 
@@ -121,13 +127,14 @@ class Listeners:
 
     async def imagine(self, ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
         to = reply_to(body)
+        i18n.use(self.locales.known(to.user))  # no I/O before the ack: the language if already known
         try:
             request = self._read_imagine(to, body)
         except Exception as exc:  # a refusal or a bad option: the acknowledgement is the answer
             await ack(**render.notice(friendly(exc, translate)), response_type="ephemeral")
             return
-        if isinstance(request, str):
-            await ack(**render.notice(request), response_type="ephemeral")
+        if not isinstance(request, GenerateRequest):
+            await ack(**render.notice(_(request)), response_type="ephemeral")
             return
         admission = self.core.admission  # read without I/O: the ack can already say where the job will wait
         busy = admission.running >= self.core.settings.limits.max_concurrent
@@ -138,14 +145,14 @@ class Listeners:
 
         await self._run(to, work, context)
 
-    def _read_imagine(self, to: ReplyTo, body: Mapping[str, Any]) -> GenerateRequest | str:
+    def _read_imagine(self, to: ReplyTo, body: Mapping[str, Any]) -> GenerateRequest | Text:
         """The request, or the refusal to acknowledge with (bad options raise ``InvalidRequestError``)."""
         refusal = self.policy.refusal(to.requester())
         if refusal is not None:
             return refusal
         command = parse_imagine(str(body.get("text") or ""))
         if not command.prompt:
-            raise InvalidRequestError(f"Tell me what to draw. {USAGE}")
+            raise InvalidRequestError(N_("Tell me what to draw. {usage}", usage=USAGE))
         return GenerateRequest(
             prompt=command.prompt, n=command.n or 1, size=command.size, quality=command.quality, model=command.model
         )
@@ -168,7 +175,7 @@ class Listeners:
             job_id, index = job_value(action, "vary", with_index=True)
             if await self._may_press(reply, to, job_id) is None:
                 return None
-            await reply.say(f"Making variations of image {index}…")
+            await reply.say(_(N_("Making variations of image {index}…", index=index)))
             return await self.core.jobs.vary_result(job_id, index, to.context())
 
         await self._run(to, work, context)
@@ -187,7 +194,7 @@ class Listeners:
     async def _tool_button(self, body: dict[str, Any], action: dict[str, Any], context: dict[str, Any]) -> None:
         """Vary (Subtle/Strong), Zoom out or Pan under an upscaled image: a new job made from that image."""
         to = result_reply_to(body)
-        _, tool = render.UPSCALE_TOOLS[str(action.get("action_id"))]
+        _label, tool = render.UPSCALE_TOOLS[str(action.get("action_id"))]
 
         async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome | None:
             job_id, index = job_value(action, "upscale", with_index=True)
@@ -207,10 +214,10 @@ class Listeners:
         to = result_reply_to(body)
 
         async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome | None:
-            job_id, _ = job_value(action, "reroll")
+            job_id = job_value(action, "reroll")[0]
             if await self._may_press(reply, to, job_id) is None:
                 return None
-            await reply.say("Rerolling…")
+            await reply.say(_("Rerolling…"))
             return await self.core.jobs.reroll(job_id, to.context(), progress)
 
         await self._run(to, work, context)
@@ -219,7 +226,7 @@ class Listeners:
         to = result_reply_to(body)
 
         async def work(reply: SlackReply, progress: ProgressSink) -> None:
-            job_id, _ = job_value(action, "remix")
+            job_id = job_value(action, "remix")[0]
             job = await self._may_press(reply, to, job_id)  # local reads only: the trigger_id is still fresh
             if job is not None:
                 view = render.remix_modal(job, to.channel or "", to.thread)
@@ -231,10 +238,10 @@ class Listeners:
         to = reply_to(body)
 
         async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome | None:
-            job_id, _ = job_value(action, "confirm")
+            job_id = job_value(action, "confirm")[0]
             if await self._may_press(reply, to, job_id) is None:
                 return None
-            await reply.say("Confirmed — working on it.", replace=True)
+            await reply.say(_("Confirmed — working on it."), replace=True)
             return await self.core.jobs.confirm(job_id, to.context(), progress)
 
         await self._run(to, work, context)
@@ -243,11 +250,11 @@ class Listeners:
         to = reply_to(body)
 
         async def work(reply: SlackReply, progress: ProgressSink) -> None:
-            job_id, _ = job_value(action, "cancel")
+            job_id = job_value(action, "cancel")[0]
             if await self._may_press(reply, to, job_id) is None:
                 return
             await self.core.jobs.cancel(job_id)
-            await reply.say("Cancelled: nothing was made or charged.", replace=True)
+            await reply.say(_("Cancelled: nothing was made or charged."), replace=True)
 
         await self._run(to, work, context)
 
@@ -256,9 +263,10 @@ class Listeners:
     async def remix_submit(
         self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], context: dict[str, Any]
     ) -> None:
+        i18n.use(self.locales.known(reply_to(body).user))  # no I/O before the ack
         prompt = input_value(view, render.PROMPT_BLOCK, render.PROMPT_ACTION).strip()
         if not prompt:
-            await ack(response_action="errors", errors={render.PROMPT_BLOCK: "Write a prompt."})
+            await ack(response_action="errors", errors={render.PROMPT_BLOCK: _("Write a prompt.")})
             return
         await ack()
         to = reply_to(body)
@@ -274,9 +282,10 @@ class Listeners:
     async def edit_submit(
         self, ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], context: dict[str, Any]
     ) -> None:
+        i18n.use(self.locales.known(reply_to(body).user))  # no I/O before the ack
         prompt = input_value(view, render.PROMPT_BLOCK, render.PROMPT_ACTION).strip()
         if not prompt:
-            await ack(response_action="errors", errors={render.PROMPT_BLOCK: "Say what should change."})
+            await ack(response_action="errors", errors={render.PROMPT_BLOCK: _("Say what should change.")})
             return
         await ack()
         to = reply_to(body)
@@ -319,9 +328,9 @@ class Listeners:
                 return None
             images = image_files(shortcut.get("message", {}).get("files"))
             if not images:
-                await reply.say("That message has no image I can vary.")
+                await reply.say(_("That message has no image I can vary."))
                 return None
-            await reply.say("Making variations…")
+            await reply.say(_("Making variations…"))
             data = await self.files.image(images[0])
             return await self.core.jobs.submit(to.context(), VaryRequest(image=data), progress)
 
@@ -335,7 +344,7 @@ class Listeners:
                 return
             images = image_files(shortcut.get("message", {}).get("files"))
             if not images:
-                await reply.say("That message has no image I can edit.")
+                await reply.say(_("That message has no image I can edit."))
                 return
             file = {key: images[0].get(key) for key in ("id", "url_private", "url_private_download", "size")}
             source = render.result_file(images[0]) if shortcut.get("message", {}).get("bot_id") else None
@@ -384,7 +393,7 @@ class Listeners:
             job_id = await store.job_at(to.channel or "", str(thread_ts)) if thread_ts else None
             if job_id is None:
                 if await self._admitted(reply, to):
-                    await reply.say("Send me an image with the mention for variations, or use /imagine <prompt>.")
+                    await reply.say(_("Send me an image with the mention for variations, or use /imagine <prompt>."))
                 return None
             if await self._may_press(reply, to, job_id) is None:
                 return None

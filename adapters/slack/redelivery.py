@@ -7,8 +7,10 @@ import logging
 
 from slack_sdk.errors import SlackApiError
 
+from adapters.common import i18n
 from adapters.common.lifecycle import cut_off_text, friendly_detail
 from adapters.slack import render
+from adapters.slack.locale import UserLocales
 from adapters.slack.replies import Outbox
 from bot.models import ImageResult, Job
 
@@ -20,11 +22,14 @@ _SLACK_TIME_SLACK = 60.0  # seconds: Slack's clock vs ours, when reading message
 
 async def recover(outbox: Outbox) -> None:
     """Tell whoever was cut off, then redeliver; one bad job or channel never stops the others."""
+    locales = UserLocales(outbox.client)  # each requester is told in their own language
     for job in await outbox.jobs.cut_off("slack"):
-        await _tell_cut_off(outbox, job)
+        with i18n.speaking(await locales.lookup(job.context.user)):
+            await _tell_cut_off(outbox, job)
     for job, result in await outbox.jobs.undelivered("slack"):
         try:
-            await _redeliver(outbox, job, result)
+            with i18n.speaking(await locales.lookup(job.context.user)):
+                await _redeliver(outbox, job, result)
         except Exception as exc:
             log.warning("redelivery of job %s failed: %s", job.id, friendly_detail(exc))
 

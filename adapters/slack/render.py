@@ -6,20 +6,22 @@ import json
 import re
 from typing import Any
 
+from adapters.common.i18n import _
 from adapters.common.story import Story, story, upscale_story
 from bot.budgets import format_dollars
 from bot.imaging import REGION_NAMES
 from bot.models import GeneratedImage, ImageResult, Job
+from bot.text import N_, Text
 
 # action ids (buttons carry the job in their value, so they work after a restart)
 VARY = "img_vary"  # + "_<index>": action ids must be unique within a block
 UPSCALE = "img_upscale"  # + "_<index>": U<i>, that image posted on its own with the upscale tools
 # the tools under an upscaled image (values "upscale:<job>:<index>"): action id -> (label, what it does)
-UPSCALE_TOOLS = {
-    "img_vary_subtle": ("Vary (Subtle)", "subtle"),
-    "img_vary_strong": ("Vary (Strong)", "strong"),
-    "img_zoom_15": ("Zoom out 1.5x", "1.5"),
-    "img_zoom_2": ("Zoom out 2x", "2"),
+UPSCALE_TOOLS: dict[str, tuple[Text | str, str]] = {
+    "img_vary_subtle": (N_("Vary (Subtle)"), "subtle"),
+    "img_vary_strong": (N_("Vary (Strong)"), "strong"),
+    "img_zoom_15": (N_("Zoom out 1.5x"), "1.5"),
+    "img_zoom_2": (N_("Zoom out 2x"), "2"),
     "img_pan_left": ("⬅️", "left"),
     "img_pan_right": ("➡️", "right"),
     "img_pan_up": ("⬆️", "up"),
@@ -67,14 +69,16 @@ def _button(text: str, action_id: str, value: str, style: str | None = None) -> 
 
 def working_message(prompt: str, position: int | None = None) -> dict[str, Any]:
     """The ephemeral message carried by the slash command's ack (``position``: expected place in line)."""
-    status = f"Queued — #{position} in line" if position else "Working on it"
-    text = f"{status}: {escape(prompt[:200])}"
+    status = N_("Queued — #{position} in line", position=position) if position else N_("Working on it")
+    text = _(N_("{status}: {prompt}", status=status, prompt=escape(prompt[:200])))
     block = {"type": "context", "elements": [{"type": "mrkdwn", "text": f":hourglass_flowing_sand: {text}"}]}
     return {"text": text, "blocks": [block], "response_type": "ephemeral"}
 
 
 def queued_text(position: int) -> str:
-    return f":hourglass: Queued — #{position} in line. Your images will appear in the channel."
+    return ":hourglass: " + _(
+        N_("Queued — #{position} in line. Your images will appear in the channel.", position=position)
+    )
 
 
 def upload_args(job: Job, result: ImageResult) -> dict[str, Any]:
@@ -87,7 +91,7 @@ def upload_args(job: Job, result: ImageResult) -> dict[str, Any]:
         filename = file_name(job, index, image.filename)
         uploads.append({"file": image.data, "filename": filename, "title": title, "alt_txt": alt[:_ALT_MAX]})
     comment = story_comment(story(job)) if story(job).headline else _asked_for(job, result)
-    details = f"AI-generated · {result.model}" if result.model else "AI-generated"
+    details = _(N_("AI-generated · {model}", model=result.model)) if result.model else _("AI-generated")
     if result.notice:
         details += f" · {result.notice}"
     args: dict[str, Any] = {"file_uploads": uploads, "initial_comment": f"{comment}\n_{escape(details)}_"}
@@ -99,8 +103,14 @@ def upload_args(job: Job, result: ImageResult) -> dict[str, Any]:
 
 
 def _asked_for(job: Job, result: ImageResult) -> str:
-    verb = {"generate": "asked for", "edit": "edited an image", "vary": "asked for variations"}.get(job.kind, "asked")
-    return f"<@{job.context.user}> {verb}:\n{quote(result.prompt)}" if result.prompt else f"<@{job.context.user}>"
+    user = f"<@{job.context.user}>"
+    verbs = {
+        "generate": N_("{user} asked for:", user=user),
+        "edit": N_("{user} edited an image:", user=user),
+        "vary": N_("{user} asked for variations:", user=user),
+    }
+    verb = _(verbs.get(job.kind, N_("{user} asked:", user=user)))
+    return f"{verb}\n{quote(result.prompt)}" if result.prompt else user
 
 
 def story_comment(told: Story) -> str:
@@ -131,8 +141,8 @@ def upscale_controls(job: Job, index: int, channel: str, thread: str | None) -> 
     """``chat.postMessage`` arguments of the tools under an upscaled image: Vary (Subtle), Vary (Strong), Zoom out
     1.5x and 2x, Pan ⬅️➡️⬆️⬇️ and Remix (the job and image in every value, so they work after a restart)."""
     value = f"upscale:{job.id}:{index}"
-    tools = [_button(label, action_id, value) for action_id, (label, _) in UPSCALE_TOOLS.items()]
-    text = f"Keep working on image {index}:"
+    tools = [_button(_(label), action_id, value) for action_id, (label, _what) in UPSCALE_TOOLS.items()]
+    text = _(N_("Keep working on image {index}:", index=index))
     blocks = [
         {"type": "section", "text": {"type": "mrkdwn", "text": text}},
         {"type": "actions", "block_id": f"img_upscale:{job.id}:{index}", "elements": tools[:4]},
@@ -146,7 +156,7 @@ def upscale_controls(job: Job, index: int, channel: str, thread: str | None) -> 
 
 
 def _remix(job: Job) -> dict[str, Any]:
-    return _button("Remix", REMIX, f"remix:{job.id}")
+    return _button(_("Remix"), REMIX, f"remix:{job.id}")
 
 
 def file_name(job: Job, index: int, original: str) -> str:
@@ -179,10 +189,11 @@ def controls_message(job: Job, result: ImageResult) -> dict[str, Any]:
     count = min(len(result.images), _MAX_VARY_BUTTONS)
     upscale = [_button(f"U{i}", f"{UPSCALE}_{i}", f"upscale:{job.id}:{i}") for i in range(1, count + 1)]
     vary = [
-        _button(f"Vary {i}" if count > 1 else "Vary", f"{VARY}_{i}", f"vary:{job.id}:{i}") for i in range(1, count + 1)
+        _button(_(N_("Vary {index}", index=i)) if count > 1 else _("Vary"), f"{VARY}_{i}", f"vary:{job.id}:{i}")
+        for i in range(1, count + 1)
     ]
-    more = [*upscale, _button("Reroll", REROLL, f"reroll:{job.id}"), _remix(job)]
-    text = "Make more from this result:"
+    more = [*upscale, _button(_("Reroll"), REROLL, f"reroll:{job.id}"), _remix(job)]
+    text = _("Make more from this result:")
     blocks = [
         {"type": "section", "text": {"type": "mrkdwn", "text": text}},
         {"type": "actions", "block_id": f"img_actions:{job.id}", "elements": vary + more},
@@ -198,11 +209,15 @@ def controls_message(job: Job, result: ImageResult) -> dict[str, Any]:
 
 def confirmation_message(job: Job) -> dict[str, Any]:
     """An ephemeral question before an expensive job runs."""
-    cost = f"about {format_dollars(job.estimated_cost)}" if job.estimated_cost is not None else "more than usual"
-    text = f"This request will cost {cost} ({job.images_requested} image(s)). Go ahead?"
+    count = job.images_requested
+    if job.estimated_cost is not None:
+        cost = format_dollars(job.estimated_cost)
+        text = _(N_("This request will cost about {cost} ({count} image(s)). Go ahead?", cost=cost, count=count))
+    else:
+        text = _(N_("This request will cost more than usual ({count} image(s)). Go ahead?", count=count))
     buttons = [
-        _button("Confirm", CONFIRM, f"confirm:{job.id}", "primary"),
-        _button("Cancel", CANCEL, f"cancel:{job.id}", "danger"),
+        _button(_("Confirm"), CONFIRM, f"confirm:{job.id}", "primary"),
+        _button(_("Cancel"), CANCEL, f"cancel:{job.id}", "danger"),
     ]
     blocks = [
         {"type": "section", "text": {"type": "mrkdwn", "text": f"{text}\n{quote(job.prompt, 500)}"}},
@@ -230,7 +245,7 @@ def _prompt_input(initial: str | None, placeholder: str) -> dict[str, Any]:
     }
     if initial:
         element["initial_value"] = initial[:3000]
-    return {"type": "input", "block_id": PROMPT_BLOCK, "label": _plain("Prompt"), "element": element}
+    return {"type": "input", "block_id": PROMPT_BLOCK, "label": _plain(_("Prompt")), "element": element}
 
 
 def remix_modal(job: Job, channel: str, thread: str | None) -> dict[str, Any]:
@@ -240,34 +255,34 @@ def remix_modal(job: Job, channel: str, thread: str | None) -> dict[str, Any]:
         "type": "modal",
         "callback_id": REMIX_VIEW,
         "private_metadata": metadata,
-        "title": _plain("Remix", 24),
-        "submit": _plain("Make it", 24),
-        "close": _plain("Cancel", 24),
-        "blocks": [_prompt_input(job.prompt, "Change the prompt")],
+        "title": _plain(_("Remix"), 24),
+        "submit": _plain(_("Make it"), 24),
+        "close": _plain(_("Cancel"), 24),
+        "blocks": [_prompt_input(job.prompt, _("Change the prompt"))],
     }
 
 
 def edit_modal(metadata: dict[str, Any]) -> dict[str, Any]:
     """The Edit image modal: prompt, region to change, optional mask file."""
-    regions = [(WHOLE_IMAGE, "Whole image (or its transparent parts)")]
+    regions = [(WHOLE_IMAGE, _("Whole image (or its transparent parts)"))]
     regions += [(name, name.replace("-", " ").capitalize()) for name in REGION_NAMES]
-    regions += [(cells, f"Grid cells {cells}") for cells in GRID_RANGES]
+    regions += [(cells, _(N_("Grid cells {cells}", cells=cells))) for cells in GRID_RANGES]
     options = [{"text": _plain(label), "value": value} for value, label in regions]
     return {
         "type": "modal",
         "callback_id": EDIT_VIEW,
         "private_metadata": json.dumps(metadata)[:3000],
-        "title": _plain("Edit image", 24),
-        "submit": _plain("Edit", 24),
-        "close": _plain("Cancel", 24),
+        "title": _plain(_("Edit image"), 24),
+        "submit": _plain(_("Edit"), 24),
+        "close": _plain(_("Cancel"), 24),
         "blocks": [
-            _prompt_input(None, "What should change?"),
+            _prompt_input(None, _("What should change?")),
             {
                 "type": "input",
                 "block_id": REGION_BLOCK,
                 "optional": True,
-                "label": _plain("Region to change"),
-                "hint": _plain("A 4x4 grid: columns A–D, rows 1–4.", 150),
+                "label": _plain(_("Region to change")),
+                "hint": _plain(_("A 4x4 grid: columns A–D, rows 1–4."), 150),
                 "element": {
                     "type": "static_select",
                     "action_id": REGION_ACTION,
@@ -279,8 +294,8 @@ def edit_modal(metadata: dict[str, Any]) -> dict[str, Any]:
                 "type": "input",
                 "block_id": MASK_BLOCK,
                 "optional": True,
-                "label": _plain("Mask (optional)"),
-                "hint": _plain("A PNG: transparent or white = change, black = keep.", 150),
+                "label": _plain(_("Mask (optional)")),
+                "hint": _plain(_("A PNG: transparent or white = change, black = keep."), 150),
                 "element": {"type": "file_input", "action_id": MASK_ACTION, "filetypes": ["png"], "max_files": 1},
             },
         ],

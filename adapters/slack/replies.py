@@ -15,6 +15,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from adapters.common.access import Requester
+from adapters.common.i18n import _
 from adapters.slack import render
 from adapters.slack.state import SlackState
 from bot.jobs import JobOutcome, JobService
@@ -137,7 +138,9 @@ class SlackReply:
         if outcome.needs_confirmation:
             await self._outbox.say(self._to, **render.confirmation_message(outcome.job))
         elif outcome.duplicate:
-            await self._outbox.say(self._to, "You asked for exactly this a moment ago; those images are on their way.")
+            await self._outbox.say(
+                self._to, _("You asked for exactly this a moment ago; those images are on their way.")
+            )
         elif outcome.result is not None:
             await self._outbox.deliver(outcome.job, outcome.result)
 

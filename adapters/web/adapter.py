@@ -14,11 +14,12 @@ import logging
 from aiohttp import web
 
 from adapters.base import AdapterState
+from adapters.common import i18n
 from bot.bootstrap import Core
 
 from .listeners import Listeners, read_assets
 from .replies import EventStreams
-from .session import Sessions, load_secret
+from .session import Handler, Sessions, load_secret
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Playground:
 
     def install(self, app: web.Application) -> None:
         """Add the playground's routes and its middleware (auth, session, errors) to the web app."""
+        app.middlewares.append(reader_language)
         app.middlewares.append(self._sessions.middleware)
         on = self._listeners
         router = app.router
@@ -77,3 +79,10 @@ class Playground:
         router.add_post("/api/jobs/{job}/confirm", on.confirm)
         router.add_post("/api/jobs/{job}/cancel", on.cancel)
         router.add_get("/api/jobs/{job}/images/{index}", on.image)
+
+
+@web.middleware
+async def reader_language(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer each playground request in the browser's language (``Accept-Language``), English otherwise."""
+    i18n.use(i18n.from_accept_language(request.headers.get("Accept-Language")))
+    return await handler(request)

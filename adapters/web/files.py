@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import BodyPartReader, web
 
 from bot.errors import InvalidImageError, InvalidRequestError
+from bot.text import N_
 
 MAX_FIELDS = 8  # an image, a mask, a few text fields
 CHUNK_BYTES = 256 * 1024
@@ -16,13 +17,15 @@ class UploadTooLargeError(InvalidImageError):
 
 
 def too_large(max_upload_bytes: int) -> UploadTooLargeError:
-    return UploadTooLargeError(f"That upload is too large; the limit is {max_upload_bytes / 1e6:g} MB per image.")
+    return UploadTooLargeError(
+        N_("That upload is too large; the limit is {limit} MB per image.", limit=f"{max_upload_bytes / 1e6:g}")
+    )
 
 
 async def read_form(request: web.Request, max_upload_bytes: int) -> dict[str, bytes]:
     """A multipart form's fields as bytes: each at most ``max_upload_bytes``, all together two images and a bit."""
     if not request.content_type.startswith("multipart/"):
-        raise InvalidRequestError("Send the image as a file upload.", detail=f"content type {request.content_type}")
+        raise InvalidRequestError(N_("Send the image as a file upload."), detail=f"content type {request.content_type}")
     max_form_bytes = 2 * max_upload_bytes + 1024 * 1024
     reader = await request.multipart()
     fields: dict[str, bytes] = {}

@@ -21,6 +21,7 @@ from bot.errors import InvalidRequestError, UnexpectedError
 from bot.jobs import JobNotFoundError, JobOutcome
 from bot.models import EditRequest, GenerateRequest, Job, JobContext, JobStatus, VaryRequest
 from bot.ports import ProgressSink
+from bot.text import N_
 
 from . import render
 from .files import read_form, text_field, upload
@@ -137,7 +138,7 @@ class Listeners:
             mask = upload(form, "mask", "mask") if "mask" in form else None
             region = text_field(form, "region").strip() or None
             if mask is not None and region is not None:
-                raise InvalidRequestError("Pick either a region or a mask, not both.")
+                raise InvalidRequestError(N_("Pick either a region or a mask, not both."))
             if region is not None:
                 imaging.parse_region(region)  # a wrong name fails here, before the upload is stored
             command = parse_imagine(text_field(form, "prompt"))
@@ -187,7 +188,7 @@ class Listeners:
             job = await self._own_job(request)
             prompt = _text(await _json(request), "prompt")
             if not prompt.strip():
-                raise InvalidRequestError("Please describe the image you want: the prompt is empty.")
+                raise InvalidRequestError(N_("Please describe the image you want: the prompt is empty."))
             return await self.core.jobs.remix(job.id, prompt, ctx, sink)
 
         return await self._answer(request, work)
@@ -316,7 +317,7 @@ class Listeners:
         try:
             return int(text)
         except ValueError:
-            raise InvalidRequestError("The number of images must be a whole number, like 2.") from None
+            raise InvalidRequestError(N_("The number of images must be a whole number, like 2.")) from None
 
 
 async def _json(request: web.Request) -> dict[str, Any]:

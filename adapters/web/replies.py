@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from adapters.common.i18n import _
 from adapters.common.lifecycle import Work
 from bot.errors import ImageBotError
 from bot.jobs import JobNotFoundError, JobOutcome
@@ -44,7 +45,7 @@ def error_response(error: ImageBotError, text: str | None = None) -> web.Respons
         status = 404
     elif isinstance(error, UploadTooLargeError):
         status = 413
-    message = text if text is not None else error.friendly()
+    message = text if text is not None else _(error.friendly_text())
     found = _REF.search(message)
     ref = found.group(1) if found else error.ref
     body = {"error": {"kind": error.kind, "message": message, "ref": ref, "retryable": error.retryable}}

@@ -55,6 +55,7 @@ from bot.models import (
 from bot.ports import OnPartial
 from bot.redact import untrusted
 from bot.settings import OpenAISettings
+from bot.text import N_
 
 if TYPE_CHECKING:
     from bot.limits import ByteBudget
@@ -233,14 +234,20 @@ def translate_error(
         return AuthenticationError(detail=detail)
     if status == 403:
         return PermissionDeniedError(
-            f"The bot's API account may not use the model '{model}' (the organization may need "
-            "verification). The operator can verify it or pick another model with IMAGEBOT_DEFAULT_MODEL.",
+            N_(
+                "The bot's API account may not use the model '{model}' (the organization may need "
+                "verification). The operator can verify it or pick another model with IMAGEBOT_DEFAULT_MODEL.",
+                model=model,
+            ),
             detail=detail,
         )
     if status == 404 or code == "model_not_found":
         return ModelUnavailableError(
-            f"The image service doesn't offer the model '{model}'. The operator can choose another one "
-            "(IMAGEBOT_DEFAULT_MODEL, or the model table in the settings override file).",
+            N_(
+                "The image service doesn't offer the model '{model}'. The operator can choose another one "
+                "(IMAGEBOT_DEFAULT_MODEL, or the model table in the settings override file).",
+                model=model,
+            ),
             detail=detail,
         )
     if status == 429:
@@ -253,19 +260,21 @@ def translate_error(
         lowered = message.lower()
         if param in {"image", "image[]", "mask"} or "image" in lowered or "mask" in lowered:
             return InvalidImageError(
-                "The image service couldn't use the uploaded image. Images must be PNG, JPEG or WebP "
-                "(under 50 MB); a mask must be a PNG with transparency and the same size as the image.",
+                N_(
+                    "The image service couldn't use the uploaded image. Images must be PNG, JPEG or WebP "
+                    "(under 50 MB); a mask must be a PNG with transparency and the same size as the image."
+                ),
                 detail=detail,
             )
         hints = {
-            "size": "that size isn't accepted for this model",
-            "prompt": "the prompt wasn't accepted (is it empty or too long?)",
-            "n": "that number of images isn't accepted for this model",
-            "quality": "that quality isn't accepted for this model",
-            "model": "the model name wasn't accepted",
+            "size": N_("that size isn't accepted for this model"),
+            "prompt": N_("the prompt wasn't accepted (is it empty or too long?)"),
+            "n": N_("that number of images isn't accepted for this model"),
+            "quality": N_("that quality isn't accepted for this model"),
+            "model": N_("the model name wasn't accepted"),
         }
-        hint = hints.get(param, "it said the request was invalid")
-        return InvalidRequestError(f"The image service refused the request: {hint}.", detail=detail)
+        hint = hints.get(param, N_("it said the request was invalid"))
+        return InvalidRequestError(N_("The image service refused the request: {hint}.", hint=hint), detail=detail)
     return ProviderOutageError(detail=detail)
 
 

@@ -33,6 +33,7 @@ import mimetypes
 import re
 import secrets
 import time
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,35 @@ def make_guild(guild_id: str = GUILD_ID, channels: Sequence[Json] | None = None,
     guild["channels"] = list(channels) if channels is not None else [make_text_channel(guild_id=guild_id)]
     guild["members"] = [make_member(make_user(BOT_ID, "imagebot", bot=True)), *members]
     return guild
+
+
+DISCORD_LOCALES = frozenset(locale.value for locale in discord.Locale)
+
+
+def _valid_name(name: object, *, slash: bool) -> bool:
+    """``^[-_\\p{L}\\p{N}]{1,32}$``, lowercase, for slash commands and options; 1-32 characters for menus."""
+    if not isinstance(name, str) or not 1 <= len(name) <= 32:
+        return False
+    return not slash or (name == name.lower() and all(c in "-_" or unicodedata.category(c)[0] in "LN" for c in name))
+
+
+def _localisation_problems(spec: Mapping[str, Any], *, slash: bool | None = None) -> Iterator[str]:
+    """What Discord refuses in a command's (or option's, or choice's) localisations."""
+    slash = spec.get("type", 1) != 3 if slash is None else slash  # message menus may have spaces and capitals
+    for key, limit in (("name_localizations", 32), ("description_localizations", 100)):
+        for locale, text in (spec.get(key) or {}).items():
+            if locale not in DISCORD_LOCALES:
+                yield f"{spec.get('name')}: unknown locale {locale!r}"
+            elif key == "name_localizations" and not _valid_name(text, slash=slash):
+                yield f"{spec.get('name')}: invalid {locale} name {text!r}"
+            elif not isinstance(text, str) or not 1 <= len(text) <= limit:
+                yield f"{spec.get('name')}: {locale} {key} outside 1-{limit} characters"
+    for option in spec.get("options") or []:
+        yield from _localisation_problems(option, slash=True)
+        for choice in option.get("choices") or []:
+            for locale, text in (choice.get("name_localizations") or {}).items():
+                if locale not in DISCORD_LOCALES or not isinstance(text, str) or not 1 <= len(text) <= 100:
+                    yield f"choice {choice.get('name')}: bad {locale} name"
 
 
 def _error(status: int, message: str, code: int = 0, errors: Json | None = None) -> web.Response:
@@ -732,6 +762,9 @@ class FakeDiscord(LoopbackServer):
             return _error(405, "405: Method Not Allowed")
         payload, _ = await self._read(request)
         self.command_puts.append((guild_id, payload))
+        problem = next((p for spec in payload for p in _localisation_problems(spec)), None)
+        if problem is not None:  # what Discord answers for a name or description outside its limits
+            return _error(400, "Invalid Form Body", 50035, {"localizations": {"_errors": [{"message": problem}]}})
         commands = [self._command(spec, guild_id) for spec in payload]
         if guild_id is None:
             self.commands = commands

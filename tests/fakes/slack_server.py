@@ -414,12 +414,20 @@ class FakeSlack(LoopbackServer):
         return channel
 
     def add_user(
-        self, user_id: str, name: str, *, is_bot: bool = False, is_admin: bool = False, is_owner: bool = False
+        self,
+        user_id: str,
+        name: str,
+        *,
+        is_bot: bool = False,
+        is_admin: bool = False,
+        is_owner: bool = False,
+        locale: str = "en-US",
     ) -> dict[str, Any]:
         profile = {"display_name": name, "real_name": name.title(), "image_48": f"{self.url}/avatars/{user_id}.png"}
         user = {"id": user_id, "team_id": TEAM_ID, "name": name, "real_name": name.title(), "deleted": False}
         roles = {"is_admin": is_admin or is_owner, "is_owner": is_owner, "is_primary_owner": False}  # owners are admins
-        self.users[user_id] = user | {"is_bot": is_bot, "tz": "Europe/London", "profile": profile} | roles
+        extra = {"is_bot": is_bot, "tz": "Europe/London", "profile": profile, "locale": locale}
+        self.users[user_id] = user | extra | roles
         return self.users[user_id]
 
     def add_file(self, data: bytes, name: str, mimetype: str, *, owner: str = USER_ID) -> dict[str, Any]:
@@ -1038,6 +1046,8 @@ class FakeSlack(LoopbackServer):
         user = self.users.get(str(args.get("user")))
         if user is None:
             raise SlackError("user_not_found")
+        if str(args.get("include_locale")).lower() not in ("true", "1"):  # Slack's locale is opt-in
+            user = {key: value for key, value in user.items() if key != "locale"}
         return {"user": user}
 
     # --- url_private and response_url ----------------------------------------------------------------------
