@@ -97,7 +97,7 @@ async def test_discord_refuses_a_member_without_manage_server(fake: FakeDiscord,
     inter = await fake.dispatch_slash_command("imagebot-admin usage", member_permissions=MEMBER_PERMISSIONS)
     callback = await fake.next_callback(inter.id)
     assert callback.type == 4 and callback.data["flags"] == 64  # at once, and only to them
-    assert callback.data["content"] == DISCORD_REFUSAL
+    assert callback.data["content"] == str(DISCORD_REFUSAL)
 
 
 async def test_discord_shows_an_admin_this_servers_spend(fake: FakeDiscord, discord_bot: JobStore) -> None:  # noqa: F811
@@ -140,7 +140,7 @@ async def _slack_admin_answer(server: FakeSlack, user: str) -> dict[str, object]
 
 async def test_slack_refuses_a_member_who_is_not_an_admin(slack: FakeSlack) -> None:
     answer = await _slack_admin_answer(slack, USER_ID)
-    assert answer["text"] == SLACK_REFUSAL
+    assert answer["text"] == str(SLACK_REFUSAL)
     assert "$" not in str(answer)
 
 

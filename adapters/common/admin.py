@@ -7,9 +7,14 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from babel.dates import format_date
+
+from adapters.common import i18n
+from adapters.common.i18n import _
 from bot.budgets import month_window
 from bot.models import UsageRow
 from bot.ports import JobStore
+from bot.text import N_, NP_, Text
 
 MAX_ROWS = 10  # per table: the message stays short (Discord's limit is 2000 characters)
 
@@ -37,20 +42,28 @@ def usage_text(usage: MonthUsage) -> str:
     jobs = sum(row.jobs for row in usage.by_user)
     images = sum(row.images for row in usage.by_user)
     dollars = sum(row.dollars for row in usage.by_user)
-    month = f"{usage.since:%B %Y}"
+    month = format_date(usage.since, "MMMM y", locale=i18n.current())  # "November 2026", "novembre 2026"
     if not jobs:
-        return f"No images made here in {month} (UTC) yet: nothing spent."
-    lines = [f"Spend in {month} (UTC) here: {_money(dollars)} for {_count(images, 'image')} in {_count(jobs, 'job')}."]
-    lines += ["", "By channel:", *_rows(usage.by_channel, _channel)]
-    lines += ["", "By user:", *_rows(usage.by_user, _user)]
+        return _(N_("No images made here in {month} (UTC) yet: nothing spent.", month=month))
+    spent = N_(
+        "Spend in {month} (UTC) here: {dollars} for {images} in {jobs}.",
+        month=month,
+        dollars=_money(dollars),
+        images=_images(images),
+        jobs=NP_("{count} job", "{count} jobs", jobs),
+    )
+    lines = [_(spent)]
+    lines += ["", _("By channel:"), *_rows(usage.by_channel, _channel)]
+    lines += ["", _("By user:"), *_rows(usage.by_user, _user)]
     return "\n".join(lines)
 
 
 def _rows(rows: Sequence[UsageRow], label: Callable[[str], str]) -> list[str]:
-    shown = [f"• {label(_id(row.key))}: {_money(row.dollars)} · {_count(row.images, 'image')}" for row in rows]
+    shown = [f"• {label(_id(row.key))}: {_money(row.dollars)} · {_(_images(row.images))}" for row in rows]
     if len(shown) > MAX_ROWS:
         hidden = len(shown) - MAX_ROWS + 1
-        shown = [*shown[: MAX_ROWS - 1], f"• and {hidden} more (`imagebot usage` on the server lists them all)"]
+        more = N_("and {hidden} more (`imagebot usage` on the server lists them all)", hidden=hidden)
+        shown = [*shown[: MAX_ROWS - 1], f"• {_(more)}"]
     return shown
 
 
@@ -60,7 +73,7 @@ def _id(key: str) -> str:
 
 
 def _channel(channel: str) -> str:
-    return "direct messages" if channel in ("", "-") else f"<#{channel}>"
+    return _("direct messages") if channel in ("", "-") else f"<#{channel}>"
 
 
 def _user(user: str) -> str:
@@ -71,8 +84,8 @@ def _money(dollars: float) -> str:
     return f"${dollars:,.2f}" if dollars >= 1 else f"${dollars:.4f}"
 
 
-def _count(number: int, unit: str) -> str:
-    return f"{number:,} {unit}" if number == 1 else f"{number:,} {unit}s"
+def _images(number: int) -> Text:
+    return NP_("{count} image", "{count} images", number)
 
 
 def _utc_now() -> dt.datetime:

@@ -78,6 +78,20 @@ def upscale_story(job: Job, index: int) -> Story:
     return Story(_(N_("Upscale of image {index}", index=index)), prompt, job.context.user)
 
 
+def tool_title(tool: str, index: int) -> str:
+    """What an upscaled image's tool is making, in the reader's language: "Zoom out 2× of image 1".
+
+    ``tool`` is a variation strength (subtle, strong), a zoom factor (1.5, 2) or a pan direction."""
+    values: dict[str, object] = {}
+    if tool in ("subtle", "strong"):
+        kind, variant = "vary", tool
+    elif tool in ("left", "right", "up", "down"):
+        kind, variant = "pan", tool
+    else:
+        kind, variant, values = "zoom", "", {"factor": tool}
+    return _(Text(_OF_IMAGE[(kind, variant)].template, {**values, "index": index}))
+
+
 def _headline(job: Job, origin: Origin | None) -> str:
     index = origin.index if origin is not None and origin.index else 0
     detail = origin.detail if origin is not None else ""

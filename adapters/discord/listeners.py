@@ -19,6 +19,7 @@ from adapters.common import i18n
 from adapters.common.access import AccessPolicy, Requester
 from adapters.common.i18n import _
 from adapters.common.lifecycle import answer
+from adapters.common.story import tool_title
 from adapters.discord import render
 from adapters.discord.commands import MAX_COUNT
 from adapters.discord.components import EditModal, RemixModal
@@ -46,16 +47,6 @@ _UPSCALE_TOOLS = {
     "pr": "right",
     "pu": "up",
     "pd": "down",
-}
-_TOOL_NAMES = {
-    "subtle": "Variations (subtle)",
-    "strong": "Variations (strong)",
-    "1.5": "Zoom out 1.5×",
-    "2": "Zoom out 2×",
-    "left": "Pan left",
-    "right": "Pan right",
-    "up": "Pan up",
-    "down": "Pan down",
 }
 
 
@@ -287,7 +278,7 @@ class Listeners:
                 return lambda context, sink: jobs.outpaint(source, index, context, sink, zoom=float(tool))
             return lambda context, sink: jobs.outpaint(source, index, context, sink, pan=tool)
 
-        await self.run(interaction, f"{_TOOL_NAMES[tool]} of image {index}", prepare)
+        await self.run(interaction, tool_title(tool, index), prepare)
 
     async def _upscale(self, interaction: discord.Interaction, job: Job, index: int) -> None:
         reply = self.reply_for(interaction, job.prompt)

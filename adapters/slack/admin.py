@@ -12,19 +12,22 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.common import i18n
 from adapters.common.admin import month_usage, usage_text
+from adapters.common.i18n import _
 from adapters.common.lifecycle import friendly
 from adapters.slack.errors import translate
 from adapters.slack.payloads import reply_to
 from adapters.slack.render import escape
 from adapters.slack.replies import ACK_WAIT, Outbox, ReplyTo
 from bot.ports import JobStore
+from bot.text import N_, Text
 
 log = logging.getLogger(__name__)
 
 COMMAND = "/imagebot-admin"
-HELP = f"Admin tools: `{COMMAND} usage` shows this month's spend per channel and per user (only you see it)."
-NOT_AN_ADMIN = "Only workspace admins and owners (or the bot's configured admins) can see the bot's usage."
+HELP = N_("Admin tools: `{command} usage` shows this month's spend per channel and per user (only you see it).")
+NOT_AN_ADMIN = N_("Only workspace admins and owners (or the bot's configured admins) can see the bot's usage.")
 
 
 class SlackAdmin:
@@ -58,19 +61,22 @@ class SlackAdmin:
 
     async def _answer(self, subcommand: str, to: ReplyTo, client: AsyncWebClient) -> str:
         """The text to show (Slack mrkdwn): the usage, a refusal, or the help."""
+        admin = await self.is_admin(to.user or "", client)  # also sets the user's language
         if subcommand not in ("", "usage"):
-            return HELP
-        if not await self.is_admin(to.user or "", client):
+            return _(Text(HELP.template, {"command": COMMAND}))
+        if not admin:
             log.info("refused %s usage to %s in %s", COMMAND, to.user, to.team)
-            return NOT_AN_ADMIN
+            return _(NOT_AN_ADMIN)
         return usage_text(await month_usage(self.store, "slack", to.team or ""))
 
     async def is_admin(self, user: str, client: AsyncWebClient) -> bool:
-        """A configured admin, or a workspace admin or owner as Slack says now (``users.info``)."""
-        if user in self.admins:
-            return True
+        """A configured admin, or a workspace admin or owner as Slack says now (``users.info``, which also tells
+        the user's language: the answer is in it)."""
         if not user:
             return False
-        info = await client.users_info(user=user)
+        info = await client.users_info(user=user, include_locale=True)
         profile = info.get("user") or {}
+        i18n.use(str(profile.get("locale") or "") or None)
+        if user in self.admins:
+            return True
         return any(bool(profile.get(flag)) for flag in ("is_admin", "is_owner", "is_primary_owner"))

@@ -20,6 +20,7 @@ from adapters.common.access import AccessPolicy
 from adapters.common.flags import USAGE, parse_imagine
 from adapters.common.i18n import _
 from adapters.common.lifecycle import answer, friendly
+from adapters.common.story import tool_title
 from adapters.slack import render
 from adapters.slack.errors import translate
 from adapters.slack.files import SlackFiles, image_files
@@ -46,9 +47,6 @@ log = logging.getLogger(__name__)
 _VARY_ACTION = re.compile(rf"^{render.VARY}_\d+$")
 _UPSCALE_ACTION = re.compile(rf"^{render.UPSCALE}_\d+$")
 _TOOL_ACTION = re.compile("^(" + "|".join(render.UPSCALE_TOOLS) + ")$")
-_TOOL_NOTES = {"subtle": "Making subtle variations", "strong": "Making strong variations", "1.5": "Zooming out 1.5×"}
-_TOOL_NOTES |= {"2": "Zooming out 2×", "left": "Panning left", "right": "Panning right", "up": "Panning up"}
-_TOOL_NOTES |= {"down": "Panning down"}
 _INDEX = re.compile(r"\b([1-9])\b")
 
 Work = Callable[[SlackReply, ProgressSink], Awaitable[JobOutcome | None]]
@@ -200,7 +198,7 @@ class Listeners:
             job_id, index = job_value(action, "upscale", with_index=True)
             if await self._may_press(reply, to, job_id) is None:
                 return None
-            await reply.say(f"{_TOOL_NOTES[tool]} of image {index}…")
+            await reply.say(f"{tool_title(tool, index)}…")
             jobs = self.core.jobs
             if tool in ("subtle", "strong"):
                 return await jobs.vary_result(job_id, index, to.context(), progress, strength=tool)
