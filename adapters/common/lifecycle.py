@@ -101,7 +101,7 @@ def final_status(outcome: JobOutcome) -> str:
 async def fail(reply: Reply, error: BaseException, translate: Translate | None = None) -> str:
     """Tell the user about ``error`` through ``reply``; if even that fails, the log has it. Returns its kind."""
     shown = as_user_error(error, translate)
-    text = shown.friendly()
+    text = _(shown.friendly_text())  # in the reader's language
     try:
         await reply.fail(text)
     except asyncio.CancelledError:

@@ -109,7 +109,8 @@ def _asked_for(job: Job, result: ImageResult) -> str:
         "edit": N_("{user} edited an image:", user=user),
         "vary": N_("{user} asked for variations:", user=user),
     }
-    verb = _(verbs.get(job.kind, N_("{user} asked:", user=user)))
+    asked = N_("{user} asked:", user=user)  # not nested in _(…): Babel's extractor would miss it
+    verb = _(verbs.get(job.kind, asked))
     return f"{verb}\n{quote(result.prompt)}" if result.prompt else user
 
 
