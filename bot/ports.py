@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -79,9 +79,35 @@ class JobStore(Protocol):
         """Jobs left queued or running (by a process that stopped): start-up recovers or interrupts them."""
         ...
 
-    async def undelivered(self, platform: str) -> list[Job]: ...
+    async def undelivered(self, platform: str, *, owner: str | None = None) -> list[Job]:
+        """Finished jobs of ``platform`` not delivered yet (only ``owner``'s, when given)."""
+        ...
 
-    async def cut_off(self, platform: str) -> list[Job]: ...
+    async def cut_off(self, platform: str, *, owner: str | None = None) -> list[Job]:
+        """Interrupted jobs of ``platform`` whose requester was not told yet (only ``owner``'s, when given)."""
+        ...
+
+    async def claim_expired(
+        self,
+        owner: str,
+        *,
+        expired_before: float,
+        lease_until: float,
+        platforms: Collection[str] | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """Atomically take over jobs whose lease ran out before ``expired_before`` (or never had one): queued and
+        running ones of any platform, done-undelivered and untold-interrupted ones of ``platforms`` (None: all).
+        Each becomes ``owner``'s until ``lease_until``; two processes never take the same job."""
+        ...
+
+    async def renew(self, owner: str, job_ids: Collection[str], lease_until: float) -> set[str]:
+        """Heartbeat: extend ``owner``'s leases; returns the ids still ``owner``'s."""
+        ...
+
+    async def release(self, owner: str) -> None:
+        """A clean exit: ``owner``'s jobs may be taken over at once."""
+        ...
 
     async def history(self, *, user: str | None = None, limit: int = 20) -> list[Job]: ...
 
