@@ -175,10 +175,12 @@ class DiscordAdapter:
             self.synced = await ensure_commands(self.tree)
         except discord.HTTPException as exc:
             log.warning("discord: could not check the registered commands (%s %s)", exc.status, exc.code)
-        await self.recovery.run()
+        self.recovery.watch()
+        await self.recovery.woken()
 
     async def stop(self) -> None:
         self._state = AdapterState.STOPPING
+        self.recovery.unwatch()
         await self.client.close()
         if self._connection is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
