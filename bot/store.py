@@ -80,6 +80,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN lease_until REAL;
     CREATE INDEX jobs_by_lease ON jobs (status, lease_until);
     """,
+    # Platform state every process must share: which posted message shows which job (a reply in its thread
+    # finds the job), and events already handled (a platform's retries and duplicate deliveries answered once).
+    """
+    CREATE TABLE messages (
+        platform TEXT NOT NULL, channel TEXT NOT NULL, ts TEXT NOT NULL, job TEXT NOT NULL, at REAL NOT NULL,
+        PRIMARY KEY (platform, channel, ts)
+    );
+    CREATE TABLE handled_events (key TEXT PRIMARY KEY, at REAL NOT NULL);
+    CREATE INDEX handled_events_by_time ON handled_events (at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # The SQL below and the row mapping at the end are shared with bot.store_pg (same columns, same ledger rules);
@@ -214,6 +224,50 @@ class SQLiteJobStore:
             " ORDER BY created_at, rowid",
             (platform, JobStatus.DONE.value, owner, owner),
         )
+
+    # --- platform state ---------------------------------------------------------------------------------
+
+    async def remember_message(self, platform: str, channel: str, ts: str, job_id: str, *, at: float) -> None:
+        """The message ``ts`` in ``channel`` shows (or threads under) a result of ``job_id``."""
+
+        def remember() -> None:
+            with _transaction(self._db):
+                self._db.execute(
+                    "INSERT OR REPLACE INTO messages (platform, channel, ts, job, at) VALUES (?, ?, ?, ?, ?)",
+                    (platform, channel, ts, job_id, at),
+                )
+
+        await self._run(remember)
+
+    async def job_at(self, platform: str, channel: str, ts: str) -> str | None:
+        """The job whose result the message ``ts`` in ``channel`` shows, if it is one of ours."""
+
+        def find() -> str | None:
+            row = self._db.execute(
+                "SELECT job FROM messages WHERE platform = ? AND channel = ? AND ts = ?", (platform, channel, ts)
+            ).fetchone()
+            return str(row[0]) if row else None
+
+        return await self._run(find)
+
+    async def first_time(self, key: str, *, at: float) -> bool:
+        """True exactly once per ``key`` across every process (an event, across retries and duplicates)."""
+
+        def claim() -> bool:
+            with _transaction(self._db):
+                cursor = self._db.execute("INSERT OR IGNORE INTO handled_events (key, at) VALUES (?, ?)", (key, at))
+                return cursor.rowcount == 1
+
+        return await self._run(claim)
+
+    async def forget_events(self, before: float) -> None:
+        """Drop handled-event keys recorded before ``before`` (platforms retry within minutes)."""
+
+        def forget() -> None:
+            with _transaction(self._db):
+                self._db.execute("DELETE FROM handled_events WHERE at < ?", (before,))
+
+        await self._run(forget)
 
     # --- leases -------------------------------------------------------------------------------------------
 

@@ -104,6 +104,15 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN lease_until double precision;
     CREATE INDEX jobs_by_lease ON jobs (status, lease_until);
     """,
+    # Platform state shared by every process (see bot.store's migration 6).
+    """
+    CREATE TABLE messages (
+        platform text NOT NULL, channel text NOT NULL, ts text NOT NULL, job text NOT NULL,
+        at double precision NOT NULL, PRIMARY KEY (platform, channel, ts)
+    );
+    CREATE TABLE handled_events (key text PRIMARY KEY, at double precision NOT NULL);
+    CREATE INDEX handled_events_by_time ON handled_events (at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x1A6EB07  # advisory lock key: one process migrates at a time
@@ -239,6 +248,35 @@ class PostgresJobStore:
             JobStatus.DONE.value,
             owner,
         )
+
+    # --- platform state ---------------------------------------------------------------------------------
+
+    async def remember_message(self, platform: str, channel: str, ts: str, job_id: str, *, at: float) -> None:
+        """The message ``ts`` in ``channel`` shows (or threads under) a result of ``job_id``."""
+        query = (
+            "INSERT INTO messages (platform, channel, ts, job, at) VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT (platform, channel, ts) DO UPDATE SET job = excluded.job, at = excluded.at"
+        )
+        await self._retrying(lambda: self._pool.execute(query, platform, channel, ts, job_id, at))
+
+    async def job_at(self, platform: str, channel: str, ts: str) -> str | None:
+        """The job whose result the message ``ts`` in ``channel`` shows, if it is one of ours."""
+        query = "SELECT job FROM messages WHERE platform = $1 AND channel = $2 AND ts = $3"
+        found = await self._retrying(lambda: self._pool.fetchval(query, platform, channel, ts))
+        return str(found) if found is not None else None
+
+    async def first_time(self, key: str, *, at: float) -> bool:
+        """True exactly once per ``key`` across every process (an event, across retries and duplicates).
+
+        A retry after a lost connection may find the key its own committed attempt inserted and answer False:
+        the event is then dropped rather than answered twice."""
+        query = "INSERT INTO handled_events (key, at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING RETURNING 1"
+        inserted = await self._retrying(lambda: self._pool.fetchval(query, key, at))
+        return inserted is not None
+
+    async def forget_events(self, before: float) -> None:
+        """Drop handled-event keys recorded before ``before`` (platforms retry within minutes)."""
+        await self._retrying(lambda: self._pool.execute("DELETE FROM handled_events WHERE at < $1", before))
 
     # --- leases -------------------------------------------------------------------------------------------
 

@@ -266,6 +266,29 @@ async def test_undelivered_and_cut_off_of_one_owner(store: JobStore) -> None:
     assert len(await store.undelivered("discord")) == 2 and len(await store.cut_off("discord")) == 2
 
 
+# --- platform state shared by every process -------------------------------------------------------------------------
+
+
+async def test_a_message_remembered_by_one_process_leads_any_other_to_its_job(open_store: OpenStore) -> None:
+    one, two = await open_store(), await open_store()
+    await one.remember_message("slack", "C1", "1700000000.000100", "job0000001", at=T0)
+    assert await two.job_at("slack", "C1", "1700000000.000100") == "job0000001"
+    assert await two.job_at("slack", "C2", "1700000000.000100") is None
+    assert await two.job_at("discord", "C1", "1700000000.000100") is None
+    await two.remember_message("slack", "C1", "1700000000.000100", "job0000002", at=T0 + 1)  # the newer post wins
+    assert await one.job_at("slack", "C1", "1700000000.000100") == "job0000002"
+
+
+async def test_an_event_is_handled_once_however_many_processes_receive_it(open_store: OpenStore) -> None:
+    stores = [await open_store() for _ in range(3)]
+    answers = await asyncio.gather(*(stores[i % 3].first_time("slack:C1:171.1", at=T0) for i in range(12)))
+    assert answers.count(True) == 1
+    assert await stores[0].first_time("slack:C1:171.2", at=T0 + 5)
+    await stores[1].forget_events(T0 + 1)  # the first key is old enough to forget, the second is not
+    assert await stores[2].first_time("slack:C1:171.1", at=T0 + 9)
+    assert not await stores[2].first_time("slack:C1:171.2", at=T0 + 9)
+
+
 # --- what start-up and delivery read -----------------------------------------------------------------------------
 
 

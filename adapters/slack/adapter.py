@@ -100,7 +100,8 @@ class SlackAdapter:
         and post what a previous process never delivered."""
         self._state = AdapterState.STARTING
         await self._check_token()
-        self.outbox.store = await SlackState.open(self.settings.data_dir / "slack.sqlite3")
+        legacy = self.settings.data_dir / "slack.sqlite3"
+        self.outbox.store = await SlackState.open(self.outbox.jobs.store, legacy=legacy)
         app_token = self.settings.slack_app_token
         if self.mode == "socket" and app_token is not None:
             self._handler = AsyncSocketModeHandler(self.app, app_token.get_secret_value())
