@@ -103,6 +103,16 @@ async def test_kill_9_of_one_of_three_processes_loses_nothing_and_answers_each_r
         assert took < LEASE_SECONDS + 6, f"the survivors took {took:.1f}s to answer everyone"
         delivered = sum(row["status"] == "delivered" for row in rows)
         assert await usage_total(env(), tmp_path) == f"${delivered * ONE_CALL:.4f}"  # each paid job counted once
+
+        # A mention in a result's thread reaches a survivor, whichever process posted the result: it finds the job.
+        controls = [m for m in slack.messages if m.method == "chat.postMessage" and "vary" in str(m.blocks)]
+        parent = controls[0].ts
+        await slack.send_event(slack.app_mention_event("more like 1 please", thread_ts=parent))
+        async with asyncio.timeout(30):
+            while not any(r["kind"] == "vary" and r["status"] == "delivered" for r in await job_rows(postgres_url)):
+                await asyncio.sleep(0.05)
+        (varied,) = [r for r in await job_rows(postgres_url) if r["kind"] == "vary"]
+        assert varied["thread"] == parent
         outcomes = ", ".join(f"{prompt}: {row['status']}" for prompt, row in by_prompt.items())
         print(
             f"\nall answered {took:.2f}s after the kill"
