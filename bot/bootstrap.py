@@ -201,6 +201,7 @@ async def open_core(
     session: aiohttp.ClientSession,
     *,
     exclusive: bool = True,
+    serving: bool = False,
     provider: ImageProvider | None = None,
     clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Core]:
@@ -214,6 +215,9 @@ async def open_core(
     SQLite the data folder is also locked: one process per folder (with PostgreSQL, many processes share one
     folder and the database arbitrates). Without it (reports such as ``usage`` and ``history``) the store is
     only read alongside a running bot: no lock, no take-over, and no job may be run.
+
+    ``serving`` (``imagebot run``): with PostgreSQL, only a serving process takes other processes' jobs over (a
+    one-shot command such as ``imagebot imagine`` renews the leases of its own jobs and leaves the rest alone).
     """
     shared = settings.database_url is not None
     lock = DataFolderLock(settings.data_dir)
@@ -233,8 +237,10 @@ async def open_core(
             )
             leases: asyncio.Task[None] | None = None
             if exclusive:
-                await jobs.start(take_over_all=not shared)
-                leases = asyncio.create_task(jobs.keep_leases(), name="job-leases")
+                take_over = serving or not shared
+                if take_over:
+                    await jobs.start(take_over_all=not shared)
+                leases = asyncio.create_task(jobs.keep_leases(take_over=take_over), name="job-leases")
             try:
                 yield Core(settings, images.catalog, images.admission, images.provider, images.service, jobs)
             finally:

@@ -146,14 +146,15 @@ class JobService:
         """The platform's adapter stopped: its jobs are left to other processes (or the next start)."""
         self._deliverers.pop(platform, None)
 
-    async def keep_leases(self) -> None:
-        """Run for the process's life: every heartbeat, renew this process's leases, then take over the jobs
-        whose lease ran out (their process died). One failed round (database away) is logged, never fatal."""
+    async def keep_leases(self, *, take_over: bool = True) -> None:
+        """Run for the process's life: every heartbeat, renew this process's leases, then (``take_over``) take
+        over the jobs whose lease ran out (their process died). One failed round (database away) is logged."""
         while True:
             await asyncio.sleep(self._settings.heartbeat_seconds)
             try:
                 await self.heartbeat()
-                await self.take_over()
+                if take_over:
+                    await self.take_over()
             except Exception as exc:  # the next heartbeat tries again
                 log.warning("job leases: this round failed (%s)", type(exc).__name__)
 
