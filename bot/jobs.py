@@ -217,6 +217,8 @@ class JobService:
             except ImageBotError as exc:  # told as interrupted: the requester's original reply is gone
                 log.warning("job %s: its re-run failed: %s", job.id, exc.log_line())
                 await self.store.update(job.id, status=JobStatus.INTERRUPTED)
+            except Exception:  # a bug: _execute has already cut the job off (interrupted), so its user is told
+                log.exception("job %s: its re-run failed unexpectedly", job.id)
             self._wake(job.context.platform)
 
         task = asyncio.create_task(rerun(), name=f"rerun-{job.id}")
