@@ -116,6 +116,9 @@ JOB_COLUMNS = (
 )  # fmt: skip
 
 
+MAX_DELIVERY_ATTEMPTS = 5
+
+
 class StoreError(ConfigurationError):
     """The job database cannot be used (damaged, locked, unwritable); says what to do in one line."""
 
@@ -530,7 +533,8 @@ def _migrate(db: sqlite3.Connection, where: str) -> None:
 
 def claimable_where(mark: str, expired_before: float, platforms: Collection[str] | None) -> tuple[str, list[Any]]:
     """Jobs a process may take over once their lease has run out: waiting or running (to finish them), finished
-    but not delivered (to deliver them), interrupted with their requester not told yet (to tell them).
+    but not delivered (to deliver them, unless ``MAX_DELIVERY_ATTEMPTS`` posts failed already: a channel gone for
+    good is not retried every lease), interrupted with their requester not told yet (to tell them).
 
     The condition of ``claim_expired`` with ``mark`` as placeholder ("?", or "$" for numbered ones), and its
     arguments."""
@@ -546,7 +550,7 @@ def claimable_where(mark: str, expired_before: float, platforms: Collection[str]
     expired = f"(lease_until IS NULL OR lease_until < {place(expired_before)})"  # "?" marks: in text order
     running = f"status IN ({places(UNFINISHED)})"
     deliverable = (
-        f"(status = {place(JobStatus.DONE.value)}"
+        f"((status = {place(JobStatus.DONE.value)} AND delivery_attempts < {place(MAX_DELIVERY_ATTEMPTS)})"
         f" OR (status = {place(JobStatus.INTERRUPTED.value)} AND notified_at IS NULL))"
     )
     if platforms is not None:

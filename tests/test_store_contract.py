@@ -15,7 +15,7 @@ import pytest
 
 from bot.models import Job, JobContext, JobStatus, StoredImage
 from bot.ports import JobStore
-from bot.store import SQLiteJobStore, StoreError
+from bot.store import MAX_DELIVERY_ATTEMPTS, SQLiteJobStore, StoreError
 from bot.store_pg import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from bot.store_pg import DatabaseUnavailableError, PostgresJobStore
 from tests.postgres import PASSWORD, running_server
@@ -211,6 +211,11 @@ async def test_a_claim_takes_results_to_deliver_only_for_the_platforms_it_serves
     discord = await store.claim_expired("c", expired_before=T0, lease_until=T0 + 30, platforms=("discord",))
     assert [j.prompt for j in discord] == ["d"] and discord[0].context == ALICE
     assert len(await store.claim_expired("d", expired_before=T0, lease_until=T0 + 30)) == 2
+
+
+async def test_a_result_whose_posts_keep_failing_is_not_taken_over_forever(store: JobStore) -> None:
+    await put(store, job(status=JobStatus.DONE, delivery_attempts=MAX_DELIVERY_ATTEMPTS))
+    assert await store.claim_expired("b", expired_before=T0, lease_until=T0 + 30) == []
 
 
 async def test_processes_claiming_at_once_never_take_the_same_job(open_store: OpenStore) -> None:
