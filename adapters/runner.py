@@ -111,7 +111,7 @@ async def serve(settings: Settings, stopping: asyncio.Event | None = None) -> in
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, stopping.set)
     try:
-        async with new_http_session() as session, open_core(settings, session) as core:
+        async with new_http_session() as session, open_core(settings, session, serving=True) as core:
             return await _serve(settings, core, wire(core, settings, session), stopping)
     finally:
         if on_signals:

@@ -199,8 +199,8 @@ def describe_database(settings: Settings) -> str:
 async def open_store(settings: Settings) -> JobStore:
     """The job store: PostgreSQL when IMAGEBOT_DATABASE_URL is set, else SQLite under the data folder.
 
-    Result files stay under IMAGEBOT_DATA_DIR either way: with PostgreSQL, processes share that folder (a shared
-    volume) and no lock keeps them out; with SQLite, one process per data folder (the lock).
+    Result files and spools stay under IMAGEBOT_DATA_DIR either way: with PostgreSQL, every process must see the
+    same folder (a shared volume) so that any of them can finish and deliver any job.
     """
     log.info("job database: %s", describe_database(settings))
     if settings.database_url is not None:
@@ -214,6 +214,7 @@ async def open_core(
     session: aiohttp.ClientSession,
     *,
     exclusive: bool = True,
+    serving: bool = False,
     provider: ImageProvider | None = None,
     clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Core]:
@@ -222,12 +223,18 @@ async def open_core(
     ``provider`` and ``clock`` substitute the settings' provider and the wall clock (tests: a fake at the port,
     a clock they move).
 
-    ``exclusive`` (anything that runs jobs): the data folder is locked for the core's life, and jobs a previous
-    process left unfinished are marked interrupted. Without it (reports such as ``usage`` and ``history``) the
-    folder is only read alongside a running bot: no lock, no recovery, and no job may be run.
+    ``exclusive`` (anything that runs jobs): jobs a previous process left are taken over at start, and for the
+    core's life its leases are renewed and jobs of processes that died are taken over (``JobService``). With
+    SQLite the data folder is also locked: one process per folder (with PostgreSQL, many processes share one
+    folder and the database arbitrates). Without it (reports such as ``usage`` and ``history``) the store is
+    only read alongside a running bot: no lock, no take-over, and no job may be run.
+
+    ``serving`` (``imagebot run``): with PostgreSQL, only a serving process takes other processes' jobs over (a
+    one-shot command such as ``imagebot imagine`` renews the leases of its own jobs and leaves the rest alone).
     """
+    shared = settings.database_url is not None
     lock = DataFolderLock(settings.data_dir)
-    if exclusive and settings.database_url is None:  # PostgreSQL: processes share the folder (the results)
+    if exclusive and not shared:
         await asyncio.to_thread(lock.acquire)  # first: a second process stops before it does or logs anything
     try:
         images = build_images(settings, session, provider=provider)
@@ -242,11 +249,22 @@ async def open_core(
                 clock=clock,
                 metrics=images.metrics,
             )
+            leases: asyncio.Task[None] | None = None
             if exclusive:
-                await jobs.start()
-            yield Core(
-                settings, images.catalog, images.admission, images.provider, images.service, jobs, images.metrics
-            )
+                take_over = serving or not shared
+                if take_over:
+                    await jobs.start(take_over_all=not shared)
+                leases = asyncio.create_task(jobs.keep_leases(take_over=take_over), name="job-leases")
+            try:
+                yield Core(
+                    settings, images.catalog, images.admission, images.provider, images.service, jobs, images.metrics
+                )
+            finally:
+                if leases is not None:
+                    leases.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await leases
+                    await jobs.stop()
         finally:
             await store.close()
     finally:

@@ -3,6 +3,22 @@
 Adapters call ``submit`` (and ``reroll``, ``vary_result``, ``remix``, ``confirm`` for buttons, which find
 the job by id in the store, so they keep working after a restart); they call ``mark_delivered`` once the
 images are posted, and ``undelivered`` at start-up to post what a previous process paid for but never sent.
+
+Any process finishes any job. A job being worked on (waiting, running, or just finished and being posted) is
+owned by one process: its id in ``owner``, a lease in ``lease_until`` that the owner renews every heartbeat
+(``keep_leases``). When a process dies its leases run out, and the next sweep of another process takes its jobs
+over (``take_over``, atomically in the store) and carries each one to exactly one answer:
+
+- ``queued``: never reached the image service (a job is marked ``running`` before the upstream call is made),
+  so running it again cannot pay twice: it is re-run here, then delivered.
+- ``running`` with an answer in its spool: finished from the spool (charged once, at its actual cost).
+- ``running`` without one: the upstream may have made (and billed) the images whose answer died with the
+  process, so it is not re-run (that could bill the user twice); it becomes ``interrupted`` and its requester
+  is told honestly (at no cost if nothing had arrived, at its estimate if the answer had begun to arrive).
+- ``done`` but not delivered, ``interrupted`` but not told: the adapters of this process post or tell it.
+
+Adapters register a ``deliverer`` per platform: it is woken after a take-over to post what is now this
+process's to deliver (``undelivered``/``cut_off`` list only the jobs this process owns).
 """
 
 from __future__ import annotations
@@ -13,9 +29,12 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
+import os
 import secrets
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bot import imaging
@@ -50,6 +69,10 @@ OUTPAINT_KINDS = ("zoom", "pan")  # edits of an outpainting canvas, recorded as 
 OUTPAINT_PROMPT = "Extend this image beyond its borders, matching its subject, style and lighting."
 VARIATION_STRENGTHS = ("subtle", "strong")
 _ID_ALPHABET = "abcdefghijkmnopqrstuvwxyz23456789"
+# How long the process that ran a request keeps the lease of its result while its adapter posts it; past that
+# (a post that failed and was never retried) the lease runs out and a sweep redelivers it.
+DELIVERY_HOLD_SECONDS = 300.0
+Deliverer = Callable[[], Awaitable[None]]
 
 
 def new_job_id() -> str:
@@ -99,24 +122,133 @@ class JobService:
         self._clock = clock
         self._inflight: dict[str, asyncio.Future[ImageResult]] = {}
         self._admission_lock = asyncio.Lock()  # budget check + insert happen as one step
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"  # new at every start
+        self._delivering: dict[str, float] = {}  # job id -> monotonic deadline: results our adapters are posting
+        self._deliverers: dict[str, Deliverer] = {}
+        self._reruns: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> list[Job]:
-        """Call once at start-up, before serving: finish or interrupt what a previous process left unfinished.
+    async def start(self, *, take_over_all: bool = True) -> list[Job]:
+        """Call once at start-up, before serving: take over what a previous process left (see the module's
+        docstring for what becomes of each job). ``take_over_all``: every unfinished job, whatever its lease
+        (SQLite: the data folder's lock proves no other process is alive); else only those whose lease ran out
+        (PostgreSQL: other processes may be working). Returns the jobs that became interrupted."""
+        return await self.take_over(everything=take_over_all)
 
-        A job whose upstream answer reached its spool is finished from it (decoded, stored, charged its actual
-        cost) and becomes ``done``, so the adapters' ``undelivered`` posts it. Any other queued or running job
-        becomes ``interrupted``: at no cost if the image service never answered it, at its estimate if the
-        answer had begun to arrive (the generation was billed; its images are lost). Returns the interrupted.
-        """
+    async def stop(self) -> None:
+        """At a clean exit, after the adapters stopped: cancel re-runs and hand every lease back, so that
+        another process takes over what is left at once instead of after the lease timeout."""
+        for task in list(self._reruns):
+            task.cancel()
+        await asyncio.gather(*self._reruns, return_exceptions=True)
+        self._delivering.clear()
+        try:
+            await self.store.release(self.owner)
+        except Exception as exc:  # the leases simply run out
+            log.warning("could not hand back this process's job leases (%s)", type(exc).__name__)
+
+    def add_deliverer(self, platform: str, deliverer: Deliverer) -> None:
+        """``deliverer`` posts this process's undelivered results of ``platform`` and tells its cut-off users;
+        it is called after each take-over that gave this process something of ``platform`` to answer."""
+        self._deliverers[platform] = deliverer
+
+    def remove_deliverer(self, platform: str) -> None:
+        """The platform's adapter stopped: its jobs are left to other processes (or the next start)."""
+        self._deliverers.pop(platform, None)
+
+    async def keep_leases(self, *, take_over: bool = True) -> None:
+        """Run for the process's life: every heartbeat, renew this process's leases, then (``take_over``) take
+        over the jobs whose lease ran out (their process died). One failed round (database away) is logged."""
+        while True:
+            await asyncio.sleep(self._settings.heartbeat_seconds)
+            try:
+                await self.heartbeat()
+                if take_over:
+                    await self.take_over()
+            except Exception as exc:  # the next heartbeat tries again
+                log.warning("job leases: this round failed (%s)", type(exc).__name__)
+
+    async def heartbeat(self) -> None:
+        """Renew the leases of the jobs this process is running or posting."""
+        now = time.monotonic()
+        for job_id, deadline in list(self._delivering.items()):
+            if deadline < now:
+                del self._delivering[job_id]
+        held = set(self._inflight) | set(self._delivering)
+        if not held:
+            return
+        kept = await self.store.renew(self.owner, held, self._lease_end())
+        for job_id in held - kept:  # only if heartbeats were late by more than a lease: say so loudly
+            log.error("job %s was taken over by another process while this one still held it", job_id)
+            self._delivering.pop(job_id, None)
+
+    async def take_over(self, *, everything: bool = False) -> list[Job]:
+        """Claim jobs whose lease ran out (``everything``: all unfinished ones) and carry each to one answer;
+        returns those that became interrupted."""
+        now = time.time()
+        claimed = await self.store.claim_expired(
+            self.owner,
+            expired_before=math.inf if everything else now,
+            lease_until=now + self._settings.lease_seconds,
+            platforms=None if everything else tuple(self._deliverers),
+        )
         interrupted: list[Job] = []
-        for job in await self.store.unfinished():
-            if await asyncio.to_thread(self.files.spool(job.id).exists) and await self._recover(job):
+        answer: set[str] = set()
+        for job in claimed:
+            if job.id in self._inflight:  # ours all along (a late heartbeat): nothing to take over
                 continue
-            job = await self.store.update(job.id, status=JobStatus.INTERRUPTED)
-            await asyncio.to_thread(self.files.discard_spool, job.id)
-            log.warning("job %s (%s for %s) was interrupted by a restart", job.id, job.kind, job.context.requester)
-            interrupted.append(job)
+            log.info("job %s (%s, %s): taken over by this process", job.id, job.status.value, job.context.platform)
+            if job.status is JobStatus.QUEUED:
+                self._rerun(job)
+                continue
+            if job.status is JobStatus.RUNNING and not await self._finish_from_spool(job):
+                job = await self.store.update(job.id, status=JobStatus.INTERRUPTED)
+                log.warning("job %s (%s for %s) was interrupted by a restart", job.id, job.kind, job.context.requester)
+                interrupted.append(job)
+            answer.add(job.context.platform)
+        for platform in answer:
+            self._wake(platform)
         return interrupted
+
+    async def _finish_from_spool(self, job: Job) -> bool:
+        if await asyncio.to_thread(self.files.spool(job.id).exists) and await self._recover(job):
+            return True
+        await asyncio.to_thread(self.files.discard_spool, job.id)
+        return False
+
+    def _rerun(self, job: Job) -> None:
+        """Run a taken-over job that never reached the image service, then wake its platform's deliverer."""
+
+        async def rerun() -> None:
+            try:
+                request = await self._rebuild(job)
+                await self._execute(job, request, None, inline=False)
+                log.info("job %s: re-run after its process stopped", job.id)
+            except ImageBotError as exc:  # told as interrupted: the requester's original reply is gone
+                log.warning("job %s: its re-run failed: %s", job.id, exc.log_line())
+                await self.store.update(job.id, status=JobStatus.INTERRUPTED)
+            except Exception:  # a bug: _execute has already cut the job off (interrupted), so its user is told
+                log.exception("job %s: its re-run failed unexpectedly", job.id)
+            self._wake(job.context.platform)
+
+        task = asyncio.create_task(rerun(), name=f"rerun-{job.id}")
+        self._reruns.add(task)
+        task.add_done_callback(self._reruns.discard)
+
+    def _wake(self, platform: str) -> None:
+        deliverer = self._deliverers.get(platform)
+        if deliverer is not None:
+            task = asyncio.create_task(self._deliver(platform, deliverer), name=f"deliver-{platform}")
+            self._reruns.add(task)
+            task.add_done_callback(self._reruns.discard)
+
+    async def _deliver(self, platform: str, deliverer: Deliverer) -> None:
+        try:
+            await deliverer()
+        except Exception as exc:  # the lease runs out and the next sweep tries again
+            log.warning("%s: delivering taken-over jobs failed (%s)", platform, type(exc).__name__)
+
+    def _lease_end(self) -> float:
+        return time.time() + self._settings.lease_seconds
 
     async def _recover(self, job: Job) -> bool:
         """Finish a job from its spool; False if the spool holds no usable answer."""
@@ -173,6 +305,8 @@ class JobService:
                 images_requested=count,
                 estimated_cost=estimate,
                 model=model,
+                owner=None if hold else self.owner,
+                lease_until=None if hold else self._lease_end(),
             )
             if inputs:
                 await asyncio.to_thread(lambda: self.files.write(candidate.id, imaging.without_metadata(inputs)))
@@ -202,7 +336,9 @@ class JobService:
                 estimate=job.estimated_cost,
                 now=dt.datetime.fromtimestamp(self._clock(), dt.UTC),
             )
-            job = await self.store.update(job.id, status=JobStatus.QUEUED)
+            job = await self.store.update(
+                job.id, status=JobStatus.QUEUED, owner=self.owner, lease_until=self._lease_end()
+            )
         return await self._execute(job, request, progress)
 
     async def cancel(self, job_id: str) -> Job:
@@ -324,9 +460,12 @@ class JobService:
         )
 
     async def undelivered(self, platform: str) -> list[tuple[Job, ImageResult]]:
-        """Finished jobs of ``platform`` never delivered: adapters post these at start-up."""
+        """Finished jobs of ``platform`` never delivered that this process took over: adapters post these at
+        start-up and when their deliverer is woken."""
         pending: list[tuple[Job, ImageResult]] = []
-        for job in await self.store.undelivered(platform):
+        for job in await self.store.undelivered(platform, owner=self.owner):
+            if job.id in self._delivering or job.id in self._inflight:  # its own request is posting it
+                continue
             try:
                 pending.append((job, await self.result_of(job)))
             except ImageBotError as exc:
@@ -341,12 +480,13 @@ class JobService:
 
     async def cut_off(self, platform: str) -> list[Job]:
         """Jobs of ``platform`` a restart interrupted whose requester has not been told (adapters tell them)."""
-        return await self.store.cut_off(platform)
+        return await self.store.cut_off(platform, owner=self.owner)
 
     async def mark_notified(self, job_id: str) -> Job:
         return await self.store.update(job_id, notified_at=self._clock())
 
     async def mark_delivered(self, job_id: str) -> Job:
+        self._delivering.pop(job_id, None)
         return await self.store.update(job_id, status=JobStatus.DELIVERED, delivered_at=self._clock())
 
     async def prune(self) -> int:
@@ -394,7 +534,10 @@ class JobService:
             return JobOutcome(job, await self.result_of(job), duplicate=True)
         return JobOutcome(job, None, duplicate=True)
 
-    async def _execute(self, job: Job, request: Request, progress: ProgressSink | None) -> JobOutcome:
+    async def _execute(
+        self, job: Job, request: Request, progress: ProgressSink | None, *, inline: bool = True
+    ) -> JobOutcome:
+        """Run the job; ``inline``: its requester's adapter posts the result (hold the lease while it does)."""
         future: asyncio.Future[ImageResult] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_consume)
         self._inflight[job.id] = future
@@ -410,6 +553,8 @@ class JobService:
             result = await self._call(request, track, self._write_ahead(job))
             job = await self._store_result(job.id, result)
             self.metrics.paid(job.context.platform, len(result.images), result.cost_usd)
+            if inline:
+                self._delivering[job.id] = time.monotonic() + DELIVERY_HOLD_SECONDS
             future.set_result(result)
             return JobOutcome(job, result)
         except ImageBotError as exc:

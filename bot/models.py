@@ -296,6 +296,8 @@ class Job:
     paid_at: float | None = None  # when the upstream's answer with images arrived (None: nothing was paid)
     delivery_attempts: int = 0  # posts begun (recorded before posting: more than 0 undelivered = look first)
     notified_at: float | None = None  # when the requester of an interrupted job was told
+    owner: str | None = None  # the process working on (or delivering) the job, while its lease lasts
+    lease_until: float | None = None  # unix seconds: past it, any process may take the job over
 
     @property
     def prompt(self) -> str:

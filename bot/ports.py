@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -79,9 +79,51 @@ class JobStore(Protocol):
         """Jobs left queued or running (by a process that stopped): start-up recovers or interrupts them."""
         ...
 
-    async def undelivered(self, platform: str) -> list[Job]: ...
+    async def undelivered(self, platform: str, *, owner: str | None = None) -> list[Job]:
+        """Finished jobs of ``platform`` not delivered yet (only ``owner``'s, when given)."""
+        ...
 
-    async def cut_off(self, platform: str) -> list[Job]: ...
+    async def cut_off(self, platform: str, *, owner: str | None = None) -> list[Job]:
+        """Interrupted jobs of ``platform`` whose requester was not told yet (only ``owner``'s, when given)."""
+        ...
+
+    async def claim_expired(
+        self,
+        owner: str,
+        *,
+        expired_before: float,
+        lease_until: float,
+        platforms: Collection[str] | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """Atomically take over jobs whose lease ran out before ``expired_before`` (or never had one): queued and
+        running ones of any platform, done-undelivered and untold-interrupted ones of ``platforms`` (None: all).
+        Each becomes ``owner``'s until ``lease_until``; two processes never take the same job."""
+        ...
+
+    async def renew(self, owner: str, job_ids: Collection[str], lease_until: float) -> set[str]:
+        """Heartbeat: extend ``owner``'s leases; returns the ids still ``owner``'s."""
+        ...
+
+    async def release(self, owner: str) -> None:
+        """A clean exit: ``owner``'s jobs may be taken over at once."""
+        ...
+
+    async def remember_message(self, platform: str, channel: str, ts: str, job_id: str, *, at: float) -> None:
+        """A platform message (``channel``, ``ts``) shows, or threads under, a result of ``job_id``."""
+        ...
+
+    async def job_at(self, platform: str, channel: str, ts: str) -> str | None:
+        """The job a remembered platform message belongs to (any process may have posted it)."""
+        ...
+
+    async def first_time(self, key: str, *, at: float) -> bool:
+        """True exactly once per ``key`` across every process sharing the store (event dedupe)."""
+        ...
+
+    async def forget_events(self, before: float) -> None:
+        """Drop event keys recorded before ``before``."""
+        ...
 
     async def history(self, *, user: str | None = None, limit: int = 20) -> list[Job]: ...
 

@@ -78,6 +78,16 @@ class JobSettings(BaseModel):
     dedupe_window: float = Field(120.0, ge=0)
     retention_days: float = Field(30, gt=0)
     confirm_above_usd: float = Field(0.0, ge=0)
+    # A job's owner renews its lease every heartbeat; a lease not renewed for lease_seconds (the process died)
+    # lets another process take the job over.
+    lease_seconds: float = Field(30.0, gt=0)
+    heartbeat_seconds: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> JobSettings:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("jobs.heartbeat_seconds must be shorter than jobs.lease_seconds")
+        return self
 
 
 class BudgetSettings(BaseModel):

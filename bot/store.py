@@ -14,7 +14,7 @@ import logging
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -73,6 +73,23 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN reply TEXT;
     ALTER TABLE jobs ADD COLUMN notified_at REAL;
     """,
+    # Any process finishes any job: the process working on a job (or delivering it) owns it while its lease
+    # lasts, renewing it as it goes; past the lease, another process takes the job over (see ``claim_expired``).
+    """
+    ALTER TABLE jobs ADD COLUMN owner TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_until REAL;
+    CREATE INDEX jobs_by_lease ON jobs (status, lease_until);
+    """,
+    # Platform state every process must share: which posted message shows which job (a reply in its thread
+    # finds the job), and events already handled (a platform's retries and duplicate deliveries answered once).
+    """
+    CREATE TABLE messages (
+        platform TEXT NOT NULL, channel TEXT NOT NULL, ts TEXT NOT NULL, job TEXT NOT NULL, at REAL NOT NULL,
+        PRIMARY KEY (platform, channel, ts)
+    );
+    CREATE TABLE handled_events (key TEXT PRIMARY KEY, at REAL NOT NULL);
+    CREATE INDEX handled_events_by_time ON handled_events (at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # The SQL below and the row mapping at the end are shared with bot.store_pg (same columns, same ledger rules);
@@ -95,8 +112,11 @@ JOB_COLUMNS = (
     "id", "kind", "platform", "workspace", "channel", "thread", '"user"', "request", "request_hash", "status",
     "created_at", "updated_at", "images_requested", "estimated_cost", "actual_cost", "model", "provider",
     "error_ref", "error_message", "results", "delivered_at", "results_pruned", "paid_at", "delivery_attempts",
-    "reply", "notified_at",
+    "reply", "notified_at", "owner", "lease_until",
 )  # fmt: skip
+
+
+MAX_DELIVERY_ATTEMPTS = 5
 
 
 class StoreError(ConfigurationError):
@@ -192,19 +212,132 @@ class SQLiteJobStore:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return job_from_row(row) if row is not None else None
 
-    async def cut_off(self, platform: str) -> list[Job]:
-        """Jobs of ``platform`` a restart interrupted whose requester has not been told yet."""
+    async def cut_off(self, platform: str, *, owner: str | None = None) -> list[Job]:
+        """Jobs of ``platform`` a restart interrupted whose requester has not been told yet (of ``owner``'s)."""
         return await self._select(
-            "SELECT * FROM jobs WHERE platform = ? AND status = ? AND notified_at IS NULL ORDER BY created_at, rowid",
-            (platform, JobStatus.INTERRUPTED.value),
+            "SELECT * FROM jobs WHERE platform = ? AND status = ? AND notified_at IS NULL"
+            " AND (? IS NULL OR owner = ?) ORDER BY created_at, rowid",
+            (platform, JobStatus.INTERRUPTED.value, owner, owner),
         )
 
-    async def undelivered(self, platform: str) -> list[Job]:
-        """Jobs whose images are stored but were never delivered (e.g. the process stopped in between)."""
+    async def undelivered(self, platform: str, *, owner: str | None = None) -> list[Job]:
+        """Jobs whose images are stored but were never delivered (of ``owner``'s, when given)."""
         return await self._select(
-            "SELECT * FROM jobs WHERE platform = ? AND status = ? ORDER BY created_at, rowid",
-            (platform, JobStatus.DONE.value),
+            "SELECT * FROM jobs WHERE platform = ? AND status = ? AND (? IS NULL OR owner = ?)"
+            " ORDER BY created_at, rowid",
+            (platform, JobStatus.DONE.value, owner, owner),
         )
+
+    # --- platform state ---------------------------------------------------------------------------------
+
+    async def remember_message(self, platform: str, channel: str, ts: str, job_id: str, *, at: float) -> None:
+        """The message ``ts`` in ``channel`` shows (or threads under) a result of ``job_id``."""
+
+        def remember() -> None:
+            with _transaction(self._db):
+                self._db.execute(
+                    "INSERT OR REPLACE INTO messages (platform, channel, ts, job, at) VALUES (?, ?, ?, ?, ?)",
+                    (platform, channel, ts, job_id, at),
+                )
+
+        await self._run(remember)
+
+    async def job_at(self, platform: str, channel: str, ts: str) -> str | None:
+        """The job whose result the message ``ts`` in ``channel`` shows, if it is one of ours."""
+
+        def find() -> str | None:
+            row = self._db.execute(
+                "SELECT job FROM messages WHERE platform = ? AND channel = ? AND ts = ?", (platform, channel, ts)
+            ).fetchone()
+            return str(row[0]) if row else None
+
+        return await self._run(find)
+
+    async def first_time(self, key: str, *, at: float) -> bool:
+        """True exactly once per ``key`` across every process (an event, across retries and duplicates)."""
+
+        def claim() -> bool:
+            with _transaction(self._db):
+                cursor = self._db.execute("INSERT OR IGNORE INTO handled_events (key, at) VALUES (?, ?)", (key, at))
+                return cursor.rowcount == 1
+
+        return await self._run(claim)
+
+    async def forget_events(self, before: float) -> None:
+        """Drop handled-event keys recorded before ``before`` (platforms retry within minutes)."""
+
+        def forget() -> None:
+            with _transaction(self._db):
+                self._db.execute("DELETE FROM handled_events WHERE at < ?", (before,))
+
+        await self._run(forget)
+
+    # --- leases -------------------------------------------------------------------------------------------
+
+    async def claim_expired(
+        self,
+        owner: str,
+        *,
+        expired_before: float,
+        lease_until: float,
+        platforms: Collection[str] | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """Take over jobs whose lease ran out before ``expired_before`` (or that never had one): waiting and
+        running jobs of any platform; finished-undelivered and untold-interrupted ones only of ``platforms``
+        (None: all), which this process can deliver. They become ``owner``'s until ``lease_until``.
+
+        ``BEGIN IMMEDIATE`` makes the select-then-update atomic against every other process on the file.
+        """
+        where, args = claimable_where("?", expired_before, platforms)
+        return await self._run(self._claim, owner, lease_until, where, args, limit)
+
+    def _claim(self, owner: str, lease_until: float, where: str, args: list[Any], limit: int) -> list[Job]:
+        with _transaction(self._db):
+            query = f"SELECT id FROM jobs WHERE {where} ORDER BY created_at, rowid LIMIT ?"  # noqa: S608
+            ids = [row[0] for row in self._db.execute(query, (*args, limit))]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            self._db.execute(
+                f"UPDATE jobs SET owner = ?, lease_until = ? WHERE id IN ({marks})",  # noqa: S608
+                (owner, lease_until, *ids),
+            )
+            rows = self._db.execute(
+                f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY created_at, rowid",  # noqa: S608
+                ids,
+            ).fetchall()
+        return [job_from_row(row) for row in rows]
+
+    async def release(self, owner: str) -> None:
+        """Hand back every lease ``owner`` holds (a clean exit): other processes may take those jobs at once."""
+
+        def release() -> None:
+            with _transaction(self._db):
+                self._db.execute(
+                    "UPDATE jobs SET lease_until = NULL WHERE owner = ? AND lease_until IS NOT NULL", (owner,)
+                )
+
+        await self._run(release)
+
+    async def renew(self, owner: str, job_ids: Collection[str], lease_until: float) -> set[str]:
+        """Extend ``owner``'s leases on ``job_ids``; returns the ids still ``owner``'s (others were taken over)."""
+        if not job_ids:
+            return set()
+        return await self._run(self._renew, owner, list(job_ids), lease_until)
+
+    def _renew(self, owner: str, ids: list[str], lease_until: float) -> set[str]:
+        marks = ",".join("?" * len(ids))
+        with _transaction(self._db):
+            self._db.execute(
+                f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND id IN ({marks})",  # noqa: S608
+                (lease_until, owner, *ids),
+            )
+            rows = self._db.execute(
+                f"SELECT id FROM jobs WHERE owner = ? AND id IN ({marks})",  # noqa: S608
+                (owner, *ids),
+            ).fetchall()
+        return {row[0] for row in rows}
 
     async def history(self, *, user: str | None = None, limit: int = 20) -> list[Job]:
         if user is None:
@@ -399,6 +532,37 @@ def _migrate(db: sqlite3.Connection, where: str) -> None:
             log.info("job database migrated to schema %d", number + 1)
 
 
+# --- shared with bot.store_pg ------------------------------------------------------------------------------
+
+
+def claimable_where(mark: str, expired_before: float, platforms: Collection[str] | None) -> tuple[str, list[Any]]:
+    """Jobs a process may take over once their lease has run out: waiting or running (to finish them), finished
+    but not delivered (to deliver them, unless ``MAX_DELIVERY_ATTEMPTS`` posts failed already: a channel gone for
+    good is not retried every lease), interrupted with their requester not told yet (to tell them).
+
+    The condition of ``claim_expired`` with ``mark`` as placeholder ("?", or "$" for numbered ones), and its
+    arguments."""
+    args: list[Any] = []
+
+    def place(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}" if mark == "$" else "?"
+
+    def places(values: Iterable[Any]) -> str:
+        return ", ".join(place(value) for value in values)
+
+    expired = f"(lease_until IS NULL OR lease_until < {place(expired_before)})"  # "?" marks: in text order
+    running = f"status IN ({places(UNFINISHED)})"
+    deliverable = (
+        f"((status = {place(JobStatus.DONE.value)} AND delivery_attempts < {place(MAX_DELIVERY_ATTEMPTS)})"
+        f" OR (status = {place(JobStatus.INTERRUPTED.value)} AND notified_at IS NULL))"
+    )
+    if platforms is not None:
+        deliverable += f" AND platform IN ({places(platforms) or 'NULL'})"
+    where = f"{expired} AND ({running} OR ({deliverable}))"
+    return where, args
+
+
 # --- the row mapping (shared with bot.store_pg) ---------------------------------------------------------------
 
 
@@ -457,6 +621,8 @@ def job_row(job: Job) -> tuple[Any, ...]:
         job.delivery_attempts,
         c.reply,
         job.notified_at,
+        job.owner,
+        job.lease_until,
     )
 
 
@@ -487,4 +653,6 @@ def job_from_row(row: Row) -> Job:
         paid_at=row["paid_at"],
         delivery_attempts=row["delivery_attempts"],
         notified_at=row["notified_at"],
+        owner=row["owner"],
+        lease_until=row["lease_until"],
     )

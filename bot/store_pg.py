@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -30,6 +30,7 @@ from bot.store import (
     UNFINISHED,
     USAGE_KEYS,
     StoreError,
+    claimable_where,
     job_from_row,
     job_row,
     update_values,
@@ -97,6 +98,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_by_time ON jobs (created_at);
     CREATE INDEX jobs_by_workspace ON jobs (platform, workspace, created_at);
     CREATE INDEX jobs_by_status ON jobs (status);
+    """,
+    # Leases (see bot.store's migration 5): the process working on a job owns it until lease_until.
+    """
+    ALTER TABLE jobs ADD COLUMN owner text;
+    ALTER TABLE jobs ADD COLUMN lease_until double precision;
+    CREATE INDEX jobs_by_lease ON jobs (status, lease_until);
+    """,
+    # Platform state shared by every process (see bot.store's migration 6).
+    """
+    CREATE TABLE messages (
+        platform text NOT NULL, channel text NOT NULL, ts text NOT NULL, job text NOT NULL,
+        at double precision NOT NULL, PRIMARY KEY (platform, channel, ts)
+    );
+    CREATE TABLE handled_events (key text PRIMARY KEY, at double precision NOT NULL);
+    CREATE INDEX handled_events_by_time ON handled_events (at);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -214,21 +230,96 @@ class PostgresJobStore:
             "SELECT * FROM jobs WHERE status = ANY($1::text[]) ORDER BY created_at, seq", list(UNFINISHED)
         )
 
-    async def cut_off(self, platform: str) -> list[Job]:
-        """Jobs of ``platform`` a restart interrupted whose requester has not been told yet."""
+    async def cut_off(self, platform: str, *, owner: str | None = None) -> list[Job]:
+        """Jobs of ``platform`` a restart interrupted whose requester has not been told yet (of ``owner``'s)."""
         return await self._select(
-            "SELECT * FROM jobs WHERE platform = $1 AND status = $2 AND notified_at IS NULL ORDER BY created_at, seq",
+            "SELECT * FROM jobs WHERE platform = $1 AND status = $2 AND notified_at IS NULL"
+            " AND ($3::text IS NULL OR owner = $3) ORDER BY created_at, seq",
             platform,
             JobStatus.INTERRUPTED.value,
+            owner,
         )
 
-    async def undelivered(self, platform: str) -> list[Job]:
-        """Jobs whose images are stored but were never delivered (e.g. the process stopped in between)."""
+    async def undelivered(self, platform: str, *, owner: str | None = None) -> list[Job]:
+        """Jobs whose images are stored but were never delivered (of ``owner``'s, when given)."""
         return await self._select(
-            "SELECT * FROM jobs WHERE platform = $1 AND status = $2 ORDER BY created_at, seq",
+            "SELECT * FROM jobs WHERE platform = $1 AND status = $2 AND ($3::text IS NULL OR owner = $3)"
+            " ORDER BY created_at, seq",
             platform,
             JobStatus.DONE.value,
+            owner,
         )
+
+    # --- platform state ---------------------------------------------------------------------------------
+
+    async def remember_message(self, platform: str, channel: str, ts: str, job_id: str, *, at: float) -> None:
+        """The message ``ts`` in ``channel`` shows (or threads under) a result of ``job_id``."""
+        query = (
+            "INSERT INTO messages (platform, channel, ts, job, at) VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT (platform, channel, ts) DO UPDATE SET job = excluded.job, at = excluded.at"
+        )
+        await self._retrying(lambda: self._pool.execute(query, platform, channel, ts, job_id, at))
+
+    async def job_at(self, platform: str, channel: str, ts: str) -> str | None:
+        """The job whose result the message ``ts`` in ``channel`` shows, if it is one of ours."""
+        query = "SELECT job FROM messages WHERE platform = $1 AND channel = $2 AND ts = $3"
+        found = await self._retrying(lambda: self._pool.fetchval(query, platform, channel, ts))
+        return str(found) if found is not None else None
+
+    async def first_time(self, key: str, *, at: float) -> bool:
+        """True exactly once per ``key`` across every process (an event, across retries and duplicates).
+
+        A retry after a lost connection may find the key its own committed attempt inserted and answer False:
+        the event is then dropped rather than answered twice."""
+        query = "INSERT INTO handled_events (key, at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING RETURNING 1"
+        inserted = await self._retrying(lambda: self._pool.fetchval(query, key, at))
+        return inserted is not None
+
+    async def forget_events(self, before: float) -> None:
+        """Drop handled-event keys recorded before ``before`` (platforms retry within minutes)."""
+        await self._retrying(lambda: self._pool.execute("DELETE FROM handled_events WHERE at < $1", before))
+
+    # --- leases -------------------------------------------------------------------------------------------
+
+    async def claim_expired(
+        self,
+        owner: str,
+        *,
+        expired_before: float,
+        lease_until: float,
+        platforms: Collection[str] | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """Take over jobs whose lease ran out (the rules of ``SQLiteJobStore.claim_expired``).
+
+        ``FOR UPDATE SKIP LOCKED``: processes sweeping at the same moment each take different jobs, none waits.
+        """
+        where, args = claimable_where("$", expired_before, platforms)
+        number = len(args)
+        query = (
+            f"UPDATE jobs SET owner = ${number + 1}, lease_until = ${number + 2} WHERE id IN"  # noqa: S608
+            f" (SELECT id FROM jobs WHERE {where} ORDER BY created_at, seq LIMIT ${number + 3}"
+            " FOR UPDATE SKIP LOCKED) RETURNING *"
+        )
+        rows = await self._fetch(query, *args, owner, lease_until, limit)
+        return sorted((job_from_row(row) for row in rows), key=lambda job: job.created_at)
+
+    async def release(self, owner: str) -> None:
+        """Hand back every lease ``owner`` holds (a clean exit): other processes may take those jobs at once."""
+        query = "UPDATE jobs SET lease_until = NULL WHERE owner = $1 AND lease_until IS NOT NULL"
+        await self._retrying(lambda: self._pool.execute(query, owner))
+
+    async def renew(self, owner: str, job_ids: Collection[str], lease_until: float) -> set[str]:
+        """Extend ``owner``'s leases on ``job_ids``; returns the ids still ``owner``'s (others were taken over)."""
+        if not job_ids:
+            return set()
+        rows = await self._fetch(
+            "UPDATE jobs SET lease_until = $1 WHERE owner = $2 AND id = ANY($3::text[]) RETURNING id",
+            lease_until,
+            owner,
+            list(job_ids),
+        )
+        return {row["id"] for row in rows}
 
     async def history(self, *, user: str | None = None, limit: int = 20) -> list[Job]:
         if user is None:

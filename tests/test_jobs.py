@@ -90,6 +90,7 @@ async def job_service(
     try:
         await service.start()
         yield service
+        await service.stop()  # a clean exit hands its leases back: the next service (a restart) takes over at once
     finally:
         await store.close()
 
@@ -364,7 +365,7 @@ async def test_migrations_bring_an_old_database_up_to_date(tmp_path: Path, clock
     finally:
         await store.close()
     assert job is not None and job.prompt == "x" and job.results_pruned is False
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     assert job.paid_at is not None  # a finished job from before the ledger knew "paid" was paid
 
 

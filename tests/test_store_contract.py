@@ -15,7 +15,7 @@ import pytest
 
 from bot.models import Job, JobContext, JobStatus, StoredImage
 from bot.ports import JobStore
-from bot.store import SQLiteJobStore, StoreError
+from bot.store import MAX_DELIVERY_ATTEMPTS, SQLiteJobStore, StoreError
 from bot.store_pg import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from bot.store_pg import DatabaseUnavailableError, PostgresJobStore
 from tests.postgres import PASSWORD, running_server
@@ -172,6 +172,126 @@ async def test_update_refuses_unknown_fields_and_unknown_jobs(store: JobStore) -
         await store.update(queued.id, id="other")
     with pytest.raises(KeyError):
         await store.update("nosuchjob1", status=JobStatus.FAILED)
+
+
+# --- leases: any process finishes any job ---------------------------------------------------------------------------
+
+
+async def test_a_claim_takes_jobs_whose_lease_ran_out_or_never_was_and_makes_them_the_claimers(
+    store: JobStore,
+) -> None:
+    _, running, done, untold, *_ = await put(
+        store,
+        job(prompt="alive", status=JobStatus.QUEUED, at=T0, owner="a", lease_until=T0 + 30),
+        job(prompt="running", status=JobStatus.RUNNING, at=T0 + 1, owner="a", lease_until=T0 - 1),
+        job(prompt="done", status=JobStatus.DONE, at=T0 + 2),
+        job(prompt="untold", status=JobStatus.INTERRUPTED, at=T0 + 3, owner="a", lease_until=T0 - 1),
+        job(prompt="told", status=JobStatus.INTERRUPTED, at=T0 + 4, notified_at=T0),
+        job(prompt="delivered", status=JobStatus.DELIVERED, at=T0 + 5),
+        job(prompt="failed", status=JobStatus.FAILED, at=T0 + 6),
+        job(prompt="held", status=JobStatus.AWAITING_CONFIRMATION, at=T0 + 7),
+    )
+    claimed = await store.claim_expired("b", expired_before=T0, lease_until=T0 + 30)
+    assert [j.id for j in claimed] == [running.id, done.id, untold.id]
+    assert {(j.owner, j.lease_until) for j in claimed} == {("b", T0 + 30)}
+    assert (await store.get(running.id)) == claimed[0]
+    assert await store.claim_expired("c", expired_before=T0 + 1, lease_until=T0 + 31) == []  # all leased now
+
+
+async def test_a_claim_takes_results_to_deliver_only_for_the_platforms_it_serves(store: JobStore) -> None:
+    queued, _, _, _ = await put(
+        store,
+        job(SLACK, prompt="q", status=JobStatus.QUEUED, at=T0),
+        job(SLACK, prompt="d", status=JobStatus.DONE, at=T0 + 1),
+        job(SLACK, prompt="i", status=JobStatus.INTERRUPTED, at=T0 + 2),
+        job(ALICE, prompt="d", status=JobStatus.DONE, at=T0 + 3),
+    )
+    claimed = await store.claim_expired("b", expired_before=T0, lease_until=T0 + 30, platforms=("web",))
+    assert [j.id for j in claimed] == [queued.id]  # any process can run a job; only a Slack process posts one
+    discord = await store.claim_expired("c", expired_before=T0, lease_until=T0 + 30, platforms=("discord",))
+    assert [j.prompt for j in discord] == ["d"] and discord[0].context == ALICE
+    assert len(await store.claim_expired("d", expired_before=T0, lease_until=T0 + 30)) == 2
+
+
+async def test_a_result_whose_posts_keep_failing_is_not_taken_over_forever(store: JobStore) -> None:
+    await put(store, job(status=JobStatus.DONE, delivery_attempts=MAX_DELIVERY_ATTEMPTS))
+    assert await store.claim_expired("b", expired_before=T0, lease_until=T0 + 30) == []
+
+
+async def test_processes_claiming_at_once_never_take_the_same_job(open_store: OpenStore) -> None:
+    stores = [await open_store() for _ in range(3)]
+    jobs = await put(stores[0], *(job(prompt=f"p{i}", status=JobStatus.RUNNING, at=T0 + i) for i in range(30)))
+    taken: list[list[str]] = [[], [], []]
+
+    async def sweep(index: int) -> None:
+        while claimed := await stores[index].claim_expired(
+            f"p{index}", expired_before=T0, lease_until=T0 + 30, limit=4
+        ):
+            taken[index] += [j.id for j in claimed]
+
+    await asyncio.gather(*(sweep(i) for i in range(3)))
+    everything = [job_id for ids in taken for job_id in ids]
+    assert sorted(everything) == sorted(j.id for j in jobs)  # every job taken, none twice
+    for index, ids in enumerate(taken):
+        assert {(await stores[0].get(job_id)).owner for job_id in ids} <= {f"p{index}"}  # type: ignore[union-attr]
+
+
+async def test_a_heartbeat_renews_only_the_leases_still_its_own(store: JobStore) -> None:
+    mine, lost = await put(
+        store,
+        job(prompt="mine", status=JobStatus.RUNNING, owner="a", lease_until=T0 + 10),
+        job(prompt="lost", status=JobStatus.RUNNING, at=T0 + 1, owner="a", lease_until=T0 - 5),
+    )
+    (taken,) = await store.claim_expired("b", expired_before=T0, lease_until=T0 + 30)
+    assert taken.id == lost.id
+    assert await store.renew("a", [mine.id, lost.id], T0 + 40) == {mine.id}
+    assert (await store.get(mine.id)).lease_until == T0 + 40  # type: ignore[union-attr]
+    assert (await store.get(lost.id)).lease_until == T0 + 30  # type: ignore[union-attr]
+    assert await store.renew("a", [], T0 + 50) == set()
+
+
+async def test_released_leases_can_be_taken_at_once(store: JobStore) -> None:
+    (held,) = await put(store, job(status=JobStatus.RUNNING, owner="a", lease_until=T0 + 30))
+    assert await store.claim_expired("b", expired_before=T0, lease_until=T0 + 30) == []
+    await store.release("a")
+    (taken,) = await store.claim_expired("b", expired_before=T0, lease_until=T0 + 30)
+    assert taken.id == held.id and taken.owner == "b"
+
+
+async def test_undelivered_and_cut_off_of_one_owner(store: JobStore) -> None:
+    mine, _, told, _ = await put(
+        store,
+        job(prompt="1", status=JobStatus.DONE, owner="a"),
+        job(prompt="2", status=JobStatus.DONE, owner="b"),
+        job(prompt="3", status=JobStatus.INTERRUPTED, owner="a"),
+        job(prompt="4", status=JobStatus.INTERRUPTED, owner="b"),
+    )
+    assert [j.id for j in await store.undelivered("discord", owner="a")] == [mine.id]
+    assert [j.id for j in await store.cut_off("discord", owner="a")] == [told.id]
+    assert len(await store.undelivered("discord")) == 2 and len(await store.cut_off("discord")) == 2
+
+
+# --- platform state shared by every process -------------------------------------------------------------------------
+
+
+async def test_a_message_remembered_by_one_process_leads_any_other_to_its_job(open_store: OpenStore) -> None:
+    one, two = await open_store(), await open_store()
+    await one.remember_message("slack", "C1", "1700000000.000100", "job0000001", at=T0)
+    assert await two.job_at("slack", "C1", "1700000000.000100") == "job0000001"
+    assert await two.job_at("slack", "C2", "1700000000.000100") is None
+    assert await two.job_at("discord", "C1", "1700000000.000100") is None
+    await two.remember_message("slack", "C1", "1700000000.000100", "job0000002", at=T0 + 1)  # the newer post wins
+    assert await one.job_at("slack", "C1", "1700000000.000100") == "job0000002"
+
+
+async def test_an_event_is_handled_once_however_many_processes_receive_it(open_store: OpenStore) -> None:
+    stores = [await open_store() for _ in range(3)]
+    answers = await asyncio.gather(*(stores[i % 3].first_time("slack:C1:171.1", at=T0) for i in range(12)))
+    assert answers.count(True) == 1
+    assert await stores[0].first_time("slack:C1:171.2", at=T0 + 5)
+    await stores[1].forget_events(T0 + 1)  # the first key is old enough to forget, the second is not
+    assert await stores[2].first_time("slack:C1:171.1", at=T0 + 9)
+    assert not await stores[2].first_time("slack:C1:171.2", at=T0 + 9)
 
 
 # --- what start-up and delivery read -----------------------------------------------------------------------------

@@ -46,7 +46,12 @@ MONTH_START = 0.0
 def database(request: pytest.FixtureRequest) -> dict[str, str]:
     """The environment that picks the job store of ``imagebot run``: SQLite (default) or a real PostgreSQL."""
     if request.param == "postgresql":
-        return {"IMAGEBOT_DATABASE_URL": str(request.getfixturevalue("postgres_url"))}
+        # Another process may be alive on PostgreSQL: a restart takes a dead one's jobs when their lease runs out.
+        return {
+            "IMAGEBOT_DATABASE_URL": str(request.getfixturevalue("postgres_url")),
+            "IMAGEBOT_JOBS__LEASE_SECONDS": "2",
+            "IMAGEBOT_JOBS__HEARTBEAT_SECONDS": "0.5",
+        }
     return {}
 
 
@@ -242,6 +247,16 @@ async def job_rows(env: dict[str, str]) -> list[dict[str, Any]]:
         return [dict(row) for row in db.execute("SELECT * FROM jobs")]
 
 
+async def settled_row(env: dict[str, str]) -> dict[str, Any]:
+    """The one job row, once a process has taken it over (at once on SQLite, after its lease on PostgreSQL)."""
+    async with asyncio.timeout(20):
+        while True:
+            (row,) = await job_rows(env)
+            if row["status"] not in {"queued", "running"}:
+                return row
+            await asyncio.sleep(0.05)
+
+
 def playground(env: dict[str, str]) -> aiohttp.ClientSession:
     """A browser on the playground: one cookie session, the header the page sends."""
     base = f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}"
@@ -291,9 +306,9 @@ async def test_kill_after_the_upstream_answered_loses_no_paid_image(
                 await kill_during_imagine(browser, process, after(fake.answered_event, delay_ms / 1000))
             assert len(fake.image_requests) == 1
             async with running_bot(env, tmp_path):
+                row = await settled_row(env)
                 async with browser.get("/api/history") as response:
                     history = (await response.json())["jobs"]
-                (row,) = await job_rows(env)
                 if row["status"] == "interrupted":
                     # killed before the answer was all in: the images are lost; if the bot had seen the 200, the
                     # generation was billed and the ledger charges the estimate. Reading a 3.2 MB answer takes the
@@ -328,6 +343,6 @@ async def test_kill_while_the_upstream_is_still_working_costs_nothing(tmp_path: 
             async with running_bot(env, tmp_path) as process:
                 await kill_during_imagine(browser, process, upstream_called())
             async with running_bot(env, tmp_path):
-                (row,) = await job_rows(env)
+                row = await settled_row(env)
                 assert row["status"] == "interrupted" and row["paid_at"] is None
     assert await usage_total(env, tmp_path) == "$0.0000"

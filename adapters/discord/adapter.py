@@ -224,7 +224,8 @@ class DiscordAdapter:
             )
         self._state = AdapterState.CONNECTED
         await self._sync_commands()
-        await self.recovery.run()
+        self.recovery.watch()  # woken while running too: jobs taken over from a process that died
+        await self.recovery.woken()
 
     async def _share_identify_limits(self) -> None:
         """With Redis, pace IDENTIFYs with the other processes of this bot: learn max_concurrency, use the lock."""
@@ -269,6 +270,7 @@ class DiscordAdapter:
 
     async def stop(self) -> None:
         self._state = AdapterState.STOPPING
+        self.recovery.unwatch()
         await self.client.close()
         if self._connection is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):

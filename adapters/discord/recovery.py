@@ -1,5 +1,5 @@
-"""After a restart: results finished but never delivered are posted once, and users whose job the restart cut
-off are told once.
+"""After a restart, or after this process took over the jobs of one that died: results finished but never
+delivered are posted once, and users whose job was cut off are told once.
 
 A job with a delivery attempt may already be on Discord (the process died between the post and marking it
 delivered): look first — the interaction's response while its token lives, else the channel's recent messages —
@@ -15,6 +15,7 @@ import discord
 
 from adapters.common import i18n
 from adapters.common.lifecycle import cut_off_text
+from adapters.common.redelivery import Coalesced
 from adapters.discord import render
 from adapters.discord.replies import Address, Delivery, nonce_for, requester_only
 from bot.errors import ImageBotError
@@ -30,6 +31,14 @@ class Recovery:
 
     def __init__(self, delivery: Delivery) -> None:
         self.delivery = delivery
+        self.woken = Coalesced(self.run)  # at start, and whenever the core took over jobs of a process that died
+
+    def watch(self) -> None:
+        """Be woken while running too: jobs taken over from a process that died are posted (or told) here."""
+        self.delivery.jobs.add_deliverer("discord", self.woken)
+
+    def unwatch(self) -> None:
+        self.delivery.jobs.remove_deliverer("discord")
 
     async def run(self) -> None:
         with i18n.speaking(None):  # each job is answered in its requester's language, none leaks out

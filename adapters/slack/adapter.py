@@ -30,7 +30,7 @@ from adapters.slack.admin import SlackAdmin
 from adapters.slack.files import SlackFiles
 from adapters.slack.http import SignedRequests
 from adapters.slack.listeners import Listeners
-from adapters.slack.redelivery import recover
+from adapters.slack.redelivery import watch
 from adapters.slack.replies import WEB_API_TIMEOUT, Outbox, ReplyTo
 from adapters.slack.state import SlackState
 from bot.bootstrap import Core
@@ -105,14 +105,15 @@ class SlackAdapter:
         and post what a previous process never delivered."""
         self._state = AdapterState.STARTING
         await self._check_token()
-        self.outbox.store = await SlackState.open(self.settings.data_dir / "slack.sqlite3")
+        legacy = self.settings.data_dir / "slack.sqlite3"
+        self.outbox.store = await SlackState.open(self.outbox.jobs.store, legacy=legacy)
         app_token = self.settings.slack_app_token
         if self.mode == "socket" and app_token is not None:
             self._handler = AsyncSocketModeHandler(self.app, app_token.get_secret_value())
             await self._handler.connect_async()  # type: ignore[no-untyped-call]
         self._state = AdapterState.CONNECTED
         log.info("slack adapter started in %s mode", "Socket Mode" if self.mode == "socket" else "HTTP")
-        self._recovery = asyncio.create_task(recover(self.outbox), name="slack-redelivery")
+        self._recovery = asyncio.create_task(watch(self.outbox)(), name="slack-redelivery")
 
     async def _check_token(self) -> None:
         """One auth.test at start; its answer authorizes every request (no auth.test before each ack)."""
@@ -145,6 +146,7 @@ class SlackAdapter:
     async def stop(self) -> None:
         """Disconnect; listeners still working get ``STOP_GRACE_SECONDS`` to finish, then are cancelled."""
         self._state = AdapterState.STOPPING
+        self.outbox.jobs.remove_deliverer("slack")
         busy = self.listeners.busy
         if busy:
             _, late = await asyncio.wait(set(busy), timeout=STOP_GRACE_SECONDS)

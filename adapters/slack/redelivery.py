@@ -1,5 +1,5 @@
-"""After a restart: post what a previous process finished but never delivered (looking on Slack first when a
-post may already be there), and tell the requesters of jobs the restart cut off."""
+"""After a restart, or after this process took over the jobs of one that died: post what was finished but never
+delivered (looking on Slack first when a post may already be there), and tell the requesters of jobs cut off."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from slack_sdk.errors import SlackApiError
 
 from adapters.common import i18n
 from adapters.common.lifecycle import cut_off_text, friendly_detail
+from adapters.common.redelivery import Coalesced
 from adapters.slack import render
 from adapters.slack.locale import UserLocales
 from adapters.slack.replies import Outbox
@@ -18,6 +19,17 @@ log = logging.getLogger(__name__)
 
 LOOK_BACK_MESSAGES = 200  # recent messages only: a result is posted within minutes of its job
 _SLACK_TIME_SLACK = 60.0  # seconds: Slack's clock vs ours, when reading messages since the job started
+
+
+def watch(outbox: Outbox) -> Coalesced:
+    """``recover``, run now and whenever the core takes over Slack jobs of a process that died."""
+
+    async def run() -> None:
+        await recover(outbox)
+
+    woken = Coalesced(run)
+    outbox.jobs.add_deliverer("slack", woken)
+    return woken
 
 
 async def recover(outbox: Outbox) -> None:
