@@ -7,6 +7,7 @@ holds the SQLite database's write lock, so every write of the bot waits on SQLit
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -44,8 +45,12 @@ async def test_imagine_and_a_button_are_acked_while_the_job_store_is_locked(fake
         controls = bot.controls()[0]
         vary = button(controls, "vary:")
 
+        (done,) = await bot.core.jobs.history()
         locker = sqlite3.connect(tmp_path / "data" / "jobs.sqlite3", isolation_level=None)
         locker.execute("BEGIN IMMEDIATE")  # the write lock: every store write of the bot now waits
+        # ... and with a write waiting in the store's worker, so does every read queued behind it
+        waiting = asyncio.create_task(bot.core.jobs.store.update(done.id, delivery_attempts=done.delivery_attempts))
+        await asyncio.sleep(0)  # the write reaches the store's worker first
         try:
             command = await fake.send_slash_command("/imagine", "a blue fox")
             press = await fake.send_interactive(
@@ -57,6 +62,7 @@ async def test_imagine_and_a_button_are_acked_while_the_job_store_is_locked(fake
         finally:
             locker.execute("COMMIT")
             locker.close()
+        await waiting
         await bot.uploads_done(3, timeout=15)  # the store let go: both requests were carried out
         fake.assert_no_errors()
         assert {job.status for job in await bot.core.jobs.history()} == {JobStatus.DELIVERED}
