@@ -3,7 +3,7 @@
 The fake Images API runs in a process of its own and serves photo-like images of the requested size
 (~2.4 MB PNG at 1024², as the API does). CPU is the bot process's (all threads) from getrusage.
 
-    python bench/run_all.py [--runs 3] [--only cpu,lag,rss,admission,pacing]
+    python bench/run_all.py [--runs 3] [--only cpu,lag,rss,admission,pacing,slack_ack,discord_defer]
     python bench/run_all.py --figure cpu   # one measurement, printed as JSON (what the table is made of)
 """
 
@@ -240,6 +240,25 @@ async def _pacing_figure(allowance: int = 30, backlog: int = 120, call_seconds: 
     return {"upstream_429s": refused, "allowance_used_pct": 100 * backlog / possible, "minutes": span / 60}
 
 
+async def _slack_ack_figure(commands: int = 200) -> dict[str, Any]:
+    """A burst of /imagine over Socket Mode: a bare slack-bolt app that only acks, then the whole bot."""
+    from bench.bench_slack import ack_latencies, bare_ack_latencies
+
+    bare = percentile(await bare_ack_latencies(commands), 0.99) * 1000
+    async with fake_openai_process(0.5) as base_url:
+        ours = percentile(await ack_latencies(commands, 50, base_url), 0.99) * 1000
+    return {"bare_p99_ms": bare, "p99_ms": ours, "ratio": ours / bare}
+
+
+async def _discord_defer_figure(interactions: int = 200) -> dict[str, Any]:
+    """A burst of /imagine interactions: a bare discord.py client that only defers, then the whole bot."""
+    from bench.bench_discord import defer_latencies
+
+    bare = (await defer_latencies(interactions, 0.5, 50, bare=True))["p99"]
+    ours = (await defer_latencies(interactions, 0.5, 50))["p99"]
+    return {"bare_p99_ms": bare, "p99_ms": ours, "ratio": ours / bare}
+
+
 def measure(figure: str) -> dict[str, Any]:
     if figure == "cpu":
         return asyncio.run(_core_jobs(40, 0.5, concurrency=8, warmup=4))
@@ -256,6 +275,10 @@ def measure(figure: str) -> dict[str, Any]:
         return {**edits, "us_per_grant": small, "us_per_grant_8000": large, "grant_growth": large / small}
     if figure == "pacing":
         return _in_virtual_time(_pacing_figure)
+    if figure == "slack_ack":
+        return asyncio.run(_slack_ack_figure())
+    if figure == "discord_defer":
+        return asyncio.run(_discord_defer_figure())
     raise SystemExit(f"unknown figure {figure}")
 
 
@@ -290,6 +313,24 @@ ROWS: list[tuple[str, str, str, str, Callable[[float], bool]]] = [
     ("admission", "grant_growth", "CPU per job, 8000 queued ÷ 800 queued", "≤ 1.5 (O(n): ~10)", lambda v: v <= 1.5),
     ("pacing", "upstream_429s", "upstream 429s, 30/min allowance, 120-job backlog", "0", lambda v: v == 0),
     ("pacing", "allowance_used_pct", "allowance used (%)", "≥ 95", lambda v: v >= 95),
+    (
+        "slack_ack",
+        "ratio",
+        "Slack ack p99, 200-command burst over Socket Mode, ÷ a bare slack-bolt app that only acks (same run)",
+        "≤ 1.2",
+        lambda v: v <= 1.2,
+    ),
+    ("slack_ack", "p99_ms", "Slack ack p99, whole bot (ms)", "-", lambda v: True),
+    ("slack_ack", "bare_p99_ms", "Slack ack p99, bare slack-bolt app (ms)", "-", lambda v: True),
+    (
+        "discord_defer",
+        "ratio",
+        "Discord defer p99, 200-interaction burst, ÷ a bare discord.py client that only defers (same run)",
+        "≤ 1.1",
+        lambda v: v <= 1.1,
+    ),
+    ("discord_defer", "p99_ms", "Discord defer p99, whole bot (ms)", "-", lambda v: True),
+    ("discord_defer", "bare_p99_ms", "Discord defer p99, bare discord.py client (ms)", "-", lambda v: True),
 ]
 
 
@@ -314,8 +355,12 @@ def main(runs: int, only: set[str]) -> None:
             continue
         values = [r[key] for r in results[figure]]
         median = statistics.median(values)
-        shown = ", ".join(f"{v:.1f}" for v in values)
-        print(f"| {label} | {median:.1f} | {shown} | {target} | {'yes' if met(median) else 'NO'} |")
+        shown = ", ".join(_number(v) for v in values)
+        print(f"| {label} | {_number(median)} | {shown} | {target} | {'yes' if met(median) else 'NO'} |")
+
+
+def _number(value: float) -> str:
+    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ ack (slack-bolt's async runner would un-send the ack: Slack shows "dispatch_fail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,7 +35,7 @@ from adapters.slack.payloads import (
     reply_to,
     result_reply_to,
 )
-from adapters.slack.replies import Outbox, ReplyTo, SlackReply
+from adapters.slack.replies import ACK_WAIT, Outbox, ReplyTo, SlackReply
 from bot.bootstrap import Core
 from bot.errors import InvalidRequestError
 from bot.jobs import JobNotFoundError, JobOutcome
@@ -89,12 +90,16 @@ class Listeners:
     async def _run(self, to: ReplyTo, work: Work, context: Mapping[str, Any]) -> None:
         """Run ``work`` to exactly one answer (never raises), tracked so ``stop`` can let it finish."""
         acked = context.get("acked")
-        i18n.use(await self.locales.lookup(to.user))  # after the ack: answer in the user's language
-        reply = self.outbox.reply(to, acked if isinstance(acked, asyncio.Event) else None)
+        acked = acked if isinstance(acked, asyncio.Event) else None
+        reply = self.outbox.reply(to, acked)
         task = asyncio.current_task()
         if task is not None:
             self.busy.add(task)
         try:
+            if acked is not None:  # the work waits until the ack is sent: a burst's acks don't queue behind jobs
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(acked.wait(), ACK_WAIT)
+            i18n.use(await self.locales.lookup(to.user))  # after the ack: answer in the user's language
             await answer(reply, lambda progress: work(reply, progress), translate=translate)
         finally:
             if task is not None:

@@ -81,6 +81,7 @@ _SAFETY_LIST = re.compile(r"safety_violations=\[([^\]]{0,2000})\]")
 _FIELD_LIMIT = 64  # characters of an upstream type, code or param kept for the log
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _STREAM_CHUNK = 256 * 1024
+_INLINE_LINE = 4096  # stream lines up to this long are framed on the loop; longer ones in a worker thread
 _SPOOL_FLUSH = 1024 * 1024  # spool writes go to a worker thread in pieces of about this size
 _ERROR_BODY_LIMIT = 1024 * 1024  # an error body longer than this is cut (it is only parsed for its message)
 Buffer: TypeAlias = bytes | bytearray | mmap.mmap
@@ -345,6 +346,13 @@ def _decode_stream_event(event: SSEEvent) -> _StreamItem:
             raise ProviderResponseError(detail=f"stream event {kind} holds a cut-off image ({len(image)} bytes)")
         return _StreamItem("completed", image, parse_usage(body))
     return _StreamItem("other")
+
+
+def _feed_line(decoder: SSEDecoder, line: bytes) -> tuple[SSEEvent, _StreamItem] | None:
+    """Feed one stream line to ``decoder``; the event it ends, decoded (worker thread: the line, or the event's
+    joined data, can be megabytes of base64)."""
+    event = decoder.feed(line.decode("utf-8", "replace"))
+    return None if event is None else (event, _decode_stream_event(event))
 
 
 def _stream_error_status(body: Any) -> int:
@@ -792,10 +800,13 @@ class OpenAIImages:
         decoder = SSEDecoder()
         async with _SpoolWriter.to(spool.path if spool else None) as body:
             async for line in self._lines(resp, body):
-                event = decoder.feed(line)
-                if event is None:
+                if len(line) <= _INLINE_LINE and line.strip():  # a short field line: framing only
+                    decoder.feed(line.decode("utf-8", "replace"))
                     continue
-                item = await asyncio.to_thread(_decode_stream_event, event)
+                step = await asyncio.to_thread(_feed_line, decoder, line)  # megabytes of base64, or an event's end
+                if step is None:
+                    continue
+                event, item = step
                 if item.kind == "error":
                     status = _stream_error_status(item.body)
                     error = translate_error(status, item.body, model=model, raw_text=event.data)
@@ -816,8 +827,9 @@ class OpenAIImages:
         log.info("POST %s: stream finished with %d preview(s) and %d image(s)", path, len(previews), len(images))
         return ProviderImages(tuple(images), usage, (None,) * len(images))
 
-    async def _lines(self, resp: aiohttp.ClientResponse, body: _SpoolWriter) -> AsyncIterator[str]:
-        """The body's lines, read as they arrive (a line holding a base64 image can be megabytes long)."""
+    async def _lines(self, resp: aiohttp.ClientResponse, body: _SpoolWriter) -> AsyncIterator[bytes]:
+        """The body's lines as bytes, read as they arrive (a line holding a base64 image can be megabytes long:
+        it is copied once here, and turned into text by the caller's worker thread, not on the loop)."""
         limit = self._settings.max_download_bytes * 2
         buffer = bytearray()
         async for chunk in resp.content.iter_chunked(_STREAM_CHUNK):
@@ -825,15 +837,19 @@ class OpenAIImages:
             searched = len(buffer)  # only the new bytes can hold the next newline
             buffer += chunk
             while (end := buffer.find(b"\n", searched)) >= 0:
-                line = bytes(buffer[: end + 1])
+                view = memoryview(buffer)
+                try:
+                    line = bytes(view[: end + 1])  # one copy (slicing the bytearray would make two)
+                finally:
+                    view.release()
                 del buffer[: end + 1]
                 searched = 0
-                yield line.decode("utf-8", "replace")
+                yield line
             if len(buffer) > limit:
                 raise aiohttp.ClientPayloadError(f"a stream line is over {limit} bytes")
         if buffer:
-            yield bytes(buffer).decode("utf-8", "replace")
-        yield ""  # end any event the server did not close with a blank line
+            yield bytes(buffer)
+        yield b""  # end any event the server did not close with a blank line
 
     @staticmethod
     async def _hand_on(on_partial: OnPartial | None, image: bytes, path: str) -> None:
