@@ -73,6 +73,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN reply TEXT;
     ALTER TABLE jobs ADD COLUMN notified_at REAL;
     """,
+    # started_at: when the provider call began (queue time estimates use recent run durations)
+    "ALTER TABLE jobs ADD COLUMN started_at REAL",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # The SQL below and the row mapping at the end are shared with bot.store_pg (same columns, same ledger rules);
@@ -95,7 +97,7 @@ JOB_COLUMNS = (
     "id", "kind", "platform", "workspace", "channel", "thread", '"user"', "request", "request_hash", "status",
     "created_at", "updated_at", "images_requested", "estimated_cost", "actual_cost", "model", "provider",
     "error_ref", "error_message", "results", "delivered_at", "results_pruned", "paid_at", "delivery_attempts",
-    "reply", "notified_at",
+    "reply", "notified_at", "started_at",
 )  # fmt: skip
 
 
@@ -453,6 +455,7 @@ def job_row(job: Job) -> tuple[Any, ...]:
         job.delivery_attempts,
         c.reply,
         job.notified_at,
+        job.started_at,
     )
 
 
@@ -483,4 +486,5 @@ def job_from_row(row: Row) -> Job:
         paid_at=row["paid_at"],
         delivery_attempts=row["delivery_attempts"],
         notified_at=row["notified_at"],
+        started_at=row["started_at"],
     )

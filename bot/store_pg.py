@@ -97,6 +97,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_by_workspace ON jobs (platform, workspace, created_at);
     CREATE INDEX jobs_by_status ON jobs (status);
     """,
+    "ALTER TABLE jobs ADD COLUMN started_at double precision",  # when the provider call began (queue estimates)
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x1A6EB07  # advisory lock key: one process migrates at a time

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -109,6 +110,19 @@ def cut_off_text(job: Job) -> str:
         f"A restart interrupted your request for {about} while its images were arriving; the image service "
         "had already made them, so they count against the budget, but they are lost. Please ask again."
     )
+
+
+def queue_text(position: int, eta_seconds: float | None = None) -> str:
+    """The place in line, with the expected wait when recent runs tell it: "Queued — #3 in line, about 40 s"."""
+    text = f"Queued — #{position} in line"
+    return text if eta_seconds is None else f"{text}, {about(eta_seconds)}"
+
+
+def about(seconds: float) -> str:
+    """A rough duration a person reads at a glance: "about 40 s", "about 3 min"."""
+    if seconds < 55:
+        return f"about {max(5, 5 * math.ceil(seconds / 5))} s"
+    return f"about {max(1, round(seconds / 60))} min"
 
 
 def friendly_detail(error: BaseException) -> str:
