@@ -359,6 +359,7 @@ class JobService:
         try:
             result = await self._call(request, track, self._write_ahead(job))
             job = await self._store_result(job.id, result)
+            self._run_seconds.pop((job.model or "", _text(job.request.get("quality"))), None)  # a new run to count
             future.set_result(result)
             return JobOutcome(job, result)
         except JobCancelledError as exc:

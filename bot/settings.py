@@ -99,6 +99,8 @@ class DiscordSettings(BaseModel):
     # None ("auto"): DMs are allowed while no allow-list is set, refused once one is (see adapters/common/access.py)
     allow_dms: bool | None = None
     others_may_press: bool = False
+    private_by_default: bool = False  # /imagine results only their requester sees until published
+    private_guilds: list[str] = Field(default_factory=list)  # servers where private is the default
 
 
 class SlackSettings(BaseModel):
@@ -110,6 +112,8 @@ class SlackSettings(BaseModel):
     allowed_channels: list[str] = Field(default_factory=list)
     allowed_users: list[str] = Field(default_factory=list)
     others_may_press: bool = False
+    private_by_default: bool = False  # /imagine results go to the requester's DM until shared
+    private_workspaces: list[str] = Field(default_factory=list)  # workspaces where private is the default
 
 
 class ImagingSettings(BaseModel):

@@ -252,7 +252,7 @@ async def test_streamed_previews_edit_the_response_before_the_result(fake: FakeD
 async def test_previews_in_one_interval_make_one_edit_with_the_latest() -> None:
     edits: list[tuple[str, bytes | None]] = []
 
-    async def show(text: str, preview: bytes | None) -> None:
+    async def show(text: str, preview: bytes | None, cancellable: str | None) -> None:
         edits.append((text, preview))
 
     throttle = Throttle(show, "**a fox**", interval=0.05)
@@ -540,7 +540,7 @@ async def test_commands_are_synced_only_when_they_differ(fake: FakeDiscord, tmp_
         assert first.synced is True
     assert len(fake.command_puts) == 1
     names = sorted((c["name"], c["type"]) for c in fake.command_puts[0][1])
-    assert names == [("Edit image", 3), ("Vary image", 3), ("edit", 1), ("imagine", 1), ("vary", 1)]
+    assert names == [("Edit image", 3), ("Vary image", 3), ("edit", 1), ("history", 1), ("imagine", 1), ("vary", 1)]
     async with running(settings) as second:
         assert second.synced is False
     assert len(fake.command_puts) == 1
@@ -631,7 +631,7 @@ async def test_cancel_spends_nothing(fake: FakeDiscord, tmp_path: Path) -> None:
             sent = await fake.next_webhook_message(press.id)
             assert "Cancelled" in (sent.content or "") and sent.message["components"] == []
             job = await adapter.core.jobs.store.get(no.split(":")[2])
-            assert job is not None and job.status.value == "failed" and not openai.image_requests
+            assert job is not None and job.status.value == "cancelled" and not openai.image_requests
     fake.assert_no_errors()
 
 

@@ -28,7 +28,7 @@ from adapters.base import AdapterState, PlatformUnreachableError
 from adapters.common.access import AccessPolicy
 from adapters.common.lifecycle import fail
 from adapters.discord.commands import install_commands
-from adapters.discord.components import ConfirmButton, ResultButton
+from adapters.discord.components import ConfirmButton, JobButton, ResultButton
 from adapters.discord.files import Attachments
 from adapters.discord.listeners import Listeners, translate
 from adapters.discord.recovery import Recovery
@@ -67,7 +67,7 @@ class ImageClient(discord.Client):
         self.adapter = adapter
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(ResultButton, ConfirmButton)
+        self.add_dynamic_items(ResultButton, ConfirmButton, JobButton)
 
     async def on_ready(self) -> None:
         self.adapter.connected = True

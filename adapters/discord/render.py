@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
 import discord
 
-from adapters.discord.components import RESULT_TEMPLATE, ConfirmButton, ResultButton
+from adapters.discord.components import RESULT_TEMPLATE, ConfirmButton, JobButton, ResultButton
 from bot import imaging
 from bot.budgets import format_dollars
-from bot.models import GeneratedImage, ImageResult, Job
+from bot.models import GeneratedImage, ImageResult, Job, JobStatus
 
 MESSAGE_LIMIT = 2000
 REQUEST_LIMIT = 25 * 1024 * 1024  # one message's whole upload
@@ -54,6 +54,11 @@ def view_of(items: Sequence[discord.ui.Item[Any]]) -> discord.ui.View:
 
 def confirm_view(job_id: str) -> discord.ui.View:
     return view_of([ConfirmButton("ok", job_id), ConfirmButton("no", job_id)])
+
+
+def cancel_view(job_id: str) -> discord.ui.View:
+    """The Cancel button under a queued job's place in line (the same button as a held job's)."""
+    return view_of([ConfirmButton("no", job_id)])
 
 
 def job_in_components(components: Sequence[Any]) -> tuple[str, list[int]] | None:
@@ -116,9 +121,10 @@ async def preview_file(data: bytes, size_limit: int) -> discord.File:
 
 
 async def render_result(
-    job: Job, result: ImageResult, user_id: str, size_limit: int, *, only: int | None = None
+    job: Job, result: ImageResult, user_id: str, size_limit: int, *, only: int | None = None, publish: bool = False
 ) -> Rendered:
-    """The result message of ``job``: its images (or image ``only``) with V/U/🔄/✏️ buttons."""
+    """The result message of ``job``: its images (or image ``only``) with V/U/🔄/✏️ buttons (and Publish, for a
+    private result only its requester sees)."""
     if only is not None:
         images: Sequence[GeneratedImage] = [result.images[only - 1]]
         indexes = [only]
@@ -127,7 +133,10 @@ async def render_result(
         indexes = list(range(1, len(images) + 1))
     files = await upload_files(images, size_limit)
     note = f"Image #{only}" if only is not None else ""
-    view = view_of(result_buttons(job.id, indexes, upscale=only is None and len(indexes) > 1))
+    buttons = result_buttons(job.id, indexes, upscale=only is None and len(indexes) > 1)
+    if publish:
+        buttons.append(JobButton("pub", job.id, label="Publish to the channel", row=4))
+    view = view_of(buttons)
     return Rendered(result_text(result.prompt or job.prompt, user_id, result, note=note), files, view)
 
 
@@ -135,3 +144,26 @@ def render_confirmation(job: Job, user_id: str) -> Rendered:
     cost = f"about {format_dollars(job.estimated_cost)}" if job.estimated_cost is not None else "more than usual"
     note = f"This will cost {cost} ({job.images_requested} image(s)). Go ahead?"
     return Rendered(result_text(job.prompt or "(variation)", user_id, note=note), [], confirm_view(job.id))
+
+
+HISTORY_SIZE = 10
+_HISTORY_PROMPT = 70  # characters of each prompt in the list: ten lines and their links fit in one message
+_SHOWN = {JobStatus.DONE, JobStatus.DELIVERED}
+
+
+def render_history(jobs: Sequence[Job], address_of: Callable[[Job], str | None]) -> Rendered:
+    """``/history``: the user's newest jobs, one line each (a link to the result message where known), with an
+    Open button for each result that can still be shown."""
+    if not jobs:
+        return Rendered("You have no image requests yet. Try `/imagine`.", [], None)
+    lines = ["**Your last image requests** (only you see this)"]
+    buttons: list[discord.ui.Item[Any]] = []
+    for number, job in enumerate(jobs[:HISTORY_SIZE], start=1):
+        prompt = clip(" ".join(job.prompt.split()).replace("*", "＊"), _HISTORY_PROMPT) or f"({job.kind})"
+        when = f"<t:{int(job.created_at)}:R>"
+        link = address_of(job)
+        status = "" if job.status in _SHOWN else f" · {job.status.value.replace('_', ' ')}"
+        lines.append(f"`{number}.` **{prompt}** · {when}{status}" + (f" · [message]({link})" if link else ""))
+        if job.status in _SHOWN and job.results and not job.results_pruned:
+            buttons.append(JobButton("open", job.id, label=f"Open {number}", row=(number - 1) // 5))
+    return Rendered("\n".join(lines)[:MESSAGE_LIMIT], [], view_of(buttons) if buttons else None)

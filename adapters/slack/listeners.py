@@ -8,6 +8,7 @@ ack (slack-bolt's async runner would un-send the ack: Slack shows "dispatch_fail
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -32,9 +33,9 @@ from adapters.slack.payloads import (
 )
 from adapters.slack.replies import Outbox, ReplyTo, SlackReply
 from bot.bootstrap import Core
-from bot.errors import InvalidRequestError
+from bot.errors import InvalidRequestError, JobCancelledError, TooLateToCancelError
 from bot.jobs import JobNotFoundError, JobOutcome
-from bot.models import EditRequest, GenerateRequest, Job, VaryRequest
+from bot.models import EditRequest, GenerateRequest, Job, JobStatus, VaryRequest
 from bot.ports import ProgressSink
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ class Listeners:
     def register(self, app: AsyncApp) -> None:
         app.error(self._unanswered)
         app.command("/imagine")(self.imagine)
+        app.command("/history")(self.history)
+        app.action(render.SHARE)(self._button(self._share_button))
+        app.action(render.OPEN)(self._button(self._open_button))
         app.action(_VARY_ACTION)(self._button(self._vary_button))
         app.action(render.REROLL)(self._button(self._reroll_button))
         app.action(render.REMIX)(self._button(self._remix_button))
@@ -115,33 +119,61 @@ class Listeners:
     async def imagine(self, ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
         to = reply_to(body)
         try:
-            request = self._read_imagine(to, body)
+            read = self._read_imagine(to, body)
         except Exception as exc:  # a refusal or a bad option: the acknowledgement is the answer
             await ack(**render.notice(friendly(exc, translate)), response_type="ephemeral")
             return
-        if isinstance(request, str):
-            await ack(**render.notice(request), response_type="ephemeral")
+        if isinstance(read, str):
+            await ack(**render.notice(read), response_type="ephemeral")
             return
+        request, private = read
         admission = self.core.admission  # read without I/O: the ack can already say where the job will wait
         busy = admission.running >= self.core.settings.limits.max_concurrent
         await ack(**render.working_message(request.prompt, admission.queue_length + 1 if busy else None))
 
         async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome:
-            return await self.core.jobs.submit(to.context(), request, progress)
+            job_context = to.context()
+            if private:  # the result goes to the requester's DM with the bot, with a Share button for this channel
+                dm = await self.outbox.open_dm(to.user or "")
+                job_context = dataclasses.replace(
+                    job_context, channel=dm, thread=None, reply=render.share_to(to.channel)
+                )
+            return await self.core.jobs.submit(job_context, request, progress)
 
         await self._run(to, work, context)
 
-    def _read_imagine(self, to: ReplyTo, body: Mapping[str, Any]) -> GenerateRequest | str:
-        """The request, or the refusal to acknowledge with (bad options raise ``InvalidRequestError``)."""
+    def _read_imagine(self, to: ReplyTo, body: Mapping[str, Any]) -> tuple[GenerateRequest, bool] | str:
+        """The request and whether it is private, or the refusal to acknowledge with (bad options raise
+        ``InvalidRequestError``)."""
         refusal = self.policy.refusal(to.requester())
         if refusal is not None:
             return refusal
         command = parse_imagine(str(body.get("text") or ""))
         if not command.prompt:
             raise InvalidRequestError(f"Tell me what to draw. {USAGE}")
-        return GenerateRequest(
+        request = GenerateRequest(
             prompt=command.prompt, n=command.n or 1, size=command.size, quality=command.quality, model=command.model
         )
+        settings = self.core.settings.slack
+        default = settings.private_by_default or (to.team or "") in settings.private_workspaces
+        return request, default if command.private is None else command.private
+
+    # --- /history ---------------------------------------------------------------------------------------------
+
+    async def history(self, ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
+        """``/history``: the requester's last jobs, only to them, each with an Open button."""
+        to = reply_to(body)
+        refusal = self.policy.refusal(to.requester())
+        await ack(**render.notice(refusal or "Looking up your last requests…"), response_type="ephemeral")
+        if refusal is not None:
+            return
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> None:
+            jobs = await self.core.jobs.history(user=f"slack:{to.user}", limit=render.HISTORY_SIZE)
+            listed = render.history_message(jobs)
+            await reply.say_blocks(listed["text"], listed["blocks"])
+
+        await self._run(to, work, context)
 
     # --- buttons ----------------------------------------------------------------------------------------------
 
@@ -207,10 +239,47 @@ class Listeners:
 
         async def work(reply: SlackReply, progress: ProgressSink) -> None:
             job_id, _ = job_value(action, "cancel")
-            if await self._may_press(reply, to, job_id) is None:
+            job = await self._may_press(reply, to, job_id)
+            if job is None:
                 return
-            await self.core.jobs.cancel(job_id)
-            await reply.say("Cancelled: nothing was made or charged.", replace=True)
+            try:
+                await self.core.jobs.cancel(job_id)
+            except TooLateToCancelError as exc:
+                await reply.say(exc.user_message)
+                return
+            if job.status is JobStatus.AWAITING_CONFIRMATION:  # a queued job's own request says "Cancelled"
+                await reply.say(JobCancelledError().user_message, replace=True)
+
+        await self._run(to, work, context)
+
+    async def _share_button(self, body: dict[str, Any], action: dict[str, Any], context: dict[str, Any]) -> None:
+        """Share a private result (in the requester's DM) to the channel it was asked in, crediting them."""
+        to = reply_to(body)
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> None:
+            job_id, _ = job_value(action, "share")
+            job = await self._may_press(reply, to, job_id)
+            if job is None:
+                return
+            channel = render.shared_to(job)
+            if channel is None:
+                raise InvalidRequestError("That result has no channel to share to.", detail=f"job {job_id}")
+            await self.outbox.upload_copy(job, channel)
+            await reply.say(f"Shared to <#{channel}>.")
+
+        await self._run(to, work, context)
+
+    async def _open_button(self, body: dict[str, Any], action: dict[str, Any], context: dict[str, Any]) -> None:
+        """Open a result listed by /history again: its images, in the requester's DM with the bot."""
+        to = reply_to(body)
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> None:
+            job_id, _ = job_value(action, "open")
+            job = await self._may_press(reply, to, job_id)
+            if job is None:
+                return
+            await self.outbox.upload_copy(job, await self.outbox.open_dm(to.user or ""))
+            await reply.say("Sent to our DM.")
 
         await self._run(to, work, context)
 

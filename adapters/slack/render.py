@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from adapters.common.lifecycle import queue_text
 from bot.budgets import format_dollars
 from bot.imaging import REGION_NAMES
 from bot.models import ImageResult, Job
@@ -15,6 +16,9 @@ REROLL = "img_reroll"
 REMIX = "img_remix"
 CONFIRM = "img_confirm"
 CANCEL = "img_cancel"
+SHARE = "img_share"
+OPEN = "img_open"
+HISTORY_SIZE = 10
 REMIX_VIEW = "img_remix_modal"
 EDIT_VIEW = "img_edit_modal"
 PROMPT_BLOCK, PROMPT_ACTION = "prompt", "prompt_input"
@@ -57,8 +61,14 @@ def working_message(prompt: str, position: int | None = None) -> dict[str, Any]:
     return {"text": text, "blocks": [block], "response_type": "ephemeral"}
 
 
-def queued_text(position: int) -> str:
-    return f":hourglass: Queued — #{position} in line. Your images will appear in the channel."
+def queued_message(position: int, eta_seconds: float | None = None, job_id: str | None = None) -> dict[str, Any]:
+    """The place in line (and the expected wait), with a Cancel button when the job is known."""
+    text = f":hourglass: {queue_text(position, eta_seconds)}. Your images will appear in the channel."
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+    if job_id is not None:
+        cancel = _button("Cancel", CANCEL, f"cancel:{job_id}", "danger")
+        blocks.append({"type": "actions", "block_id": f"img_queued:{job_id}", "elements": [cancel]})
+    return {"text": text, "blocks": blocks}
 
 
 def upload_args(job: Job, result: ImageResult) -> dict[str, Any]:
@@ -109,6 +119,9 @@ def controls_message(job: Job, result: ImageResult) -> dict[str, Any]:
         _button(f"Vary {i}" if count > 1 else "Vary", f"{VARY}_{i}", f"vary:{job.id}:{i}") for i in range(1, count + 1)
     ]
     more = [_button("Reroll", REROLL, f"reroll:{job.id}"), _button("Remix", REMIX, f"remix:{job.id}")]
+    target = shared_to(job)
+    if target is not None:  # a private result: only its requester sees it until they share it
+        more.append(_button(f"Share to #{channel_name(target)}", SHARE, f"share:{job.id}", "primary"))
     text = "Make more from this result:"
     blocks = [
         {"type": "section", "text": {"type": "mrkdwn", "text": text}},
@@ -212,3 +225,44 @@ def edit_modal(metadata: dict[str, Any]) -> dict[str, Any]:
             },
         ],
     }
+
+
+def share_to(channel: str | None) -> str | None:
+    """What a private job keeps in ``JobContext.reply``: the channel its Share button posts to."""
+    return json.dumps({"share_to": channel}) if channel else None
+
+
+def shared_to(job: Job) -> str | None:
+    """The channel a private job's result may be shared to (None: not a private job)."""
+    try:
+        found = json.loads(job.context.reply or "")
+    except ValueError:
+        return None
+    channel = found.get("share_to") if isinstance(found, dict) else None
+    return str(channel) if channel else None
+
+
+def channel_name(channel_id: str) -> str:
+    """A button label can't hold a channel mention: the id stands in for the name."""
+    return channel_id[:20]
+
+
+def history_message(jobs: list[Job]) -> dict[str, Any]:
+    """``/history``: the user's newest jobs, one section each, with an Open button for results still kept."""
+    if not jobs:
+        text = "You have no image requests yet. Try `/imagine a lighthouse at dusk`."
+        return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
+    text = "Your last image requests (only you see this):"
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{text}*"}}]
+    for number, job in enumerate(jobs[:HISTORY_SIZE], start=1):
+        prompt = escape(" ".join(job.prompt.split())[:150]) or job.kind
+        when = f"<!date^{int(job.created_at)}^{{date_short_pretty}} {{time}}|{int(job.created_at)}>"
+        status = "" if job.status.value in ("done", "delivered") else f" · {job.status.value.replace('_', ' ')}"
+        block: dict[str, Any] = {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": f"*{number}.* {prompt} · {when}{status}"},
+        }
+        if job.status.value in ("done", "delivered") and job.results and not job.results_pruned:
+            block["accessory"] = _button("Open", OPEN, f"open:{job.id}")
+        blocks.append(block)
+    return {"text": text, "blocks": blocks}
