@@ -164,6 +164,9 @@ class TooLateToCancelError(ImageBotError):
     kind = "too_late_to_cancel"
     default_message = "Too late to cancel: the image is being made."
 
+    def friendly(self) -> str:
+        return self.user_message  # an answer, not a failure: no reference id to quote
+
 
 class BusyError(ImageBotError):
     """The queue is full or the bot is shutting down: the request was not accepted."""
