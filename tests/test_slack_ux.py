@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from adapters.common.flags import parse_imagine
+from bot.errors import InvalidRequestError
 from bot.models import JobStatus
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 from tests.fakes.slack_server import CHANNEL_ID, USER_ID, FakeSlack, PostedMessage, ResponsePost
@@ -109,3 +113,38 @@ async def test_history_lists_only_your_own_jobs(fake: FakeSlack, tmp_path: Path)
 
         await fake.wait_for(lambda: bot.image_messages(DM))
         assert "alice's cat" in bot.image_messages(DM)[0].text
+
+
+@pytest.mark.parametrize(
+    ("text", "prompt", "private"),
+    [
+        ("a fox --private", "a fox", True),
+        ("a fox --private --n 2", "a fox", True),
+        ("—private a fox", "a fox", True),
+        ("a fox --private=no", "a fox", False),
+        ("a fox --private=yes", "a fox", True),
+        ("a fox", "a fox", None),
+        ("a fox --private maybe", "a fox maybe", True),  # a switch takes no value: the next word is prompt
+    ],
+)
+def test_private_is_a_switch_in_the_flag_grammar(text: str, prompt: str, private: bool | None) -> None:
+    command = parse_imagine(text)
+    assert (command.prompt, command.private) == (prompt, private)
+
+
+@pytest.mark.parametrize("text", ["a fox --private=maybe", "a fox --private --private", "a fox --private="])
+def test_a_bad_private_switch_is_refused(text: str) -> None:
+    with pytest.raises(InvalidRequestError):
+        parse_imagine(text)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(["a", "fox", "--private", "--private=no", "—private", "--n", "2", "=x"]), max_size=8))
+def test_any_mix_of_words_and_the_switch_parses_or_is_refused_kindly(words: list[str]) -> None:
+    try:
+        command = parse_imagine(" ".join(words))
+    except InvalidRequestError as exc:
+        assert exc.user_message and "Traceback" not in exc.user_message
+        return
+    assert command.private in (None, True, False)
+    assert "--private" not in command.prompt.split() and "—private" not in command.prompt.split()

@@ -135,6 +135,7 @@ class Listeners:
             job_context = to.context()
             if private:  # the result goes to the requester's DM with the bot, with a Share button for this channel
                 dm = await self.outbox.open_dm(to.user or "")
+                reply.where = "your DM with me"
                 job_context = dataclasses.replace(
                     job_context, channel=dm, thread=None, reply=render.share_to(to.channel)
                 )

@@ -61,9 +61,11 @@ def working_message(prompt: str, position: int | None = None) -> dict[str, Any]:
     return {"text": text, "blocks": [block], "response_type": "ephemeral"}
 
 
-def queued_message(position: int, eta_seconds: float | None = None, job_id: str | None = None) -> dict[str, Any]:
+def queued_message(
+    position: int, eta_seconds: float | None = None, job_id: str | None = None, *, where: str = "the channel"
+) -> dict[str, Any]:
     """The place in line (and the expected wait), with a Cancel button when the job is known."""
-    text = f":hourglass: {queue_text(position, eta_seconds)}. Your images will appear in the channel."
+    text = f":hourglass: {queue_text(position, eta_seconds)}. Your images will appear in {where}."
     blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
     if job_id is not None:
         cancel = _button("Cancel", CANCEL, f"cancel:{job_id}", "danger")

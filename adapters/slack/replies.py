@@ -121,6 +121,7 @@ class SlackReply:
         self._to = to
         self._acked = acked  # set once the request's acknowledgement is on its way
         self._told_place = False
+        self.where = "the channel"  # where the images will appear (a private request: the DM)
 
     async def _after_ack(self) -> None:
         """Nothing reaches the user before the acknowledgement (its message would come after the answer)."""
@@ -133,7 +134,7 @@ class SlackReply:
         if update.status is JobStatus.QUEUED and update.position and not self._told_place:
             self._told_place = True
             await self._after_ack()
-            queued = render.queued_message(update.position, update.eta_seconds, update.job_id)
+            queued = render.queued_message(update.position, update.eta_seconds, update.job_id, where=self.where)
             await self._outbox.say(self._to, queued["text"], blocks=queued["blocks"], replace=True)
 
     async def finish(self, outcome: JobOutcome) -> None:
