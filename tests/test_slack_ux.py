@@ -106,6 +106,8 @@ async def test_history_lists_only_your_own_jobs(fake: FakeSlack, tmp_path: Path)
         assert "alice&#39;s" not in text and "alice's fox" in text and "alice's cat" in text
         assert "bob's owl" not in text
         assert listed.body["response_type"] == "ephemeral"
+        cat = next(m for m in bot.image_messages(CHANNEL_ID) if "alice's cat" in m.text)  # links to the images
+        assert f"https://slack.com/archives/{CHANNEL_ID}/p{cat.ts.replace('.', '')}|message>" in text
         opens = [b["accessory"] for b in listed.body["blocks"] if "accessory" in b]
         assert len(opens) == 2
 

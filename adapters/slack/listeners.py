@@ -171,7 +171,13 @@ class Listeners:
 
         async def work(reply: SlackReply, progress: ProgressSink) -> None:
             jobs = await self.core.jobs.history(user=f"slack:{to.user}", limit=render.HISTORY_SIZE)
-            listed = render.history_message(jobs)
+            store = self.outbox.store
+            links: dict[str, str] = {}
+            for job in jobs if store is not None else []:
+                found = await store.message_of(job.id) if store is not None else None
+                if found is not None:
+                    links[job.id] = render.archive_link(*found)
+            listed = render.history_message(jobs, links)
             await reply.say_blocks(listed["text"], listed["blocks"])
 
         await self._run(to, work, context)

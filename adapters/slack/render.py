@@ -249,8 +249,14 @@ def channel_name(channel_id: str) -> str:
     return channel_id[:20]
 
 
-def history_message(jobs: list[Job]) -> dict[str, Any]:
-    """``/history``: the user's newest jobs, one section each, with an Open button for results still kept."""
+def archive_link(channel: str, ts: str) -> str:
+    """A link to a message (Slack's archive URL form, which opens it in the client)."""
+    return f"https://slack.com/archives/{channel}/p{ts.replace('.', '')}"
+
+
+def history_message(jobs: list[Job], links: dict[str, str] | None = None) -> dict[str, Any]:
+    """``/history``: the user's newest jobs, one section each (a link to the result where known), with an Open
+    button for results still kept."""
     if not jobs:
         text = "You have no image requests yet. Try `/imagine a lighthouse at dusk`."
         return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
@@ -260,10 +266,9 @@ def history_message(jobs: list[Job]) -> dict[str, Any]:
         prompt = escape(" ".join(job.prompt.split())[:150]) or job.kind
         when = f"<!date^{int(job.created_at)}^{{date_short_pretty}} {{time}}|{int(job.created_at)}>"
         status = "" if job.status.value in ("done", "delivered") else f" · {job.status.value.replace('_', ' ')}"
-        block: dict[str, Any] = {
-            "type": "section",
-            "text": {"type": "mrkdwn", "text": f"*{number}.* {prompt} · {when}{status}"},
-        }
+        link = (links or {}).get(job.id)
+        shown = f"*{number}.* {prompt} · {when}{status}" + (f" · <{link}|message>" if link else "")
+        block: dict[str, Any] = {"type": "section", "text": {"type": "mrkdwn", "text": shown}}
         if job.status.value in ("done", "delivered") and job.results and not job.results_pruned:
             block["accessory"] = _button("Open", OPEN, f"open:{job.id}")
         blocks.append(block)

@@ -56,6 +56,10 @@ class SlackState:
     async def job_at(self, channel: str, ts: str) -> str | None:
         return await asyncio.to_thread(self._job_at, channel, ts)
 
+    async def message_of(self, job: str) -> tuple[str, str] | None:
+        """(channel, ts) of the first message remembered for ``job`` (its buttons, or its images), if any."""
+        return await asyncio.to_thread(self._message_of, job)
+
     async def first_time(self, key: str) -> bool:
         """True exactly once per key (an event's message, across retries and duplicate deliveries)."""
         return await asyncio.to_thread(self._claim, key)
@@ -68,6 +72,15 @@ class SlackState:
                 "INSERT OR REPLACE INTO result_messages (channel, ts, job, at) VALUES (?, ?, ?, ?)",
                 (channel, ts, job, time.time()),
             )
+
+    def _message_of(self, job: str) -> tuple[str, str] | None:
+        with self._lock:
+            if self._closed:
+                return None
+            row = self._db.execute(
+                "SELECT channel, ts FROM result_messages WHERE job = ? ORDER BY ts LIMIT 1", (job,)
+            ).fetchone()
+        return (str(row[0]), str(row[1])) if row else None
 
     def _job_at(self, channel: str, ts: str) -> str | None:
         with self._lock:
