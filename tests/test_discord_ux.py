@@ -21,6 +21,7 @@ from tests.test_discord import (  # noqa: F401
 
 EPHEMERAL = 64
 ONE_AT_A_TIME = {"max_concurrent": 1, "per_user_jobs": 10}
+OTHERS_MAY_PRESS = {"others_may_press": True}  # V/U/🔄 for everyone; Cancel stays the requester's
 
 
 def cancel_id(sent: SentMessage) -> str | None:
@@ -37,7 +38,9 @@ async def queued_with_cancel(fake: FakeDiscord, inter_id: str) -> SentMessage:  
 
 async def test_cancel_of_a_queued_job_makes_no_call_and_says_so(fake: FakeDiscord, tmp_path: Path) -> None:  # noqa: F811
     async with FakeOpenAI(latency=1.0) as openai:
-        async with running(openai_settings(fake, openai, tmp_path, limits=ONE_AT_A_TIME)) as bot:
+        async with running(
+            openai_settings(fake, openai, tmp_path, limits=ONE_AT_A_TIME, discord=OTHERS_MAY_PRESS)
+        ) as bot:
             first = await fake.dispatch_slash_command("imagine", {"prompt": "a running fox"})
             await fake.wait_for(lambda: openai.image_requests, what="the first job running")
             second = await fake.dispatch_slash_command("imagine", {"prompt": "a waiting owl"})

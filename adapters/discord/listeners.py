@@ -228,7 +228,9 @@ class Listeners:
 
     # --- buttons and modals ----------------------------------------------------------------------------------
 
-    async def _pressable(self, interaction: discord.Interaction, job_id: str) -> Job | None:
+    async def _pressable(
+        self, interaction: discord.Interaction, job_id: str, *, owner_only: bool = False
+    ) -> Job | None:
         """The job behind a button, or None after telling the presser (ephemerally) why not."""
         who = interaction_requester(interaction)
         reason = self.policy.refusal(who)
@@ -236,7 +238,7 @@ class Listeners:
         if reason is None and job is None:
             reason = JobNotFoundError().friendly()
         if reason is None and job is not None:
-            reason = self.policy.may_press(job, who)
+            reason = self.policy.may_press(job, who, owner_only=owner_only)
         if reason is not None:
             await interaction.response.send_message(reason, ephemeral=True)
             return None
@@ -284,7 +286,7 @@ class Listeners:
         reply = self.reply_for(interaction, "")
 
         async def work(sink: ProgressSink) -> None:
-            job = await self._pressable(interaction, job_id)
+            job = await self._pressable(interaction, job_id, owner_only=True)  # their money, their call
             if job is None:
                 return
             if action == "no":
@@ -305,7 +307,7 @@ class Listeners:
         reply = self.reply_for(interaction, "", private=True)
 
         async def work(sink: ProgressSink) -> None:
-            job = await self._pressable(interaction, job_id)
+            job = await self._pressable(interaction, job_id, owner_only=True)
             if job is None:
                 return
             if action == "pub":

@@ -101,14 +101,14 @@ class Listeners:
             await reply.say(refusal)
         return refusal is None
 
-    async def _may_press(self, reply: SlackReply, to: ReplyTo, job_id: str) -> Job | None:
+    async def _may_press(self, reply: SlackReply, to: ReplyTo, job_id: str, *, owner_only: bool = False) -> Job | None:
         """The job behind a result's button, if ``to`` may use it (else a private refusal and None)."""
         if not await self._admitted(reply, to):
             return None
         job = await self.core.jobs.find(job_id)
         if job is None:
             raise JobNotFoundError(detail=f"button of unknown job {job_id}")
-        refusal = self.policy.may_press(job, to.requester())
+        refusal = self.policy.may_press(job, to.requester(), owner_only=owner_only)
         if refusal is not None:
             await reply.say(refusal, mentions=(job.context.user,))  # names the owner: a real mention
             return None
@@ -234,7 +234,7 @@ class Listeners:
 
         async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome | None:
             job_id, _ = job_value(action, "confirm")
-            if await self._may_press(reply, to, job_id) is None:
+            if await self._may_press(reply, to, job_id, owner_only=True) is None:
                 return None
             await reply.say("Confirmed — working on it.", replace=True)
             return await self.core.jobs.confirm(job_id, to.context(), progress)
@@ -246,7 +246,7 @@ class Listeners:
 
         async def work(reply: SlackReply, progress: ProgressSink) -> None:
             job_id, _ = job_value(action, "cancel")
-            job = await self._may_press(reply, to, job_id)
+            job = await self._may_press(reply, to, job_id, owner_only=True)
             if job is None:
                 return
             try:
@@ -265,7 +265,7 @@ class Listeners:
 
         async def work(reply: SlackReply, progress: ProgressSink) -> None:
             job_id, _ = job_value(action, "share")
-            job = await self._may_press(reply, to, job_id)
+            job = await self._may_press(reply, to, job_id, owner_only=True)
             if job is None:
                 return
             channel = render.shared_to(job)
@@ -282,7 +282,7 @@ class Listeners:
 
         async def work(reply: SlackReply, progress: ProgressSink) -> None:
             job_id, _ = job_value(action, "open")
-            job = await self._may_press(reply, to, job_id)
+            job = await self._may_press(reply, to, job_id, owner_only=True)
             if job is None:
                 return
             await self.outbox.upload_copy(job, await self.outbox.open_dm(to.user or ""))
