@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.models import JobStatus
-from tests.fakes.discord_server import FakeDiscord, SentMessage, make_user
+from tests.fakes.discord_server import GUILD_ID, FakeDiscord, SentMessage, make_user
 from tests.fakes.openai_server import FakeOpenAI
 from tests.test_discord import (  # noqa: F401
     custom_ids,
@@ -193,3 +193,16 @@ async def test_the_registered_commands_keep_within_discords_limits(fake: FakeDis
     imagine = next(c for c in slash if c["name"] == "imagine")
     private = next(o for o in imagine["options"] if o["name"] == "private")
     assert private["type"] == 5 and not private.get("required")  # a boolean, optional
+
+
+async def test_a_server_can_make_private_the_default(fake: FakeDiscord, tmp_path: Path) -> None:  # noqa: F811
+    settings = settings_for(fake, tmp_path, discord={"private_guilds": [GUILD_ID]})
+    async with running(settings):
+        hidden = await fake.dispatch_slash_command("imagine", {"prompt": "a quiet fox"})
+        shown = await fake.dispatch_slash_command("imagine", {"prompt": "a loud fox", "private": False})
+
+        assert (await fake.next_callback(hidden.id)).data["flags"] == EPHEMERAL
+        assert not (await fake.next_callback(shown.id)).data.get("flags")
+        await result_of(fake, hidden.id)
+        await result_of(fake, shown.id)
+    fake.assert_no_errors()

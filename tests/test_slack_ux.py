@@ -15,7 +15,7 @@ from adapters.common.flags import parse_imagine
 from bot.errors import InvalidRequestError
 from bot.models import JobStatus
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
-from tests.fakes.slack_server import CHANNEL_ID, USER_ID, FakeSlack, PostedMessage, ResponsePost
+from tests.fakes.slack_server import CHANNEL_ID, TEAM_ID, USER_ID, FakeSlack, PostedMessage, ResponsePost
 from tests.slack_harness import button, slack_bot
 
 ONE_AT_A_TIME = {"max_concurrent": 1, "per_user_jobs": 10}
@@ -150,3 +150,14 @@ def test_any_mix_of_words_and_the_switch_parses_or_is_refused_kindly(words: list
         return
     assert command.private in (None, True, False)
     assert "--private" not in command.prompt.split() and "—private" not in command.prompt.split()
+
+
+async def test_a_workspace_can_make_private_the_default(fake: FakeSlack, tmp_path: Path) -> None:
+    async with slack_bot(fake, tmp_path / "data", slack={"private_workspaces": [TEAM_ID]}) as bot:
+        await fake.send_slash_command("/imagine", "a quiet fox")
+        await bot.uploads_done(1)
+        await fake.send_slash_command("/imagine", "a loud fox --private=no")
+        await bot.uploads_done(2)
+
+        assert ["a quiet fox" in m.text for m in bot.image_messages(DM)] == [True]
+        assert ["a loud fox" in m.text for m in bot.image_messages(CHANNEL_ID)] == [True]
