@@ -345,12 +345,13 @@ class JobService:
         self._inflight[job.id] = future
         store = self.store
 
-        typical = await self.typical_run_seconds(job.model or "", _text(job.request.get("quality")))
+        run_key = (job.model or "", _text(job.request.get("quality")))
 
         async def track(update: Progress) -> None:
             if update.status is JobStatus.RUNNING and update.preview is None:  # a preview changes no state
                 await store.update(job.id, status=JobStatus.RUNNING, started_at=self._clock())
-            if update.status is JobStatus.QUEUED and update.position:
+            if update.status is JobStatus.QUEUED and update.position:  # only a job that waits asks (cached)
+                typical = await self.typical_run_seconds(*run_key)
                 eta = update.position * typical if typical is not None else None
                 update = dataclasses.replace(update, eta_seconds=eta, job_id=job.id)
             if progress is not None:
@@ -359,7 +360,8 @@ class JobService:
         try:
             result = await self._call(request, track, self._write_ahead(job))
             job = await self._store_result(job.id, result)
-            self._run_seconds.pop((job.model or "", _text(job.request.get("quality"))), None)  # a new run to count
+            if self._run_seconds.get(run_key, (0.0, 0.0))[1] is None:
+                del self._run_seconds[run_key]  # the first run to go by: no need to wait for the cache to expire
             future.set_result(result)
             return JobOutcome(job, result)
         except JobCancelledError as exc:
