@@ -172,6 +172,32 @@ class TooManyJobsError(ImageBotError):
     default_message = N_("You already have the maximum number of images in progress. Wait for one to finish.")
 
 
+class JobCancelledError(ImageBotError):
+    """The requester took back a job while it waited in line: nothing was made or charged."""
+
+    kind = "cancelled"
+    default_message = N_("Cancelled — nothing was made or charged.")
+
+    def friendly(self) -> str:
+        return self.user_message  # not a failure: no reference id to quote
+
+    def friendly_text(self) -> Text:
+        return self.text
+
+
+class TooLateToCancelError(ImageBotError):
+    """Cancel was pressed after the image service had started on the job."""
+
+    kind = "too_late_to_cancel"
+    default_message = N_("Too late to cancel: the image is being made.")
+
+    def friendly(self) -> str:
+        return self.user_message  # an answer, not a failure: no reference id to quote
+
+    def friendly_text(self) -> Text:
+        return self.text
+
+
 class BusyError(ImageBotError):
     """The queue is full or the bot is shutting down: the request was not accepted."""
 

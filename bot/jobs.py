@@ -33,6 +33,7 @@ import math
 import os
 import secrets
 import socket
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from bot import imaging
 from bot.budgets import check_budgets
 from bot.catalog import nearest_size
-from bot.errors import ImageBotError, InvalidRequestError
+from bot.errors import ImageBotError, InvalidRequestError, JobCancelledError, TooLateToCancelError
 from bot.metrics import Metrics, current_request
 from bot.models import (
     EditRequest,
@@ -73,6 +74,9 @@ _ID_ALPHABET = "abcdefghijkmnopqrstuvwxyz23456789"
 # (a post that failed and was never retried) the lease runs out and a sweep redelivers it.
 DELIVERY_HOLD_SECONDS = 300.0
 Deliverer = Callable[[], Awaitable[None]]
+ETA_SAMPLE = 200  # newest jobs looked at for run durations
+ETA_RUNS = 20  # the median is taken over at most this many recent runs of the same model and quality
+ETA_CACHE_SECONDS = 30.0
 
 
 def new_job_id() -> str:
@@ -126,6 +130,7 @@ class JobService:
         self._delivering: dict[str, float] = {}  # job id -> monotonic deadline: results our adapters are posting
         self._deliverers: dict[str, Deliverer] = {}
         self._reruns: set[asyncio.Task[None]] = set()
+        self._run_seconds: dict[tuple[str, str | None], tuple[float, float | None]] = {}  # -> (when, median)
 
     async def start(self, *, take_over_all: bool = True) -> list[Job]:
         """Call once at start-up, before serving: take over what a previous process left (see the module's
@@ -342,10 +347,19 @@ class JobService:
         return await self._execute(job, request, progress)
 
     async def cancel(self, job_id: str) -> Job:
-        """Drop a job that is waiting for confirmation (nothing was spent)."""
+        """Take back a job waiting for confirmation or in line: it becomes ``cancelled`` and costs nothing.
+
+        Raises ``TooLateToCancelError`` once its provider call has started (or when it waits in another
+        process's line). A job already finished, failed or cancelled is returned as it is.
+        """
         job = await self._job(job_id)
-        if job.status is JobStatus.AWAITING_CONFIRMATION:
-            job = await self.store.update(job.id, status=JobStatus.FAILED, error_message="cancelled by the user")
+        if job.status is JobStatus.AWAITING_CONFIRMATION or (
+            job.status is JobStatus.QUEUED and self.images.admission.cancel(job.id)
+        ):
+            log.info("job %s cancelled by its requester", job.id)
+            return await self.store.update(job.id, status=JobStatus.CANCELLED, error_message="cancelled by the user")
+        if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            raise TooLateToCancelError(detail=f"job {job.id} is {job.status.value}")
         return job
 
     async def reroll(self, job_id: str, context: JobContext, progress: ProgressSink | None = None) -> JobOutcome:
@@ -543,9 +557,15 @@ class JobService:
         self._inflight[job.id] = future
         store = self.store
 
+        run_key = (job.model or "", _text(job.request.get("quality")))
+
         async def track(update: Progress) -> None:
             if update.status is JobStatus.RUNNING and update.preview is None:  # a preview changes no state
-                await store.update(job.id, status=JobStatus.RUNNING)
+                await store.update(job.id, status=JobStatus.RUNNING, started_at=self._clock())
+            if update.status is JobStatus.QUEUED and update.position:  # only a job that waits asks (cached)
+                typical = await self.typical_run_seconds(*run_key)
+                eta = update.position * typical if typical is not None else None
+                update = dataclasses.replace(update, eta_seconds=eta, job_id=job.id)
             if progress is not None:
                 await progress(update)
 
@@ -555,8 +575,14 @@ class JobService:
             self.metrics.paid(job.context.platform, len(result.images), result.cost_usd)
             if inline:
                 self._delivering[job.id] = time.monotonic() + DELIVERY_HOLD_SECONDS
+            if self._run_seconds.get(run_key, (0.0, 0.0))[1] is None:
+                del self._run_seconds[run_key]  # the first run to go by: no need to wait for the cache to expire
             future.set_result(result)
             return JobOutcome(job, result)
+        except JobCancelledError as exc:
+            await store.update(job.id, status=JobStatus.CANCELLED, error_message="cancelled by the user")
+            future.set_exception(exc)
+            raise
         except ImageBotError as exc:
             await store.update(job.id, status=JobStatus.FAILED, error_ref=exc.ref, error_message=exc.user_message)
             await asyncio.to_thread(self.files.discard_spool, job.id)
@@ -568,6 +594,27 @@ class JobService:
             raise
         finally:
             self._inflight.pop(job.id, None)
+
+    async def typical_run_seconds(self, model: str, quality: str | None) -> float | None:
+        """The median provider time of recent finished jobs of ``model`` and ``quality`` (cached a while);
+        None when there are none to go by."""
+        key = (model, quality)
+        now = self._clock()
+        cached = self._run_seconds.get(key)
+        if cached is not None and now - cached[0] < ETA_CACHE_SECONDS:
+            return cached[1]
+        durations = [
+            job.paid_at - job.started_at
+            for job in await self.store.history(limit=ETA_SAMPLE)
+            if job.model == model
+            and _text(job.request.get("quality")) == quality
+            and job.started_at is not None
+            and job.paid_at is not None
+            and job.paid_at >= job.started_at
+        ][:ETA_RUNS]
+        median = statistics.median(durations) if durations else None
+        self._run_seconds[key] = (now, median)
+        return median
 
     async def _cut_off(self, job_id: str) -> None:
         """A job stopped before its result was stored: interrupted, unless its paid answer is already spooled,
@@ -595,7 +642,7 @@ class JobService:
         async def paid(cost: float | None) -> None:
             await self.store.update(job_id, paid_at=self._clock(), actual_cost=cost)
 
-        return WriteAhead(self.files.spool(job_id), paid, answered)
+        return WriteAhead(self.files.spool(job_id), paid, answered, job_id)
 
     async def _store_result(self, job_id: str, result: ImageResult) -> Job:
         """Results to disk, then the job ``done`` (ready to deliver), then the spool is no longer needed."""

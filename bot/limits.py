@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from bot.errors import BusyError, ImageBotError, TooManyJobsError
+from bot.errors import BusyError, ImageBotError, JobCancelledError, TooManyJobsError
 from bot.models import JobStatus, Progress
 from bot.ports import ProgressSink
 from bot.text import N_
@@ -34,6 +34,7 @@ class _Ticket:
     granted: bool = False
     error: ImageBotError | None = None
     position: int | None = None
+    key: str | None = None  # the job's id, so that its requester can take it back while it waits
 
 
 class ByteBudget:
@@ -164,6 +165,7 @@ class Admission:
         self._renumber_timer: asyncio.TimerHandle | None = None
         self._renumbered_at = -float("inf")
         self._closed = False
+        self._keyed: dict[str, _Ticket] = {}  # waiting or running tickets that carry a key (cancel)
 
     # --- what adapters and /healthz may read ---------------------------------------------------------
 
@@ -200,21 +202,45 @@ class Admission:
         self._turns.clear()
         self._queued = 0
 
+    def cancel(self, key: str) -> bool:
+        """Take back the waiting job ``key`` (its ``slot`` raises ``JobCancelledError``); False once it has its
+        turn, or when no job with that key waits here. O(its user's queue + log users), like any removal."""
+        ticket = self._keyed.get(key)
+        if ticket is None or ticket.granted or ticket.error is not None:
+            return False
+        self._unqueue(ticket)
+        ticket.error = JobCancelledError()
+        ticket.changed.set()
+        self._pump()
+        return True
+
     @contextlib.asynccontextmanager
-    async def slot(self, requester: str, images: int, progress: ProgressSink | None = None) -> AsyncIterator[None]:
-        """Wait for a turn (reporting the place in line), hold it for the body, then give it back."""
+    async def slot(
+        self, requester: str, images: int, progress: ProgressSink | None = None, *, key: str | None = None
+    ) -> AsyncIterator[None]:
+        """Wait for a turn (reporting the place in line), hold it for the body, then give it back.
+
+        ``key`` (a job id) lets ``cancel`` take the job back while it waits.
+        """
         ticket = self._enqueue(requester, images)
+        if key is not None:
+            ticket.key = key
+            self._keyed[key] = ticket
         try:
-            await self._wait_for_turn(ticket, progress)
-        except BaseException:
-            self._forget(ticket)
-            raise
-        try:
-            yield
+            try:
+                await self._wait_for_turn(ticket, progress)
+            except BaseException:
+                self._forget(ticket)
+                raise
+            try:
+                yield
+            finally:
+                self._running -= 1
+                self._release_user(requester)
+                self._pump()
         finally:
-            self._running -= 1
-            self._release_user(requester)
-            self._pump()
+            if key is not None and self._keyed.get(key) is ticket:
+                del self._keyed[key]
 
     # --- internals ---------------------------------------------------------------------------------------
 
@@ -256,17 +282,21 @@ class Admission:
         if ticket.granted:
             self._running -= 1
         else:
-            queue = self._waiting.get(ticket.requester)
-            if queue is not None and ticket in queue:
-                head = queue[0] is ticket
-                queue.remove(ticket)
-                self._queued -= 1
-                if not queue:
-                    del self._waiting[ticket.requester]
-                elif head:
-                    self._push_turn(ticket.requester)  # the old heap entry is now stale
+            self._unqueue(ticket)
         self._release_user(ticket.requester)
         self._pump()
+
+    def _unqueue(self, ticket: _Ticket) -> None:
+        """Take a waiting ticket out of its user's queue (a stale heap entry is skipped by ``_next_user``)."""
+        queue = self._waiting.get(ticket.requester)
+        if queue is not None and ticket in queue:
+            head = queue[0] is ticket
+            queue.remove(ticket)
+            self._queued -= 1
+            if not queue:
+                del self._waiting[ticket.requester]
+            elif head:
+                self._push_turn(ticket.requester)  # the old heap entry is now stale
 
     def _release_user(self, requester: str) -> None:
         left = self._in_flight.get(requester, 0) - 1

@@ -143,6 +143,7 @@ class JobStatus(enum.StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # the process stopped while the job was queued or running
+    CANCELLED = "cancelled"  # the requester took it back before the upstream call started: nothing charged
 
     @property
     def active(self) -> bool:
@@ -159,6 +160,8 @@ class Progress:
     queue_length: int | None = None
     message: str | None = None
     preview: bytes | None = None  # RUNNING only: an encoded partial image (PNG, JPEG or WebP) while it is made
+    eta_seconds: float | None = None  # QUEUED: about how long until the result (None: no recent runs to go by)
+    job_id: str | None = None  # the job it is about (set by JobService: a queued job's Cancel button names it)
 
 
 # --- what the service hands to a provider, after validation and normalisation -------------------------
@@ -224,6 +227,7 @@ class WriteAhead:
     path: Path
     paid: Callable[[float | None], Awaitable[None]]
     answered: Callable[[], Awaitable[None]] = _nothing
+    job_id: str | None = None  # the admission ticket's key: the job's requester may cancel it while it waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +302,7 @@ class Job:
     notified_at: float | None = None  # when the requester of an interrupted job was told
     owner: str | None = None  # the process working on (or delivering) the job, while its lease lasts
     lease_until: float | None = None  # unix seconds: past it, any process may take the job over
+    started_at: float | None = None  # when its provider call began (for the queue's time estimate)
 
     @property
     def prompt(self) -> str:

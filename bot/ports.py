@@ -117,6 +117,10 @@ class JobStore(Protocol):
         """The job a remembered platform message belongs to (any process may have posted it)."""
         ...
 
+    async def message_of(self, platform: str, job_id: str) -> tuple[str, str] | None:
+        """(channel, ts) of the first message remembered for ``job_id`` (a link to its result), if any."""
+        ...
+
     async def first_time(self, key: str, *, at: float) -> bool:
         """True exactly once per ``key`` across every process sharing the store (event dedupe)."""
         ...

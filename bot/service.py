@@ -134,7 +134,7 @@ class ImageService:
                     return self.provider.generate(call)
                 return self.provider.generate(call, on_partial=on_partial)
 
-            return plan, await self._admitted(request.requester, plan, progress, run)
+            return plan, await self._admitted(request.requester, plan, progress, run, spool)
 
         return await self._run("generate", request.requester, progress, work, spool)
 
@@ -190,7 +190,7 @@ class ImageService:
                     return self.provider.edit(call)
                 return self.provider.edit(call, on_partial=on_partial)
 
-            return plan, await self._admitted(request.requester, plan, progress, run)
+            return plan, await self._admitted(request.requester, plan, progress, run, spool)
 
         return await self._run("edit", request.requester, progress, work, spool)
 
@@ -213,12 +213,16 @@ class ImageService:
             png = await asyncio.to_thread(self._prepare_image, spec, request.image)
             if spec.variations_endpoint and not steer:
                 vary_call = ProviderVary(plan.model, png.data, plan.n, size, _extra(spec), spool=spool)
-                raw = await self._admitted(request.requester, plan, progress, lambda: self.provider.vary(vary_call))
+                raw = await self._admitted(
+                    request.requester, plan, progress, lambda: self.provider.vary(vary_call), spool
+                )
             else:
                 edit_call = ProviderEdit(
                     plan.model, plan.prompt, (png.data,), None, plan.n, size, None, _extra(spec), spool=spool
                 )
-                raw = await self._admitted(request.requester, plan, progress, lambda: self.provider.edit(edit_call))
+                raw = await self._admitted(
+                    request.requester, plan, progress, lambda: self.provider.edit(edit_call), spool
+                )
             shown = _Plan(plan.model, spec, plan.n, steer or "variation", size)
             return shown, raw
 
@@ -292,10 +296,12 @@ class ImageService:
         plan: _Plan,
         progress: ProgressSink | None,
         call: Callable[[], Awaitable[ProviderImages]],
+        spool: WriteAhead | None = None,
     ) -> ProviderImages:
-        """Wait for a turn in line, then make the provider call."""
+        """Wait for a turn in line (cancellable by the spool's job id), then make the provider call."""
+        key = spool.job_id if spool is not None else None
         waiting = time.monotonic()
-        async with self.admission.slot(requester, plan.n, progress):
+        async with self.admission.slot(requester, plan.n, progress, key=key):
             started = time.monotonic()
             self.metrics.queue_wait_seconds.observe(started - waiting)
             await _report(progress, Progress(JobStatus.RUNNING))

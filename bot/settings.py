@@ -110,6 +110,8 @@ class DiscordSettings(BaseModel):
     # None ("auto"): DMs are allowed while no allow-list is set, refused once one is (see adapters/common/access.py)
     allow_dms: bool | None = None
     others_may_press: bool = False
+    private_by_default: bool = False  # /imagine results only their requester sees until published
+    private_guilds: list[str] = Field(default_factory=list)  # servers where private is the default
 
 
 class SlackSettings(BaseModel):
@@ -122,6 +124,8 @@ class SlackSettings(BaseModel):
     allowed_users: list[str] = Field(default_factory=list)
     others_may_press: bool = False
     admins: list[str] = Field(default_factory=list)  # user ids who may use /imagebot-admin besides workspace admins
+    private_by_default: bool = False  # /imagine results go to the requester's DM until shared
+    private_workspaces: list[str] = Field(default_factory=list)  # workspaces where private is the default
 
 
 class ImagingSettings(BaseModel):

@@ -87,9 +87,12 @@ MIGRATIONS: tuple[str, ...] = (
         platform TEXT NOT NULL, channel TEXT NOT NULL, ts TEXT NOT NULL, job TEXT NOT NULL, at REAL NOT NULL,
         PRIMARY KEY (platform, channel, ts)
     );
+    CREATE INDEX messages_by_job ON messages (platform, job);
     CREATE TABLE handled_events (key TEXT PRIMARY KEY, at REAL NOT NULL);
     CREATE INDEX handled_events_by_time ON handled_events (at);
     """,
+    # started_at: when the provider call began (queue time estimates use recent run durations)
+    "ALTER TABLE jobs ADD COLUMN started_at REAL",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # The SQL below and the row mapping at the end are shared with bot.store_pg (same columns, same ledger rules);
@@ -112,7 +115,7 @@ JOB_COLUMNS = (
     "id", "kind", "platform", "workspace", "channel", "thread", '"user"', "request", "request_hash", "status",
     "created_at", "updated_at", "images_requested", "estimated_cost", "actual_cost", "model", "provider",
     "error_ref", "error_message", "results", "delivered_at", "results_pruned", "paid_at", "delivery_attempts",
-    "reply", "notified_at", "owner", "lease_until",
+    "reply", "notified_at", "owner", "lease_until", "started_at",
 )  # fmt: skip
 
 
@@ -250,6 +253,18 @@ class SQLiteJobStore:
                 "SELECT job FROM messages WHERE platform = ? AND channel = ? AND ts = ?", (platform, channel, ts)
             ).fetchone()
             return str(row[0]) if row else None
+
+        return await self._run(find)
+
+    async def message_of(self, platform: str, job_id: str) -> tuple[str, str] | None:
+        """(channel, ts) of the first message remembered for ``job_id`` (a link to its result), if any."""
+
+        def find() -> tuple[str, str] | None:
+            row = self._db.execute(
+                "SELECT channel, ts FROM messages WHERE platform = ? AND job = ? ORDER BY at, ts LIMIT 1",
+                (platform, job_id),
+            ).fetchone()
+            return (str(row[0]), str(row[1])) if row else None
 
         return await self._run(find)
 
@@ -623,6 +638,7 @@ def job_row(job: Job) -> tuple[Any, ...]:
         job.notified_at,
         job.owner,
         job.lease_until,
+        job.started_at,
     )
 
 
@@ -655,4 +671,5 @@ def job_from_row(row: Row) -> Job:
         notified_at=row["notified_at"],
         owner=row["owner"],
         lease_until=row["lease_until"],
+        started_at=row["started_at"],
     )

@@ -111,9 +111,11 @@ MIGRATIONS: tuple[str, ...] = (
         platform text NOT NULL, channel text NOT NULL, ts text NOT NULL, job text NOT NULL,
         at double precision NOT NULL, PRIMARY KEY (platform, channel, ts)
     );
+    CREATE INDEX messages_by_job ON messages (platform, job);
     CREATE TABLE handled_events (key text PRIMARY KEY, at double precision NOT NULL);
     CREATE INDEX handled_events_by_time ON handled_events (at);
     """,
+    "ALTER TABLE jobs ADD COLUMN started_at double precision",  # when the provider call began (queue estimates)
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x1A6EB07  # advisory lock key: one process migrates at a time
@@ -265,6 +267,12 @@ class PostgresJobStore:
         query = "SELECT job FROM messages WHERE platform = $1 AND channel = $2 AND ts = $3"
         found = await self._retrying(lambda: self._pool.fetchval(query, platform, channel, ts))
         return str(found) if found is not None else None
+
+    async def message_of(self, platform: str, job_id: str) -> tuple[str, str] | None:
+        """(channel, ts) of the first message remembered for ``job_id`` (a link to its result), if any."""
+        query = "SELECT channel, ts FROM messages WHERE platform = $1 AND job = $2 ORDER BY at, ts LIMIT 1"
+        row = await self._retrying(lambda: self._pool.fetchrow(query, platform, job_id))
+        return (str(row["channel"]), str(row["ts"])) if row is not None else None
 
     async def first_time(self, key: str, *, at: float) -> bool:
         """True exactly once per ``key`` across every process (an event, across retries and duplicates).

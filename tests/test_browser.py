@@ -182,3 +182,97 @@ async def test_a_job_a_restart_cut_off_shows_in_the_page_as_interrupted(tmp_path
     finally:
         process.send_signal(signal.SIGTERM)
         await process.communicate()
+
+
+SCREENSHOTS = Path(os.environ.get("IMAGEBOT_SCREENSHOTS", "")) if os.environ.get("IMAGEBOT_SCREENSHOTS") else None
+
+
+async def test_cancel_help_and_the_small_screen_in_the_browser(tmp_path: Path) -> None:
+    """Cancel while queued (no call reaches the image service), the empty-message hint, the flag help with its
+    values, aria-pressed grid cells, download buttons on keyboard focus, and the page at 390 px wide."""
+    from playwright.async_api import async_playwright, expect
+
+    from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
+
+    require_browser()
+    shots = SCREENSHOTS or tmp_path
+    async with FakeOpenAI(latency=1.5) as openai:
+        env = run_env(
+            tmp_path,
+            OPENAI_API_KEY=DEFAULT_KEY,
+            OPENAI_BASE_URL=openai.base_url,
+            IMAGEBOT_LIMITS__MAX_CONCURRENT="1",
+        )
+        base_url = f"http://127.0.0.1:{env['IMAGEBOT_WEB_PORT']}"
+        process = await start(env, tmp_path)
+        try:
+            await wait_healthy(f"{base_url}/healthz", process)
+            async with async_playwright() as playwright:
+                browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+                try:
+                    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+                    await page.goto(base_url + "/")
+                    await expect(page.locator("#status")).to_have_attribute("data-state", "online")
+
+                    # the help lists each flag with the values it takes, from the catalogue
+                    help_list = page.get_by_role("list", name="Flags")
+                    await expect(help_list.locator("li").filter(has_text="--size")).to_contain_text("1536x1024")
+                    await expect(help_list.locator("li").filter(has_text="--quality")).to_contain_text("high")
+
+                    # an empty message gets a friendly hint instead of nothing
+                    await page.locator("#send").click()
+                    await expect(page.locator("#composer-hint")).to_contain_text("Type what you'd like me to draw")
+
+                    # one job runs, the next waits in line and is cancelled: it never reaches the image service
+                    await page.locator("#input").fill("a running fox")
+                    await page.locator("#input").press("Enter")
+                    await page.locator("#input").fill("a waiting owl")
+                    await page.locator("#input").press("Enter")
+                    waiting = page.locator("article.from-bot").last
+                    await expect(waiting.locator(".progress")).to_contain_text("Queued — #1 in line")
+                    await page.screenshot(path=shots / "queued-1280.png")
+                    await waiting.get_by_role("button", name="Cancel this request").click()
+                    await expect(waiting.locator(".note.cancelled")).to_have_text(
+                        "Cancelled — nothing was made or charged."
+                    )
+                    await page.wait_for_function(LOADED_IMAGES, arg=1)
+                    assert len(openai.image_requests) == 1
+
+                    # the download button shows when its image has keyboard focus, not only on hover
+                    tile = page.locator(".tile").first
+                    download = tile.locator("a.dl")
+                    await page.mouse.move(1270, 10)  # not hovering the image
+                    await expect(download).to_have_css("opacity", "0")
+                    await tile.locator("a").first.focus()
+                    await expect(download).to_have_css("opacity", "1")
+
+                    # grid cells say whether they are picked
+                    await page.locator("#file-input").set_input_files(
+                        files=[{"name": "photo.png", "mimeType": "image/png", "buffer": png(320, 240, (30, 160, 90))}]
+                    )
+                    cell = page.locator('.cell[data-cell="B2"]')
+                    await expect(cell).to_have_attribute("aria-pressed", "false")
+                    await cell.click()
+                    await expect(cell).to_have_attribute("aria-pressed", "true")
+                    await page.screenshot(path=shots / "playground-1280.png")
+
+                    # at 390 px the flag chips stay whole ("--size" never breaks after its dashes)
+                    await page.set_viewport_size({"width": 390, "height": 844})
+                    await page.locator("#attach-remove").click()
+                    size_chip = help_list.locator("code.flag").filter(has_text="--size")
+                    height = await size_chip.evaluate("c => c.getBoundingClientRect().height")
+                    line = await size_chip.evaluate("c => parseFloat(getComputedStyle(c).lineHeight) || 20")
+                    assert height < 1.5 * line, f"--size wraps: {height}px for a {line}px line"
+                    overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+                    assert overflow <= 0, f"the page scrolls sideways by {overflow}px at 390 px"
+                    placeholder = await page.locator("#input").evaluate(
+                        "i => [i.placeholder, i.scrollHeight, i.clientHeight]"
+                    )
+                    assert "--size" in placeholder[0] and placeholder[1] <= placeholder[2], placeholder  # one line
+                    await waiting.scroll_into_view_if_needed()
+                    await page.screenshot(path=shots / "playground-390.png")
+                finally:
+                    await browser.close()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await process.communicate()

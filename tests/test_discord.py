@@ -254,7 +254,7 @@ async def test_streamed_previews_edit_the_response_before_the_result(fake: FakeD
 async def test_previews_in_one_interval_make_one_edit_with_the_latest() -> None:
     edits: list[tuple[str, bytes | None]] = []
 
-    async def show(text: str, preview: bytes | None) -> None:
+    async def show(text: str, preview: bytes | None, cancellable: str | None) -> None:
         edits.append((text, preview))
 
     throttle = Throttle(show, "**a fox**", interval=0.05)
@@ -546,6 +546,7 @@ async def test_commands_are_synced_only_when_they_differ(fake: FakeDiscord, tmp_
         ("Edit image", 3),
         ("Vary image", 3),
         ("edit", 1),
+        ("history", 1),
         ("imagebot-admin", 1),
         ("imagine", 1),
         ("vary", 1),
@@ -640,7 +641,7 @@ async def test_cancel_spends_nothing(fake: FakeDiscord, tmp_path: Path) -> None:
             sent = await fake.next_webhook_message(press.id)
             assert "Cancelled" in (sent.content or "") and sent.message["components"] == []
             job = await adapter.core.jobs.store.get(no.split(":")[2])
-            assert job is not None and job.status.value == "failed" and not openai.image_requests
+            assert job is not None and job.status.value == "cancelled" and not openai.image_requests
     fake.assert_no_errors()
 
 

@@ -325,7 +325,7 @@ async def test_a_held_job_can_be_cancelled(place: Place, provider: FakeImages, c
     async with job_service(place, provider, clock, jobs=JobSettings(confirm_above_usd=0.01)) as jobs:
         held = await jobs.submit(ALICE, GenerateRequest(prompt="a fox"))
         cancelled = await jobs.cancel(held.job.id)
-    assert cancelled.status is JobStatus.FAILED and provider.calls == []
+    assert cancelled.status is JobStatus.CANCELLED and provider.calls == []
 
 
 # --- retention --------------------------------------------------------------------------------------------------
@@ -365,7 +365,7 @@ async def test_migrations_bring_an_old_database_up_to_date(tmp_path: Path, clock
     finally:
         await store.close()
     assert job is not None and job.prompt == "x" and job.results_pruned is False
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     assert job.paid_at is not None  # a finished job from before the ledger knew "paid" was paid
 
 

@@ -259,7 +259,7 @@ async def test_cancel_drops_the_held_job(fake: FakeSlack, tmp_path: Path) -> Non
         await fake.send_interactive(fake.block_actions_payload(cancel["action_id"], cancel["value"]))
         await fake.wait_for(lambda: any("Cancelled" in t for t in bot.ephemeral_texts()))
 
-        assert (await bot.job(cancel["value"].split(":")[1])).status is JobStatus.FAILED and not fake.uploads
+        assert (await bot.job(cancel["value"].split(":")[1])).status is JobStatus.CANCELLED and not fake.uploads
 
 
 @pytest.mark.parametrize("prefix", ["vary:", "reroll:", "remix:"])
@@ -451,9 +451,16 @@ def test_manifest_declares_what_the_adapter_uses() -> None:
     lines = {line.split("#")[0].strip() for line in text.splitlines()}
     lines |= {line.removeprefix("- ") for line in lines}
 
-    for needed in ("command: /imagine", "callback_id: vary_image", "callback_id: edit_image", "name: Vary image"):
+    for needed in (
+        "command: /imagine",
+        "command: /history",
+        "callback_id: vary_image",
+        "callback_id: edit_image",
+        "name: Vary image",
+    ):
         assert needed in lines, needed
-    for scope in ("commands", "chat:write", "files:write", "files:read", "app_mentions:read", "reactions:write"):
+    scopes = ("commands", "chat:write", "files:write", "files:read", "app_mentions:read", "reactions:write", "im:write")
+    for scope in scopes:
         assert f"- {scope}" in lines, scope
     for event in ("app_mention", "message.channels", "message.groups", "message.im", "message.mpim"):
         assert f"- {event}" in lines, event

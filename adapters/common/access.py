@@ -56,16 +56,17 @@ class AccessPolicy:
             return self._slack_refusal(who)
         return None  # the playground: whoever passed its password and holds a session
 
-    def may_press(self, job: Job, who: Requester) -> Text | None:
+    def may_press(self, job: Job, who: Requester, *, owner_only: bool = False) -> Text | None:
         """Why ``who`` may not act on ``job``'s result (None: allowed): the requester always may; others only
-        where the platform's ``others_may_press`` says so, and never across platforms or playground sessions."""
+        where the platform's ``others_may_press`` says so, and never across platforms or playground sessions.
+        ``owner_only``: what only the requester may ever do (Cancel, Publish/Share a private result, Open again)."""
         owner = job.context
         if owner.platform != who.platform:
             return N_("That result belongs somewhere else.")
         if owner.user == who.user:
             return None
         others = {"discord": self._discord.others_may_press, "slack": self._slack.others_may_press}
-        if others.get(who.platform, False):
+        if others.get(who.platform, False) and not owner_only:
             return None
         if who.platform in ("discord", "slack"):
             mention = f"<@{owner.user}>"

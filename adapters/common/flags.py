@@ -1,10 +1,11 @@
-"""The one flag grammar of chat text: ``[/imagine] PROMPT [--n N] [--size WxH] [--quality Q] [--model M]``.
+"""The one flag grammar of chat text: ``[/imagine] PROMPT [--n N] [--size WxH] [--quality Q] [--model M] [--private]``.
 
 Slack's ``/imagine`` text and the playground's chat line are parsed here, the same way: ``--name value`` or
 ``--name=value``, with ``—``/``–`` accepted for ``--`` (phones and Slack turn two hyphens into a dash);
 an unknown option, a missing value or an option given twice is a friendly error (a typo must not end up in
 the prompt, where it would be paid for). What a model accepts (how many images, which sizes) is checked by
-the core against the capability table; this grammar only checks the form.
+the core against the capability table; this grammar only checks the form. ``--private`` is a switch: alone it
+means yes, ``--private=no`` overrides a workspace's private-by-default.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from dataclasses import dataclass
 from bot.errors import InvalidRequestError
 from bot.text import N_, Text
 
-FLAGS = ("n", "size", "quality", "model")
+FLAGS = ("n", "size", "quality", "model", "private")
+SWITCHES = ("private",)  # flags that take no value (``--private``; ``--private=no`` to say no)
+_YES, _NO = ("yes", "true", "on", "1"), ("no", "false", "off", "0")
 MAX_N = 10  # the Images API's own limit; each model's row may allow fewer
-USAGE = N_("Usage: /imagine <prompt> [--n 2] [--size 1536x1024] [--quality high] [--model gpt-image-2]")
+USAGE = N_("Usage: /imagine <prompt> [--n 2] [--size 1536x1024] [--quality high] [--model gpt-image-2] [--private]")
 _DASHES = ("--", "—", "–")
 _OPTION = re.compile(r"^(?:--|—|–)([A-Za-z][\w-]*)(?:=(.*))?$", re.DOTALL)
 _SIZE = re.compile(r"^(\d{1,5})\s*[x×]\s*(\d{1,5})$", re.IGNORECASE)
@@ -32,6 +35,7 @@ class ImagineCommand:
     size: str | None = None
     quality: str | None = None
     model: str | None = None
+    private: bool | None = None  # only the requester sees the result until they share it (None: the default)
 
 
 def parse_imagine(text: str, *, command: str = "/imagine") -> ImagineCommand:
@@ -61,6 +65,8 @@ def parse_imagine(text: str, *, command: str = "/imagine") -> ImagineCommand:
         name, value = match.group(1).lower(), match.group(2)
         if name not in FLAGS:
             raise InvalidRequestError(N_("I don't know the option --{name}. {usage}", name=name[:30], usage=USAGE))
+        if value is None and name in SWITCHES:
+            value = "yes"
         if value is None:
             if index >= len(words) or words[index].startswith(_DASHES):
                 raise InvalidRequestError(_needs_value(name))
@@ -77,7 +83,18 @@ def parse_imagine(text: str, *, command: str = "/imagine") -> ImagineCommand:
         size=_size(values.get("size")),
         quality=values.get("quality"),
         model=values.get("model"),
+        private=_switch("private", values.get("private")),
     )
+
+
+def _switch(name: str, text: str | None) -> bool | None:
+    if text is None:
+        return None
+    if text.lower() in _YES:
+        return True
+    if text.lower() in _NO:
+        return False
+    raise InvalidRequestError(N_("--{name} needs no value (or --{name}=no), got {given}.", name=name, given=text[:10]))
 
 
 def _count(text: str | None) -> int | None:
@@ -105,4 +122,10 @@ def _needs_value(name: str) -> Text:
     return N_("The option --{name} needs a value, e.g. {example}.", name=name, example=_EXAMPLES[name])
 
 
-_EXAMPLES = {"n": "--n 4", "size": "--size 1536x1024", "quality": "--quality high", "model": "--model gpt-image-2"}
+_EXAMPLES = {
+    "n": "--n 4",
+    "size": "--size 1536x1024",
+    "quality": "--quality high",
+    "model": "--model gpt-image-2",
+    "private": "--private",
+}

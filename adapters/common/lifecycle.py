@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -139,6 +140,21 @@ def cut_off_message(job: Job) -> Text:
         "had already made them, so they count against the budget, but they are lost. Please ask again.",
         what=what,
     )
+
+
+def queue_text(position: int, eta_seconds: float | None = None, locale: str | None = None) -> str:
+    """The place in line, with the expected wait when recent runs tell it: "Queued — #3 in line, about 40 s"
+    (in ``locale``, else the reader's language)."""
+    if eta_seconds is None:
+        return _(N_("Queued — #{position} in line", position=position), locale)
+    return _(N_("Queued — #{position} in line, {wait}", position=position, wait=about(eta_seconds)), locale)
+
+
+def about(seconds: float) -> Text:
+    """A rough duration a person reads at a glance: "about 40 s", "about 3 min"."""
+    if seconds < 55:
+        return N_("about {seconds} s", seconds=max(5, 5 * math.ceil(seconds / 5)))
+    return N_("about {minutes} min", minutes=max(1, round(seconds / 60)))
 
 
 def friendly_detail(error: BaseException) -> str:

@@ -31,7 +31,7 @@ from adapters.common.access import AccessPolicy
 from adapters.common.lifecycle import fail
 from adapters.discord.admin import install_admin
 from adapters.discord.commands import install_commands
-from adapters.discord.components import ConfirmButton, ResultButton
+from adapters.discord.components import ConfirmButton, JobButton, ResultButton
 from adapters.discord.files import Attachments
 from adapters.discord.listeners import Listeners, translate
 from adapters.discord.recovery import Recovery
@@ -71,7 +71,7 @@ class ImageClient(discord.Client):
         self.adapter = adapter
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(ResultButton, ConfirmButton)
+        self.add_dynamic_items(ResultButton, ConfirmButton, JobButton)
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
         await self.adapter.identify_gate.wait(shard_id, initial=initial)

@@ -1,4 +1,4 @@
-"""The application commands: /imagine, /vary, /edit and the "Vary image" / "Edit image" message menus.
+"""The application commands: /imagine, /vary, /edit, /history and the "Vary image" / "Edit image" message menus.
 
 Choices come from the model capability table; model, size and region use autocomplete (they accept more
 than 25 values, or free text such as ``1536x1024`` and grid cells like ``A1:B2``).
@@ -35,7 +35,10 @@ class CommandHandlers(Protocol):
         size: str | None,
         quality: str | None,
         model: str | None,
+        private: bool | None,
     ) -> None: ...
+
+    async def history(self, interaction: discord.Interaction) -> None: ...
 
     async def vary(
         self, interaction: discord.Interaction, image: discord.Attachment, count: int | None, prompt: str | None
@@ -109,6 +112,7 @@ def install_commands(
         size=locale_str("Image size, e.g. 1024x1024"),
         quality=locale_str("Image quality"),
         model=locale_str("Image model"),
+        private=locale_str("Only you see the result until you publish it"),
     )
     @app_commands.autocomplete(size=sizes, model=model_names)
     async def imagine(
@@ -118,8 +122,9 @@ def install_commands(
         size: str | None = None,
         quality: str | None = None,
         model: str | None = None,
+        private: bool | None = None,
     ) -> None:
-        await handlers.imagine(interaction, prompt, count, size, quality, model)
+        await handlers.imagine(interaction, prompt, count, size, quality, model, private)
 
     if qualities:
         choices = [app_commands.Choice(name=locale_str(q), value=q) for q in qualities[:_MAX_CHOICES]]
@@ -155,6 +160,10 @@ def install_commands(
         region: str | None = None,
     ) -> None:
         await handlers.edit(interaction, image, prompt, mask, region)
+
+    @tree.command(name="history", description="Your last 10 image requests, only for you")
+    async def history(interaction: discord.Interaction) -> None:
+        await handlers.history(interaction)
 
     async def vary_message(interaction: discord.Interaction, message: discord.Message) -> None:
         await handlers.vary_message(interaction, message)

@@ -13,6 +13,7 @@ from bot.text import N_, Text
 
 RESULT_TEMPLATE = r"img:(?P<action>v|u|r|x|vs|vt|z15|z2|pl|pr|pu|pd):(?P<job>[a-z0-9]+):(?P<index>\d+)"
 CONFIRM_TEMPLATE = r"img:(?P<action>ok|no):(?P<job>[a-z0-9]+)"
+JOB_TEMPLATE = r"img:(?P<action>pub|open):(?P<job>[a-z0-9]+)"
 _LABELS: dict[str, tuple[str | None, Text | None]] = {"r": ("🔄", None), "x": ("✏️", None)}
 # the tools under an upscaled image (one image of a result, posted on its own)
 UPSCALE_LABELS: dict[str, tuple[str | None, Text | None]] = {
@@ -35,6 +36,8 @@ class Handlers(Protocol):
     async def result_button(self, interaction: discord.Interaction, action: str, job_id: str, index: int) -> None: ...
 
     async def confirm_button(self, interaction: discord.Interaction, action: str, job_id: str) -> None: ...
+
+    async def job_button(self, interaction: discord.Interaction, action: str, job_id: str) -> None: ...
 
     async def remix_submit(self, interaction: discord.Interaction, job_id: str, prompt: str) -> None: ...
 
@@ -100,6 +103,28 @@ class ConfirmButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CON
 
     async def callback(self, interaction: discord.Interaction) -> None:
         await handlers_of(interaction).confirm_button(interaction, self.action, self.job_id)
+
+
+class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=JOB_TEMPLATE):
+    """Publish (a private result, to the channel) and Open (a result listed by /history, again)."""
+
+    def __init__(self, action: str, job_id: str, *, label: str | None = None, row: int | None = None) -> None:
+        button: discord.ui.Button[Any] = discord.ui.Button(
+            label=label or ("Publish" if action == "pub" else "Open"),
+            style=discord.ButtonStyle.primary if action == "pub" else discord.ButtonStyle.secondary,
+            custom_id=f"img:{action}:{job_id}",
+        )
+        super().__init__(button, row=row)
+        self.action, self.job_id = action, job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> JobButton:
+        return cls(match["action"], match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await handlers_of(interaction).job_button(interaction, self.action, self.job_id)
 
 
 def _text_input(custom_id: str, **options: Any) -> discord.ui.TextInput[Any]:

@@ -24,11 +24,11 @@ from adapters.discord import render
 from adapters.discord.commands import MAX_COUNT
 from adapters.discord.components import EditModal, RemixModal
 from adapters.discord.files import Attachments, first_image
-from adapters.discord.replies import Delivery, InteractionReply, MessageReply
+from adapters.discord.replies import Address, Delivery, InteractionReply, MessageReply, nonce_for
 from bot.bootstrap import Core
-from bot.errors import ImageBotError, InvalidImageError
+from bot.errors import BusyError, ImageBotError, InvalidImageError, JobCancelledError, TooLateToCancelError
 from bot.jobs import JobNotFoundError, JobOutcome
-from bot.models import EditRequest, GenerateRequest, Job, JobContext, Origin, VaryRequest
+from bot.models import EditRequest, GenerateRequest, Job, JobContext, JobStatus, Origin, VaryRequest
 from bot.ports import ProgressSink
 from bot.text import N_
 
@@ -110,9 +110,16 @@ class Listeners:
     def count(self, count: int | None) -> int:
         return count if count is not None else min(self.core.settings.default_n, MAX_COUNT)
 
-    def reply_for(self, interaction: discord.Interaction, heading: str) -> InteractionReply:
+    def reply_for(self, interaction: discord.Interaction, heading: str, *, private: bool = False) -> InteractionReply:
         i18n.use(interaction.locale.value)
-        return InteractionReply(self.delivery, interaction, render.result_text(heading, str(interaction.user.id)))
+        header = render.result_text(heading, str(interaction.user.id))
+        return InteractionReply(self.delivery, interaction, header, private=private)
+
+    def private_by_default(self, interaction: discord.Interaction) -> bool:
+        """The server's default for ``/imagine``'s ``private`` option (settings: discord.private_*)."""
+        settings = self.core.settings.discord
+        guild = interaction.guild_id
+        return settings.private_by_default or (guild is not None and str(guild) in settings.private_guilds)
 
     def context_for(
         self, reply: InteractionReply | MessageReply, user: int, guild: int | None, channel: int | None
@@ -132,9 +139,10 @@ class Listeners:
         prepare: Callable[[], Awaitable[Submit]],
         *,
         thinking: bool = True,
+        private: bool = False,
     ) -> None:
         """The one path of an interaction that makes images: defer, prepare (downloads), submit, answer."""
-        reply = self.reply_for(interaction, heading)
+        reply = self.reply_for(interaction, heading, private=private)
 
         async def work(sink: ProgressSink) -> JobOutcome:
             await reply.defer(thinking=thinking)
@@ -154,9 +162,24 @@ class Listeners:
         size: str | None,
         quality: str | None,
         model: str | None,
+        private: bool | None = None,
     ) -> None:
         request = GenerateRequest(prompt=prompt, n=self.count(count), size=size, quality=quality, model=model)
-        await self.run(interaction, prompt, self._submitting(request))
+        hidden = self.private_by_default(interaction) if private is None else private
+        await self.run(interaction, prompt, self._submitting(request), private=hidden)
+
+    async def history(self, interaction: discord.Interaction) -> None:
+        """``/history``: the user's last jobs, only to them, with links and Open buttons."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        reply = self.reply_for(interaction, "", private=True)
+
+        async def work(sink: ProgressSink) -> None:
+            jobs = await self.core.jobs.history(user=f"discord:{interaction.user.id}", limit=render.HISTORY_SIZE)
+            rendered = render.render_history(jobs, message_link)
+            options: dict[str, Any] = {"view": rendered.view} if rendered.view is not None else {}
+            await interaction.edit_original_response(content=rendered.content, **options)
+
+        await answer(reply, work, translate=translate)
 
     async def vary(
         self, interaction: discord.Interaction, image: discord.Attachment, count: int | None, prompt: str | None
@@ -224,7 +247,9 @@ class Listeners:
 
     # --- buttons and modals ----------------------------------------------------------------------------------
 
-    async def _pressable(self, interaction: discord.Interaction, job_id: str) -> Job | None:
+    async def _pressable(
+        self, interaction: discord.Interaction, job_id: str, *, owner_only: bool = False
+    ) -> Job | None:
         """The job behind a button, or None after telling the presser (ephemerally) why not."""
         who = interaction_requester(interaction)
         reason = self.policy.refusal(who)
@@ -232,7 +257,7 @@ class Listeners:
         if reason is None and job is None:
             reason = JobNotFoundError().friendly_text()
         if reason is None and job is not None:
-            reason = self.policy.may_press(job, who)
+            reason = self.policy.may_press(job, who, owner_only=owner_only)
         if reason is not None:
             await interaction.response.send_message(_(reason), ephemeral=True)
             return None
@@ -297,13 +322,11 @@ class Listeners:
         reply = self.reply_for(interaction, "")
 
         async def work(sink: ProgressSink) -> None:
-            job = await self._pressable(interaction, job_id)
+            job = await self._pressable(interaction, job_id, owner_only=True)  # their money, their call
             if job is None:
                 return
             if action == "no":
-                await interaction.response.defer()
-                await self.core.jobs.cancel(job.id)
-                await interaction.edit_original_response(content=_("Cancelled — nothing was spent."), view=None)
+                await self._cancel(interaction, job)
                 return
             confirmed = job.id
 
@@ -314,6 +337,52 @@ class Listeners:
             await self.run(interaction, job.prompt, prepare, thinking=False)
 
         await answer(reply, work, translate=translate)
+
+    async def job_button(self, interaction: discord.Interaction, action: str, job_id: str) -> None:
+        """Publish (a private result, to the channel) or Open (a result from /history, again, privately)."""
+        reply = self.reply_for(interaction, "", private=True)
+
+        async def work(sink: ProgressSink) -> None:
+            job = await self._pressable(interaction, job_id, owner_only=True)
+            if job is None:
+                return
+            if action == "pub":
+                await self._publish(interaction, job)
+            else:
+                await reply.defer()
+                result = await self.core.jobs.result_of(job)
+                user = str(interaction.user.id)
+                await reply.show(await render.render_result(job, result, user, reply.size_limit), job.id)
+
+        await answer(reply, work, translate=translate)
+
+    async def _publish(self, interaction: discord.Interaction, job: Job) -> None:
+        """Post a private result to the channel it was asked in, crediting its requester; the private copy
+        loses its Publish button (one post per result: the nonce is the job's)."""
+        await interaction.response.defer()
+        channel = interaction.channel_id
+        if channel is None:
+            raise BusyError(N_("I can't post here."), detail="publish without a channel")
+        result = await self.core.jobs.result_of(job)
+        rendered = await render.render_result(job, result, job.context.user, interaction.filesize_limit)
+        user = int(job.context.user)  # the post credits (and may mention) its requester
+        await self.delivery.post_to_channel(channel, rendered, user, nonce_for(job.id, None, "publish"))
+        private = await render.render_result(job, result, job.context.user, interaction.filesize_limit)
+        await interaction.edit_original_response(view=private.view)
+        await interaction.followup.send(_("Published to the channel."), ephemeral=True)
+
+    async def _cancel(self, interaction: discord.Interaction, job: Job) -> None:
+        """Cancel on a held or queued job. A queued job's own request answers on its message ("Cancelled");
+        a held one has no request running, so this press says it."""
+        await interaction.response.defer()
+        held = job.status is JobStatus.AWAITING_CONFIRMATION
+        try:
+            await self.core.jobs.cancel(job.id)
+        except TooLateToCancelError as exc:
+            await interaction.followup.send(_(exc.text), ephemeral=True)
+            return
+        if held:
+            await interaction.edit_original_response(content=_(JobCancelledError().text), view=None)
 
     async def stale_form(self, interaction: discord.Interaction, kind: str, reference: str) -> None:
         """The submit of a form opened before a restart: a remix runs from what it carries (the job id and the
@@ -439,3 +508,11 @@ def submitted_value(components: object, custom_id: str) -> str | None:
             if found is not None:
                 return found
     return None
+
+
+def message_link(job: Job) -> str | None:
+    """The Discord link to a job's result message, when it was the response to an interaction in a server."""
+    address = Address.from_json(job.context.reply)
+    if address is None or address.message_id is None or address.ephemeral or not job.context.channel:
+        return None
+    return f"https://discord.com/channels/{job.context.workspace or '@me'}/{job.context.channel}/{address.message_id}"

@@ -90,7 +90,8 @@ class Recovery:
         i18n.use(address.locale if address else None)  # the requester's language, as before the restart
         user = int(job.context.user)
         limit = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
-        rendered = await render.render_result(job, result, job.context.user, limit)
+        private = address is not None and address.ephemeral
+        rendered = await render.render_result(job, result, job.context.user, limit, publish=private)
         if address is not None and address.message_id is not None and address.token_alive(self.delivery.token_lifetime):
             await self._webhook(address).edit_message(
                 address.message_id,
@@ -99,6 +100,9 @@ class Recovery:
                 view=rendered.view,
                 allowed_mentions=requester_only(user),
             )
+            return True
+        if private:  # a private result never goes to the channel: to the requester's DM instead
+            await self.delivery.post_privately(rendered, user, nonce_for(job.id, address))
             return True
         if not job.context.channel:
             log.warning("discord: job %s has nowhere to be delivered", job.id)
@@ -132,11 +136,14 @@ class Recovery:
                 return True
             except (discord.NotFound, discord.Forbidden):
                 log.info("discord: the response of job %s is gone; telling the user in the channel", job.id)
+        notice = render.Rendered(cut_off_notice(job), [], None)
+        nonce = nonce_for(job.id, address, "cut-off")
+        if address is not None and address.ephemeral:
+            await self.delivery.post_privately(notice, user, nonce)
+            return True
         if not job.context.channel:
             log.info("discord: job %s was cut off with no channel to tell its user in", job.id)
             return False
-        notice = render.Rendered(cut_off_notice(job), [], None)
-        nonce = nonce_for(job.id, address, "cut-off")
         await self.delivery.post_to_channel(int(job.context.channel), notice, user, nonce)
         return True
 

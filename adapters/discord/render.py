@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -14,10 +14,10 @@ import discord
 
 from adapters.common.i18n import _
 from adapters.common.story import Story, story, upscale_story
-from adapters.discord.components import RESULT_TEMPLATE, UPSCALE_LABELS, ConfirmButton, ResultButton
+from adapters.discord.components import RESULT_TEMPLATE, UPSCALE_LABELS, ConfirmButton, JobButton, ResultButton
 from bot import imaging
 from bot.budgets import format_dollars
-from bot.models import GeneratedImage, ImageResult, Job
+from bot.models import GeneratedImage, ImageResult, Job, JobStatus
 from bot.text import N_
 
 MESSAGE_LIMIT = 2000
@@ -66,6 +66,11 @@ def view_of(items: Sequence[discord.ui.Item[Any]]) -> discord.ui.View:
 
 def confirm_view(job_id: str) -> discord.ui.View:
     return view_of([ConfirmButton("ok", job_id), ConfirmButton("no", job_id)])
+
+
+def cancel_view(job_id: str) -> discord.ui.View:
+    """The Cancel button under a queued job's place in line (the same button as a held job's)."""
+    return view_of([ConfirmButton("no", job_id)])
 
 
 def job_in_components(components: Sequence[Any]) -> tuple[str, list[int]] | None:
@@ -143,10 +148,11 @@ async def preview_file(data: bytes, size_limit: int) -> discord.File:
 
 
 async def render_result(
-    job: Job, result: ImageResult, user_id: str, size_limit: int, *, only: int | None = None
+    job: Job, result: ImageResult, user_id: str, size_limit: int, *, only: int | None = None, publish: bool = False
 ) -> Rendered:
     """The result message of ``job``: its images with U/V/🔄/✏️ buttons, titled with its story; or image ``only``
-    posted on its own (U) with the upscale tools (Vary, Zoom out, Pan, Remix)."""
+    posted on its own (U) with the upscale tools (Vary, Zoom out, Pan, Remix); and Publish, for a private result
+    only its requester sees."""
     if only is not None:
         images: Sequence[GeneratedImage] = [result.images[only - 1]]
         indexes = [only]
@@ -155,9 +161,14 @@ async def render_result(
         indexes = list(range(1, len(images) + 1))
     files = await upload_files(images, size_limit)
     if only is not None:
-        return Rendered(story_text(upscale_story(job, only), user_id, result), files, upscale_view(job.id, only))
-    view = view_of(result_buttons(job.id, indexes, upscale=True))
-    return Rendered(story_text(story(job), user_id, result), files, view)
+        buttons = upscale_buttons(job.id, only)
+        text = story_text(upscale_story(job, only), user_id, result)
+    else:
+        buttons = result_buttons(job.id, indexes, upscale=True)
+        text = story_text(story(job), user_id, result)
+    if publish:
+        buttons.append(JobButton("pub", job.id, label=_("Publish to the channel"), row=4))
+    return Rendered(text, files, view_of(buttons))
 
 
 def upscale_view(job_id: str, index: int) -> discord.ui.View:
@@ -172,3 +183,28 @@ def render_confirmation(job: Job, user_id: str) -> Rendered:
     else:
         note = N_("This will cost more than usual ({count} image(s)). Go ahead?", count=count)
     return Rendered(result_text(job.prompt or _("(variation)"), user_id, note=_(note)), [], confirm_view(job.id))
+
+
+HISTORY_SIZE = 10
+_HISTORY_PROMPT = 70  # characters of each prompt in the list: ten lines and their links fit in one message
+_SHOWN = {JobStatus.DONE, JobStatus.DELIVERED}
+
+
+def render_history(jobs: Sequence[Job], address_of: Callable[[Job], str | None]) -> Rendered:
+    """``/history``: the user's newest jobs, one line each (a link to the result message where known), with an
+    Open button for each result that can still be shown."""
+    if not jobs:
+        return Rendered(_("You have no image requests yet. Try `/imagine`."), [], None)
+    lines = [_("**Your last image requests** (only you see this)")]
+    buttons: list[discord.ui.Item[Any]] = []
+    for number, job in enumerate(jobs[:HISTORY_SIZE], start=1):
+        prompt = clip(" ".join(job.prompt.split()).replace("*", "＊"), _HISTORY_PROMPT) or f"({job.kind})"
+        when = f"<t:{int(job.created_at)}:R>"
+        link = address_of(job)
+        status = "" if job.status in _SHOWN else f" · {job.status.value.replace('_', ' ')}"
+        lines.append(f"`{number}.` **{prompt}** · {when}{status}" + (f" · [message]({link})" if link else ""))
+        if job.status in _SHOWN and job.results and not job.results_pruned:
+            buttons.append(
+                JobButton("open", job.id, label=_(N_("Open {number}", number=number)), row=(number - 1) // 5)
+            )
+    return Rendered("\n".join(lines)[:MESSAGE_LIMIT], [], view_of(buttons) if buttons else None)

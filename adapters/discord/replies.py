@@ -22,6 +22,7 @@ import discord
 
 from adapters.common import i18n
 from adapters.common.i18n import _
+from adapters.common.lifecycle import queue_text
 from adapters.discord import render
 from bot.errors import BusyError
 from bot.jobs import JobOutcome, JobService
@@ -52,10 +53,14 @@ class Address:
     created_at: float | None = None
     message_id: int | None = None  # the interaction's response message, once known
     locale: str | None = None  # the requester's language: a restart answers in it too
+    ephemeral: bool = False  # a private result: only its requester sees it (never posted to the channel)
 
     def to_json(self) -> str:
         fields = {"kind": self.kind, "key": self.key, "app": self.application_id, "token": self.token}
-        return json.dumps(fields | {"created": self.created_at, "message": self.message_id, "locale": self.locale})
+        private = {"ephemeral": True} if self.ephemeral else {}
+        return json.dumps(
+            fields | {"created": self.created_at, "message": self.message_id, "locale": self.locale} | private
+        )
 
     @classmethod
     def from_json(cls, text: str | None) -> Address | None:
@@ -63,7 +68,7 @@ class Address:
             raw = json.loads(text or "")
             return cls(
                 str(raw["kind"]), str(raw["key"]), raw.get("app"), raw.get("token"), raw.get("created"),
-                raw.get("message"), raw.get("locale"),
+                raw.get("message"), raw.get("locale"), bool(raw.get("ephemeral", False)),
             )  # fmt: skip
         except (ValueError, KeyError, TypeError):
             return None
@@ -102,8 +107,16 @@ class Delivery:
             options["view"] = rendered.view
         await channel.send(content, allowed_mentions=requester_only(user_id), nonce=nonce, **options)
 
+    async def post_privately(self, rendered: render.Rendered, user_id: int, nonce: str) -> None:
+        """A private result whose interaction expired goes to the requester's DM, never to the channel."""
+        channel = await self.client.create_dm(discord.Object(user_id))
+        options: dict[str, Any] = {"files": rendered.files} if rendered.files else {}
+        if rendered.view is not None:
+            options["view"] = rendered.view
+        await channel.send(rendered.content, nonce=nonce, **options)
 
-Show = Callable[[str, bytes | None], Awaitable[None]]
+
+Show = Callable[[str, bytes | None, str | None], Awaitable[None]]  # text, preview, job a Cancel button names
 
 
 class Throttle:
@@ -121,15 +134,18 @@ class Throttle:
         # interactions gets its defers out before any progress edit competes with them
         self._last = asyncio.get_running_loop().time()
         self._task: asyncio.Task[None] | None = None
+        self._cancellable: str | None = None  # the queued job a Cancel button under the status may take back
         self._sending = False
         self._closed = False
         self._locale = i18n.current()  # the core may report progress from another task: keep the reader's language
 
     async def __call__(self, update: Progress) -> None:
         if update.status is JobStatus.QUEUED and update.position:
-            text = _(N_("Queued — #{position} in line", position=update.position), self._locale)
+            text = queue_text(update.position, update.eta_seconds, self._locale)
+            self._cancellable = update.job_id
         elif update.status is JobStatus.RUNNING:
             text = _("Generating…", self._locale)
+            self._cancellable = None
         else:
             return
         self._latest = text
@@ -150,7 +166,7 @@ class Throttle:
                 continue
             self._last, self._shown, self._sending = loop.time(), text, True
             try:
-                await self._show(render.with_note(self._header, f"-# {text}"), preview)
+                await self._show(render.with_note(self._header, f"-# {text}"), preview, self._cancellable)
             except Exception as exc:  # a status line or preview that can't be shown must not cost the job
                 log.debug("discord: progress not shown (%s)", type(exc).__name__)
             finally:
@@ -171,6 +187,8 @@ class Throttle:
 class _JobReply:
     """The part both replies share: progress through a throttle, the result recorded around its post."""
 
+    private = False  # results only the requester sees, with a Publish button
+
     def __init__(self, delivery: Delivery, header: str, user_id: int, size_limit: int) -> None:
         self.delivery = delivery
         self.user_id = user_id
@@ -188,7 +206,7 @@ class _JobReply:
             return
         if outcome.result is None:
             raise BusyError(N_("I'm already working on that same request; its result will appear there."))
-        rendered = await render.render_result(job, outcome.result, user, self.size_limit)
+        rendered = await render.render_result(job, outcome.result, user, self.size_limit, publish=self.private)
         jobs = self.delivery.jobs
         await jobs.begin_delivery(job.id)
         await self.show(rendered, job.id)
@@ -201,7 +219,7 @@ class _JobReply:
     async def show(self, rendered: render.Rendered, job_id: str) -> None:
         raise NotImplementedError
 
-    async def _show_progress(self, text: str, preview: bytes | None) -> None:
+    async def _show_progress(self, text: str, preview: bytes | None, cancellable: str | None) -> None:
         return None
 
     async def _fail(self, text: str) -> None:
@@ -211,17 +229,20 @@ class _JobReply:
 class InteractionReply(_JobReply):
     """The interaction's response (deferred first); once the token has expired, a channel message naming the user."""
 
-    def __init__(self, delivery: Delivery, interaction: discord.Interaction, header: str) -> None:
+    def __init__(
+        self, delivery: Delivery, interaction: discord.Interaction, header: str, *, private: bool = False
+    ) -> None:
         super().__init__(delivery, header, interaction.user.id, interaction.filesize_limit)
         self.interaction = interaction
         self.response_message: int | None = None
+        self.private = private
 
     @property
     def address(self) -> Address:
         inter = self.interaction
         return Address(
             "interaction", str(inter.id), inter.application_id, inter.token, inter.created_at.timestamp(),
-            self.response_message, i18n.negotiate(inter.locale.value),
+            self.response_message, i18n.negotiate(inter.locale.value), self.private,
         )  # fmt: skip
 
     @property
@@ -233,7 +254,7 @@ class InteractionReply(_JobReply):
     async def defer(self, *, thinking: bool = True) -> None:
         """Acknowledge now; remember the response message (a restart edits it)."""
         if thinking:
-            callback = await self.interaction.response.defer(thinking=True)
+            callback = await self.interaction.response.defer(thinking=True, ephemeral=self.private)
             self.response_message = callback.message_id if callback is not None else None
         else:
             await self.interaction.response.defer()
@@ -241,14 +262,16 @@ class InteractionReply(_JobReply):
             self.response_message = message.id if message is not None else None
         acknowledged()
 
-    async def _show_progress(self, text: str, preview: bytes | None) -> None:
+    async def _show_progress(self, text: str, preview: bytes | None, cancellable: str | None) -> None:
         if self.expired:
             return
+        # a queued job shows a Cancel button; once it runs, the button goes (it would only say "too late")
+        view = render.cancel_view(cancellable) if cancellable is not None else None
         if preview is None:
-            await self.interaction.edit_original_response(content=text)
+            await self.interaction.edit_original_response(content=text, view=view)
             return
         file = await render.preview_file(preview, self.size_limit)
-        await self.interaction.edit_original_response(content=text, attachments=[file])
+        await self.interaction.edit_original_response(content=text, attachments=[file], view=view)
 
     async def show(self, rendered: render.Rendered, job_id: str) -> None:
         if not self.expired:
@@ -280,6 +303,9 @@ class InteractionReply(_JobReply):
             await self._to_channel(rendered, nonce_for(str(self.interaction.id), None, "failure"))
 
     async def _to_channel(self, rendered: render.Rendered, nonce: str) -> None:
+        if self.private:
+            await self.delivery.post_privately(rendered, self.user_id, nonce)
+            return
         channel = self.interaction.channel_id
         if channel is None:
             raise BusyError(N_("I couldn't post the result here."), detail="no channel to post to")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -37,9 +38,9 @@ from adapters.slack.payloads import (
 )
 from adapters.slack.replies import ACK_WAIT, Outbox, ReplyTo, SlackReply
 from bot.bootstrap import Core
-from bot.errors import InvalidRequestError
+from bot.errors import InvalidRequestError, JobCancelledError, TooLateToCancelError
 from bot.jobs import JobNotFoundError, JobOutcome
-from bot.models import EditRequest, GenerateRequest, Job, Origin, VaryRequest
+from bot.models import EditRequest, GenerateRequest, Job, JobStatus, Origin, VaryRequest
 from bot.ports import ProgressSink
 from bot.text import N_, Text
 
@@ -69,6 +70,9 @@ class Listeners:
     def register(self, app: AsyncApp) -> None:
         app.error(self._unanswered)
         app.command("/imagine")(self.imagine)
+        app.command("/history")(self.history)
+        app.action(render.SHARE)(self._button(self._share_button))
+        app.action(render.OPEN)(self._button(self._open_button))
         app.action(_VARY_ACTION)(self._button(self._vary_button))
         app.action(_UPSCALE_ACTION)(self._button(self._upscale_button))
         app.action(_TOOL_ACTION)(self._button(self._tool_button))
@@ -113,14 +117,14 @@ class Listeners:
             await reply.say(_(refusal))
         return refusal is None
 
-    async def _may_press(self, reply: SlackReply, to: ReplyTo, job_id: str) -> Job | None:
+    async def _may_press(self, reply: SlackReply, to: ReplyTo, job_id: str, *, owner_only: bool = False) -> Job | None:
         """The job behind a result's button, if ``to`` may use it (else a private refusal and None)."""
         if not await self._admitted(reply, to):
             return None
         job = await self.core.jobs.find(job_id)
         if job is None:
             raise JobNotFoundError(detail=f"button of unknown job {job_id}")
-        refusal = self.policy.may_press(job, to.requester())
+        refusal = self.policy.may_press(job, to.requester(), owner_only=owner_only)
         if refusal is not None:
             await reply.say(_(refusal), mentions=(job.context.user,))  # names the owner: a real mention
             return None
@@ -132,33 +136,69 @@ class Listeners:
         to = reply_to(body)
         i18n.use(self.locales.known(to.user))  # no I/O before the ack: the language if already known
         try:
-            request = self._read_imagine(to, body)
+            read = self._read_imagine(to, body)
         except Exception as exc:  # a refusal or a bad option: the acknowledgement is the answer
             await ack(**render.notice(friendly(exc, translate)), response_type="ephemeral")
             return
-        if not isinstance(request, GenerateRequest):
-            await ack(**render.notice(_(request)), response_type="ephemeral")
+        if not isinstance(read, tuple):
+            await ack(**render.notice(_(read)), response_type="ephemeral")
             return
+        request, private = read
         admission = self.core.admission  # read without I/O: the ack can already say where the job will wait
         busy = admission.running >= self.core.settings.limits.max_concurrent
         await ack(**render.working_message(request.prompt, admission.queue_length + 1 if busy else None))
 
         async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome:
-            return await self.core.jobs.submit(to.context(), request, progress)
+            job_context = to.context()
+            if private:  # the result goes to the requester's DM with the bot, with a Share button for this channel
+                dm = await self.outbox.open_dm(to.user or "")
+                reply.where = _("your DM with me")
+                job_context = dataclasses.replace(
+                    job_context, channel=dm, thread=None, reply=render.share_to(to.channel)
+                )
+            return await self.core.jobs.submit(job_context, request, progress)
 
         await self._run(to, work, context)
 
-    def _read_imagine(self, to: ReplyTo, body: Mapping[str, Any]) -> GenerateRequest | Text:
-        """The request, or the refusal to acknowledge with (bad options raise ``InvalidRequestError``)."""
+    def _read_imagine(self, to: ReplyTo, body: Mapping[str, Any]) -> tuple[GenerateRequest, bool] | Text:
+        """The request and whether it is private, or the refusal to acknowledge with (bad options raise
+        ``InvalidRequestError``)."""
         refusal = self.policy.refusal(to.requester())
         if refusal is not None:
             return refusal
         command = parse_imagine(str(body.get("text") or ""))
         if not command.prompt:
             raise InvalidRequestError(N_("Tell me what to draw. {usage}", usage=USAGE))
-        return GenerateRequest(
+        request = GenerateRequest(
             prompt=command.prompt, n=command.n or 1, size=command.size, quality=command.quality, model=command.model
         )
+        settings = self.core.settings.slack
+        default = settings.private_by_default or (to.team or "") in settings.private_workspaces
+        return request, default if command.private is None else command.private
+
+    # --- /history ---------------------------------------------------------------------------------------------
+
+    async def history(self, ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
+        """``/history``: the requester's last jobs, only to them, each with an Open button."""
+        to = reply_to(body)
+        refusal = self.policy.refusal(to.requester())
+        notice = _(refusal) if refusal is not None else _("Looking up your last requests…")
+        await ack(**render.notice(notice), response_type="ephemeral")
+        if refusal is not None:
+            return
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> None:
+            jobs = await self.core.jobs.history(user=f"slack:{to.user}", limit=render.HISTORY_SIZE)
+            store = self.outbox.store
+            links: dict[str, str] = {}
+            for job in jobs if store is not None else []:
+                found = await store.message_of(job.id) if store is not None else None
+                if found is not None:
+                    links[job.id] = render.archive_link(*found)
+            listed = render.history_message(jobs, links)
+            await reply.say_blocks(listed["text"], listed["blocks"])
+
+        await self._run(to, work, context)
 
     # --- buttons ----------------------------------------------------------------------------------------------
 
@@ -242,7 +282,7 @@ class Listeners:
 
         async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome | None:
             job_id = job_value(action, "confirm")[0]
-            if await self._may_press(reply, to, job_id) is None:
+            if await self._may_press(reply, to, job_id, owner_only=True) is None:
                 return None
             await reply.say(_("Confirmed — working on it."), replace=True)
             return await self.core.jobs.confirm(job_id, to.context(), progress)
@@ -254,10 +294,47 @@ class Listeners:
 
         async def work(reply: SlackReply, progress: ProgressSink) -> None:
             job_id = job_value(action, "cancel")[0]
-            if await self._may_press(reply, to, job_id) is None:
+            job = await self._may_press(reply, to, job_id, owner_only=True)
+            if job is None:
                 return
-            await self.core.jobs.cancel(job_id)
-            await reply.say(_("Cancelled: nothing was made or charged."), replace=True)
+            try:
+                await self.core.jobs.cancel(job_id)
+            except TooLateToCancelError as exc:
+                await reply.say(_(exc.text))
+                return
+            if job.status is JobStatus.AWAITING_CONFIRMATION:  # a queued job's own request says "Cancelled"
+                await reply.say(_(JobCancelledError().text), replace=True)
+
+        await self._run(to, work, context)
+
+    async def _share_button(self, body: dict[str, Any], action: dict[str, Any], context: dict[str, Any]) -> None:
+        """Share a private result (in the requester's DM) to the channel it was asked in, crediting them."""
+        to = reply_to(body)
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> None:
+            job_id = job_value(action, "share")[0]
+            job = await self._may_press(reply, to, job_id, owner_only=True)
+            if job is None:
+                return
+            channel = render.shared_to(job)
+            if channel is None:
+                raise InvalidRequestError(N_("That result has no channel to share to."), detail=f"job {job_id}")
+            await self.outbox.upload_copy(job, channel)
+            await reply.say(_(N_("Shared to {channel}.", channel=f"<#{channel}>")))
+
+        await self._run(to, work, context)
+
+    async def _open_button(self, body: dict[str, Any], action: dict[str, Any], context: dict[str, Any]) -> None:
+        """Open a result listed by /history again: its images, in the requester's DM with the bot."""
+        to = reply_to(body)
+
+        async def work(reply: SlackReply, progress: ProgressSink) -> None:
+            job_id = job_value(action, "open")[0]
+            job = await self._may_press(reply, to, job_id, owner_only=True)
+            if job is None:
+                return
+            await self.outbox.upload_copy(job, await self.outbox.open_dm(to.user or ""))
+            await reply.say(_("Sent to our DM."))
 
         await self._run(to, work, context)
 

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from adapters.common.i18n import _
+from adapters.common.lifecycle import queue_text
 from adapters.common.story import Story, story, upscale_story
 from bot.budgets import format_dollars
 from bot.imaging import REGION_NAMES
@@ -32,6 +33,9 @@ REROLL = "img_reroll"
 REMIX = "img_remix"
 CONFIRM = "img_confirm"
 CANCEL = "img_cancel"
+SHARE = "img_share"
+OPEN = "img_open"
+HISTORY_SIZE = 10
 REMIX_VIEW = "img_remix_modal"
 EDIT_VIEW = "img_edit_modal"
 PROMPT_BLOCK, PROMPT_ACTION = "prompt", "prompt_input"
@@ -75,10 +79,20 @@ def working_message(prompt: str, position: int | None = None) -> dict[str, Any]:
     return {"text": text, "blocks": [block], "response_type": "ephemeral"}
 
 
-def queued_text(position: int) -> str:
-    return ":hourglass: " + _(
-        N_("Queued — #{position} in line. Your images will appear in the channel.", position=position)
+def queued_message(
+    position: int, eta_seconds: float | None = None, job_id: str | None = None, *, where: str | None = None
+) -> dict[str, Any]:
+    """The place in line (and the expected wait), with a Cancel button when the job is known; ``where`` the
+    images will appear (default: the channel)."""
+    where = where or _("the channel")
+    text = ":hourglass: " + _(
+        N_("{queued}. Your images will appear in {where}.", queued=queue_text(position, eta_seconds), where=where)
     )
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+    if job_id is not None:
+        cancel = _button(_("Cancel"), CANCEL, f"cancel:{job_id}", "danger")
+        blocks.append({"type": "actions", "block_id": f"img_queued:{job_id}", "elements": [cancel]})
+    return {"text": text, "blocks": blocks}
 
 
 def upload_args(job: Job, result: ImageResult) -> dict[str, Any]:
@@ -194,6 +208,10 @@ def controls_message(job: Job, result: ImageResult) -> dict[str, Any]:
         for i in range(1, count + 1)
     ]
     more = [*upscale, _button(_("Reroll"), REROLL, f"reroll:{job.id}"), _remix(job)]
+    target = shared_to(job)
+    if target is not None:  # a private result: only its requester sees it until they share it
+        share = _(N_("Share to #{channel}", channel=channel_name(target)))
+        more.append(_button(share, SHARE, f"share:{job.id}", "primary"))
     text = _("Make more from this result:")
     blocks = [
         {"type": "section", "text": {"type": "mrkdwn", "text": text}},
@@ -301,3 +319,49 @@ def edit_modal(metadata: dict[str, Any]) -> dict[str, Any]:
             },
         ],
     }
+
+
+def share_to(channel: str | None) -> str | None:
+    """What a private job keeps in ``JobContext.reply``: the channel its Share button posts to."""
+    return json.dumps({"share_to": channel}) if channel else None
+
+
+def shared_to(job: Job) -> str | None:
+    """The channel a private job's result may be shared to (None: not a private job)."""
+    try:
+        found = json.loads(job.context.reply or "")
+    except ValueError:
+        return None
+    channel = found.get("share_to") if isinstance(found, dict) else None
+    return str(channel) if channel else None
+
+
+def channel_name(channel_id: str) -> str:
+    """A button label can't hold a channel mention: the id stands in for the name."""
+    return channel_id[:20]
+
+
+def archive_link(channel: str, ts: str) -> str:
+    """A link to a message (Slack's archive URL form, which opens it in the client)."""
+    return f"https://slack.com/archives/{channel}/p{ts.replace('.', '')}"
+
+
+def history_message(jobs: list[Job], links: dict[str, str] | None = None) -> dict[str, Any]:
+    """``/history``: the user's newest jobs, one section each (a link to the result where known), with an Open
+    button for results still kept."""
+    if not jobs:
+        text = _("You have no image requests yet. Try `/imagine a lighthouse at dusk`.")
+        return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
+    text = _("Your last image requests (only you see this):")
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{text}*"}}]
+    for number, job in enumerate(jobs[:HISTORY_SIZE], start=1):
+        prompt = escape(" ".join(job.prompt.split())[:150]) or job.kind
+        when = f"<!date^{int(job.created_at)}^{{date_short_pretty}} {{time}}|{int(job.created_at)}>"
+        status = "" if job.status.value in ("done", "delivered") else f" · {job.status.value.replace('_', ' ')}"
+        link = (links or {}).get(job.id)
+        shown = f"*{number}.* {prompt} · {when}{status}" + (f" · <{link}|{_('message')}>" if link else "")
+        block: dict[str, Any] = {"type": "section", "text": {"type": "mrkdwn", "text": shown}}
+        if job.status.value in ("done", "delivered") and job.results and not job.results_pruned:
+            block["accessory"] = _button(_("Open"), OPEN, f"open:{job.id}")
+        blocks.append(block)
+    return {"text": text, "blocks": blocks}

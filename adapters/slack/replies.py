@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,17 @@ class Outbox:
             await self._remember_upload(job.context.channel or "", str(files[0].get("id")), job.id)
         await self.post_controls(job, result)
 
+    async def open_dm(self, user: str) -> str:
+        """The id of the bot's DM with ``user`` (conversations.open: needs the im:write scope)."""
+        opened = await self.client.conversations_open(users=user)
+        return str((opened.get("channel") or {}).get("id") or "")
+
+    async def upload_copy(self, job: Job, channel: str) -> None:
+        """The images of a finished job uploaded again, to ``channel`` (a Share, or an Open from /history)."""
+        result = await self.jobs.result_of(job)
+        copy = dataclasses.replace(job, context=dataclasses.replace(job.context, channel=channel, thread=None))
+        await self.client.files_upload_v2(**render.upload_args(copy, result))
+
     async def post_controls(self, job: Job, result: ImageResult) -> None:
         """The buttons under a result (the job id in their values and in the message metadata)."""
         channel = job.context.channel or ""
@@ -119,6 +131,7 @@ class SlackReply:
         self._to = to
         self._acked = acked  # set once the request's acknowledgement is on its way
         self._told_place = False
+        self.where: str | None = None  # where the images will appear (None: the channel; a private request: the DM)
 
     async def _after_ack(self) -> None:
         """Nothing reaches the user before the acknowledgement (its message would come after the answer)."""
@@ -131,7 +144,8 @@ class SlackReply:
         if update.status is JobStatus.QUEUED and update.position and not self._told_place:
             self._told_place = True
             await self._after_ack()
-            await self._outbox.say(self._to, render.queued_text(update.position), replace=True)
+            queued = render.queued_message(update.position, update.eta_seconds, update.job_id, where=self.where)
+            await self._outbox.say(self._to, queued["text"], blocks=queued["blocks"], replace=True)
 
     async def finish(self, outcome: JobOutcome) -> None:
         await self._after_ack()
@@ -146,7 +160,13 @@ class SlackReply:
 
     async def fail(self, text: str) -> None:
         await self._after_ack()
-        await self._outbox.say(self._to, text)
+        # after the place in line was told, the failure (or "Cancelled") takes its place and its Cancel button
+        await self._outbox.say(self._to, text, replace=self._told_place)
+
+    async def say_blocks(self, text: str, blocks: list[dict[str, Any]]) -> None:
+        """The final answer as Block Kit, in place of the acknowledgement's note."""
+        await self._after_ack()
+        await self._outbox.say(self._to, text, blocks=blocks, replace=True)
 
     async def say(self, text: str, *, replace: bool = False, mentions: tuple[str, ...] = ()) -> None:
         """A note on the way (a refusal, "making variations…"): not the final answer."""

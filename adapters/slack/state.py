@@ -57,6 +57,12 @@ class SlackState:
             return None
         return await self._store.job_at(PLATFORM, channel, ts)
 
+    async def message_of(self, job: str) -> tuple[str, str] | None:
+        """(channel, ts) of the first message remembered for ``job`` (its buttons, or its images), if any."""
+        if self._closed:
+            return None
+        return await self._store.message_of(PLATFORM, job)
+
     async def first_time(self, key: str) -> bool:
         """True exactly once per key (an event's message, across retries, duplicate deliveries and processes)."""
         if self._closed:

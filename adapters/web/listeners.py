@@ -81,11 +81,19 @@ class Listeners:
 
     async def config(self, request: web.Request) -> web.StreamResponse:
         core = self.core
+        default_model, spec = core.catalog.resolve(None)
+        flags = [  # the chat line's flags and the values the default model takes (the help lists them)
+            {"name": "--n", "values": f"1 to {spec.max_n} images"},
+            {"name": "--size", "values": ", ".join(spec.sizes)},
+            {"name": "--quality", "values": ", ".join(spec.qualities) or f"none for {default_model}"},
+            {"name": "--model", "values": ", ".join(core.catalog.names)},
+        ]
         return web.json_response(
             {
                 "provider": core.provider.name,
                 "offline": core.provider.offline,
-                "default_model": core.catalog.resolve(None)[0],
+                "default_model": default_model,
+                "flags": flags,
                 "models": list(core.catalog.names),
                 "regions": list(imaging.REGION_NAMES),
                 "default_n": core.settings.default_n,

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from adapters.common.i18n import _
-from adapters.common.lifecycle import Work
+from adapters.common.lifecycle import Work, queue_text
 from bot.errors import ImageBotError
 from bot.jobs import JobNotFoundError, JobOutcome
 from bot.models import JobStatus, Progress
@@ -30,6 +30,8 @@ _STATUS_BY_KIND = {
     "quota_exceeded": 429,
     "rate_limited": 429,
     "busy": 503,
+    "cancelled": 409,
+    "too_late_to_cancel": 409,
     "config_error": 503,
     "provider_outage": 502,
 }
@@ -130,6 +132,11 @@ class WebReply:
         if update.position is not None:
             event["position"] = update.position
             event["queue_length"] = update.queue_length
+            event["text"] = queue_text(update.position, update.eta_seconds)
+            if update.eta_seconds is not None:
+                event["eta_seconds"] = round(update.eta_seconds, 1)
+        if update.job_id is not None:
+            event["job"] = update.job_id
         if update.preview is not None:
             if len(update.preview) > PREVIEW_LIMIT:
                 return

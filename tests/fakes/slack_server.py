@@ -52,7 +52,16 @@ APP_ID, BOT_ID, BOT_USER_ID = "A0IMAGEBOT", "B0IMAGEBOT", "U0IMAGEBOT"
 USER_ID = "U0HUMAN001"  # a human, "alice"
 CHANNEL_ID = "C0GENERAL1"  # public #general, the bot is a member
 DEFAULT_SCOPES = frozenset(
-    {"commands", "chat:write", "files:write", "files:read", "app_mentions:read", "channels:read", "users:read"}
+    {
+        "commands",
+        "chat:write",
+        "files:write",
+        "files:read",
+        "app_mentions:read",
+        "channels:read",
+        "users:read",
+        "im:write",
+    }
     | {"channels:history", "groups:history", "im:history", "mpim:history"}
 )
 ACK_DEADLINE = 3.0  # seconds Slack waits for an envelope ack
@@ -74,6 +83,7 @@ _SCOPE_NEEDED = {
     "files.completeUploadExternal": "files:write",
     "files.info": "files:read",
     "conversations.info": "channels:read",
+    "conversations.open": "im:write",
     "users.info": "users:read",
     "conversations.history": "channels:history",
     "conversations.replies": "channels:history",
@@ -369,6 +379,7 @@ class FakeSlack(LoopbackServer):
             "files.info": self._files_info,
             "files.upload": self._files_upload_v1,
             "conversations.info": self._conversations_info,
+            "conversations.open": self._conversations_open,
             "users.info": self._users_info,
             "conversations.history": self._history,
             "conversations.replies": self._replies,
@@ -1041,6 +1052,18 @@ class FakeSlack(LoopbackServer):
         if not channel.is_member and not channel.is_im:
             raise SlackError("not_in_channel")
         return channel
+
+    def _conversations_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The bot's DM with one user (``users``: a single user id here), created on first use."""
+        users = [u for u in str(args.get("users") or "").split(",") if u]
+        if len(users) != 1:
+            raise SlackError("invalid_arguments" if not users else "not_implemented")
+        if users[0] not in self.users:
+            raise SlackError("user_not_found")
+        channel_id = "D" + users[0][1:]
+        if channel_id not in self.channels:
+            self.add_channel(channel_id, users[0], im=True)
+        return {"channel": {"id": channel_id}}
 
     def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
         user = self.users.get(str(args.get("user")))

@@ -68,7 +68,7 @@
     try {
       const response = await fetch(url, options);
       const data = await response.json().catch(() => null);
-      if (data && data.error) return { error: data.error.message };
+      if (data && data.error) return { error: data.error.message, cancelled: data.error.kind === "cancelled" };
       if (!response.ok || !data) return { error: `The bot answered with HTTP ${response.status}. Please try again.` };
       return data;
     } catch (err) {
@@ -109,6 +109,23 @@
     let timer = null;
     let preview = null;
     let finished = false;
+    let cancel = null; // the Cancel button while the job waits in line
+
+    // Cancel while queued: the request itself then answers "Cancelled"; once running it is too late.
+    function offerCancel(job) {
+      if (cancel) return;
+      cancel = el("button", { class: "btn btn-grey small cancel", type: "button", text: "Cancel",
+                              "aria-label": "Cancel this request", onclick: async () => {
+        cancel.disabled = true;
+        const answer = await api(`/api/jobs/${job}/cancel`, {});
+        if (answer.error && !finished) {
+          body.append(el("div", { class: "note", role: "status", text: answer.error }));
+          dropCancel();
+        }
+      } });
+      progress.append(cancel);
+    }
+    function dropCancel() { if (cancel) { cancel.remove(); cancel = null; } }
 
     // A partial image while the real one is made: shown blurred until the result replaces it.
     function showPreview(url) {
@@ -133,9 +150,10 @@
         if (finished) return;
         if (event.status === "queued") {
           clearInterval(timer);
-          label.textContent = event.position ? `Queued — #${event.position} in line` : "Queued…";
+          label.textContent = event.text || (event.position ? `Queued — #${event.position} in line` : "Queued…");
+          if (event.job) offerCancel(event.job);
         } else if (event.status === "running" && event.preview) showPreview(event.preview);
-        else if (event.status === "running") running(Date.now());
+        else if (event.status === "running") { dropCancel(); running(Date.now()); }
       },
       finish(result) {
         if (finished) return;
@@ -144,7 +162,8 @@
         tasks.delete(task);
         progress.remove();
         if (preview) preview.remove();
-        if (result.error) body.append(el("div", { class: "error", role: "alert", text: result.error }));
+        if (result.cancelled) body.append(el("div", { class: "note cancelled", role: "status", text: result.error }));
+        else if (result.error) body.append(el("div", { class: "error", role: "alert", text: result.error }));
         else if (result.status === "awaiting_confirmation") renderConfirmation(body, result);
         else if (result.status === "done") renderResult(body, result);
         else if (result.status === "upscaled") renderUpscaled(body, result);
@@ -308,7 +327,7 @@
     setRegion(null);
     $("attachment").hidden = true;
     fileInput.value = "";
-    input.placeholder = "/imagine a red fox in the snow --n 4 --size 1536x1024";
+    input.placeholder = promptHint();
   }
 
   function setMask(file) {
@@ -341,9 +360,13 @@
     const on = cellRange(value);
     for (const cell of $("grid").children) {
       cell.classList.toggle("on", on.has(cell.dataset.cell));
+      cell.setAttribute("aria-pressed", String(on.has(cell.dataset.cell)));
       cell.classList.remove("anchor");
     }
-    for (const button of $("regions").children) button.classList.toggle("selected", button.dataset.region === value);
+    for (const button of $("regions").children) {
+      button.classList.toggle("selected", button.dataset.region === value);
+      button.setAttribute("aria-pressed", String(button.dataset.region === value));
+    }
     refreshReadout();
   }
 
@@ -370,13 +393,14 @@
     for (const r of "1234") for (const c of "ABCD") {
       const name = c + r;
       grid.append(el("button", { type: "button", class: "cell", "data-cell": name, title: `Cell ${name} (click another cell for a range)`,
-                                 "aria-label": `Cell ${name}`, text: name, onclick: () => pickCell(name) }));
+                                 "aria-label": `Cell ${name}`, "aria-pressed": "false", text: name,
+                                 onclick: () => pickCell(name) }));
     }
     const regions = $("regions");
     regions.replaceChildren();
     for (const name of config.regions) {
       regions.append(el("button", { type: "button", class: "btn btn-grey small", "data-region": name, text: name,
-                                    onclick: () => setRegion(region === name ? null : name) }));
+                                    "aria-pressed": "false", onclick: () => setRegion(region === name ? null : name) }));
     }
   }
 
@@ -384,7 +408,12 @@
 
   function send() {
     const text = input.value.trim();
-    if (!text && !attached) return;
+    if (!text && !attached) {
+      hint("Type what you'd like me to draw (for example: a lighthouse at dusk), or attach a picture first.");
+      input.focus();
+      return;
+    }
+    hint("");
     input.value = "";
     autosize();
     if (attached) {
@@ -408,6 +437,18 @@
     runJob("Imagining", "/api/imagine", { text });
   }
 
+  // A short note under the composer (announced to screen readers), e.g. for an empty message.
+  function hint(text) {
+    $("composer-hint").textContent = text;
+    $("composer-hint").hidden = !text;
+  }
+
+  // The composer's example fits its width: a phone gets a shorter one, so no flag is cut in two.
+  const narrow = window.matchMedia("(max-width: 640px)");
+  const promptHint = () => (narrow.matches ? "/imagine a fox --size 1536x1024"
+                                           : "/imagine a red fox in the snow --n 4 --size 1536x1024");
+  narrow.addEventListener("change", () => { if (!attached) input.placeholder = promptHint(); });
+
   function autosize() {
     input.style.height = "auto";
     input.style.height = Math.min(input.scrollHeight, 200) + "px";
@@ -417,7 +458,7 @@
   input.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); send(); }
   });
-  input.addEventListener("input", autosize);
+  input.addEventListener("input", () => { autosize(); hint(""); });
   fileInput.addEventListener("change", () => fileInput.files[0] && attach(fileInput.files[0]));
   maskInput.addEventListener("change", () => maskInput.files[0] && setMask(maskInput.files[0]));
   $("attach-remove").addEventListener("click", detach);
@@ -488,18 +529,27 @@
     scrollDown(true);
   }
 
+  // The flags and the values each takes (from the model catalogue), one line per flag.
+  function flagHelp(flags) {
+    const list = el("ul", { class: "flags", "aria-label": "Flags" });
+    for (const flag of flags) {
+      list.append(el("li", {}, el("code", { class: "flag", text: flag.name }), " ",
+                     el("span", { class: "values", text: flag.values })));
+    }
+    return list;
+  }
+
   async function start() {
     try {
       const response = await fetch("/api/config", { credentials: "same-origin" });
       if (response.ok) config = await response.json();
     } catch { /* keep the defaults; the stream status shows the problem */ }
     buildPickers();
+    input.placeholder = promptHint();
     const examples = el("div", { class: "text" },
       "Hi! Tell me what to draw: ", el("code", { text: "/imagine a lighthouse at dusk --n 2" }),
-      " (flags: ", el("code", { text: "--n" }), " ", el("code", { text: "--size" }), " ",
-      el("code", { text: "--quality" }), " ", el("code", { text: "--model" }),
-      "). Drop, paste or attach a picture to edit it or get variations.");
-    const welcome = [examples];
+      ". Drop, paste or attach a picture to edit it or get variations.");
+    const welcome = [examples, flagHelp(config.flags || [])];
     if (config.offline) {
       welcome.push(el("div", { class: "note",
         text: "No OPENAI_API_KEY is set, so pictures come from the built-in offline generator." }));
