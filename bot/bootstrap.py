@@ -16,9 +16,11 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
+from bot.admission_redis import RedisAdmission, redis_location
+from bot.admission_redis import connect as connect_redis
 from bot.catalog import Catalog
 from bot.jobs import JobService
-from bot.limits import Admission
+from bot.limits import Admission, AdmissionControl
 from bot.ports import ImageProvider, JobStore
 from bot.providers.offline import OfflineImages
 from bot.providers.openai import OpenAIImages
@@ -37,7 +39,7 @@ class Images:
 
     settings: Settings
     catalog: Catalog
-    admission: Admission
+    admission: AdmissionControl
     provider: ImageProvider
     service: ImageService
 
@@ -48,7 +50,7 @@ class Core:
 
     settings: Settings
     catalog: Catalog
-    admission: Admission
+    admission: AdmissionControl
     provider: ImageProvider
     service: ImageService
     jobs: JobService
@@ -70,15 +72,7 @@ def build_images(
     catalog."""
     register_secrets([*settings.secret_values(), *_url_credentials(settings)])
     catalog = settings.catalog()
-    limits = settings.limits
-    admission = Admission(
-        max_concurrent=limits.max_concurrent,
-        images_per_minute=limits.images_per_minute,
-        per_user_jobs=limits.per_user_jobs,
-        max_queue=limits.max_queue,
-        position_interval=limits.position_interval,
-        max_result_bytes=limits.max_result_bytes,
-    )
+    admission = build_admission(settings)
     if provider is None:
         provider = _provider(settings, session, admission)
     log.info("image provider: %s, default model %s", provider.name, settings.default_model)
@@ -94,7 +88,37 @@ def build_images(
     return Images(settings, catalog, admission, provider, service)
 
 
-def _provider(settings: Settings, session: aiohttp.ClientSession, admission: Admission) -> ImageProvider:
+def build_admission(settings: Settings) -> AdmissionControl:
+    """Shared through Redis when IMAGEBOT_REDIS_URL is set (several processes on one key), else in-process."""
+    limits = settings.limits
+    if settings.redis_url is None:
+        return Admission(
+            max_concurrent=limits.max_concurrent,
+            images_per_minute=limits.images_per_minute,
+            per_user_jobs=limits.per_user_jobs,
+            max_queue=limits.max_queue,
+            pacing_window=limits.pace_window_seconds,
+            pacing_margin=limits.pace_margin_seconds,
+            position_interval=limits.position_interval,
+            max_result_bytes=limits.max_result_bytes,
+        )
+    url = settings.redis_url.get_secret_value()
+    log.info("admission shared through Redis at %s", redis_location(url))
+    return RedisAdmission(
+        connect_redis(url),
+        max_concurrent=limits.max_concurrent,
+        images_per_minute=limits.images_per_minute,
+        per_user_jobs=limits.per_user_jobs,
+        max_queue=limits.max_queue,
+        pacing_window=limits.pace_window_seconds,
+        pacing_margin=limits.pace_margin_seconds,
+        lease=limits.admission_lease_seconds,
+        position_interval=limits.position_interval,
+        max_result_bytes=limits.max_result_bytes,
+    )
+
+
+def _provider(settings: Settings, session: aiohttp.ClientSession, admission: AdmissionControl) -> ImageProvider:
     """The provider the settings ask for: OpenAI (or a compatible server) with a key, else the offline one."""
     if settings.provider_name == "openai":
         if settings.openai_api_key is None:
@@ -232,5 +256,6 @@ async def open_core(
             yield Core(settings, images.catalog, images.admission, images.provider, images.service, jobs)
         finally:
             await store.close()
+            await images.admission.aclose()
     finally:
         await asyncio.to_thread(lock.release)

@@ -15,7 +15,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from bot.errors import BusyError, ImageBotError, TooManyJobsError
 from bot.models import JobStatus, Progress
@@ -123,6 +125,44 @@ class PacingWindow:
             self._in_window -= self._grants.popleft()[1]
 
 
+class AdmissionControl(Protocol):
+    """What the rest of the bot uses of admission: in-process (``Admission``) or shared through Redis
+    (``bot.admission_redis.RedisAdmission``). Properties are read without I/O (an adapter may read them before
+    its acknowledgement)."""
+
+    result_bytes: ByteBudget
+
+    @property
+    def queue_length(self) -> int:
+        """Jobs waiting for a turn (for a shared admission: everywhere, as last seen)."""
+        ...
+
+    @property
+    def running(self) -> int:
+        """Jobs of this process holding a turn (shutdown waits for them)."""
+        ...
+
+    def jobs_of(self, requester: str) -> int: ...
+
+    def throttle(self, seconds: float) -> None:
+        """Pause every new provider call for ``seconds`` (after a 429 or an exhausted rate-limit header)."""
+        ...
+
+    def close(self) -> None:
+        """Refuse new jobs and fail the ones still waiting (shutdown); running ones finish."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the admission holds outside the process (after ``close`` and the running jobs)."""
+        ...
+
+    def slot(
+        self, requester: str, images: int, progress: ProgressSink | None = None
+    ) -> AbstractAsyncContextManager[None]:
+        """Wait for a turn (reporting the place in line), hold it for the body, then give it back."""
+        ...
+
+
 class Admission:
     """Decides when a job may call the provider. Use ``async with admission.slot(...)`` around the call.
 
@@ -140,11 +180,13 @@ class Admission:
         max_queue: int,
         clock: Callable[[], float] = time.monotonic,
         pacing_window: float = 60.0,
+        pacing_margin: float = 1.0,
         position_interval: float = 0.0,
         max_result_bytes: int = 256 * 1024**2,
     ):
+        """``images_per_minute`` is the allowance per ``pacing_window`` seconds (60 unless a test shrinks it)."""
         self._max_concurrent = max_concurrent
-        self._pacing = PacingWindow(images_per_minute, pacing_window) if images_per_minute > 0 else None
+        self._pacing = PacingWindow(images_per_minute, pacing_window, pacing_margin) if images_per_minute > 0 else None
         self._per_user = per_user_jobs
         self._max_queue = max_queue
         self._clock = clock
@@ -198,6 +240,9 @@ class Admission:
         self._waiting.clear()
         self._turns.clear()
         self._queued = 0
+
+    async def aclose(self) -> None:
+        """Nothing lives outside the process."""
 
     @contextlib.asynccontextmanager
     async def slot(self, requester: str, images: int, progress: ProgressSink | None = None) -> AsyncIterator[None]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from bot import imaging
 from bot.catalog import Catalog, ModelSpec
 from bot.errors import ImageBotError, InvalidRequestError, UnexpectedError
-from bot.limits import Admission
+from bot.limits import AdmissionControl
 from bot.models import (
     EditRequest,
     GeneratedImage,
@@ -67,7 +67,7 @@ class ImageService:
         *,
         provider: ImageProvider,
         catalog: Catalog,
-        admission: Admission,
+        admission: AdmissionControl,
         imaging_settings: ImagingSettings,
         variation_prompt: str,
         default_n: int = 1,
