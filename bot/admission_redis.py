@@ -258,6 +258,17 @@ end
 return answer('ok', pump())
 """
 
+# ARGV[10]: a granted ticket whose call is about to leave: its place in the pace window moves to now (later, never
+# earlier), so the window holds when calls were sent, not when turns were granted (the upstream counts arrivals).
+_STAMP = r"""
+local raw = redis.call('HGET', P .. 'tickets', ARGV[10])
+if raw and ALLOW > 0 then
+  local _, n = parse(raw)
+  redis.call('ZADD', P .. 'pace', 'XX', 'GT', now, ARGV[10] .. '|' .. n)
+end
+return answer('ok', -1)
+"""
+
 _GONE = r"""
 for _, ticket in ipairs(redis.call('SMEMBERS', P .. 'owned:' .. PROC)) do drop(ticket) end
 redis.call('DEL', P .. 'owned:' .. PROC)
@@ -308,11 +319,12 @@ class AdmissionScripts:
     ``now`` (tests only) replaces Redis's clock, so a property can be checked over hours of simulated time.
     """
 
-    NAMES = ("enqueue", "release", "heartbeat", "throttle", "gone")
+    NAMES = ("enqueue", "release", "heartbeat", "throttle", "stamp", "gone")
 
     def __init__(self, client: redis.Redis, rules: AdmissionRules, process: str):
         bodies = {"enqueue": _ENQUEUE, "release": _RELEASE, "heartbeat": _HEARTBEAT, "throttle": _THROTTLE}
         bodies["gone"] = _GONE
+        bodies["stamp"] = _STAMP
         self._scripts = {name: client.register_script(_PRELUDE + body) for name, body in bodies.items()}
         self._config: list[str | int] = [
             rules.prefix,
@@ -459,6 +471,7 @@ class RedisAdmission:
             raise
         self._running += 1
         try:
+            await self._stamp(ticket)
             yield
         finally:
             self._running -= 1
@@ -503,6 +516,13 @@ class RedisAdmission:
                 continue
             ticket.changed.clear()
             await ticket.changed.wait()
+
+    async def _stamp(self, ticket: _Ticket) -> None:
+        """Count the call in the pace window from now, when it leaves, rather than from its grant."""
+        try:
+            await self._scripts("stamp", ticket.id)
+        except (RedisError, OSError) as exc:
+            log.warning("could not mark a call as sent in Redis (%s); its grant time stands", type(exc).__name__)
 
     async def _forget(self, ticket: _Ticket) -> None:
         """Give the ticket back (granted or waiting); Redis drops it anyway with our lease if it can't be told."""
