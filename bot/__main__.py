@@ -29,6 +29,8 @@ from pathlib import Path
 
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import RedisError
+from redis.exceptions import ResponseError as RedisResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot import imaging
 from bot.admission_redis import check_reachable as check_redis
@@ -315,9 +317,14 @@ async def _check_redis(url: str) -> None:
     where = redis_location(url)
     try:
         await check_redis(url)
-    except (RedisError, OSError) as exc:
-        why = "wrong password" if isinstance(exc, RedisAuthenticationError) else type(exc).__name__
-        raise SettingsError(f"IMAGEBOT_REDIS_URL: cannot use Redis at {where} ({why})") from None
+    except (RedisAuthenticationError, RedisResponseError):  # a wrong or missing password, or a user not allowed
+        raise SettingsError(f"IMAGEBOT_REDIS_URL: Redis at {where} refused the password.") from None
+    except RedisTimeoutError:
+        raise SettingsError(f"IMAGEBOT_REDIS_URL: Redis at {where} did not answer in time.") from None
+    except (RedisError, OSError):
+        raise SettingsError(
+            f"IMAGEBOT_REDIS_URL: cannot connect to {where} (connection refused: is Redis running there?)."
+        ) from None
     print(f"redis: {where} reachable")
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import signal
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +30,9 @@ from bot.admission_redis import (
 )
 from bot.errors import BusyError, TooManyJobsError
 from bot.models import JobStatus, Progress
-from tests.redis_server import RedisServer
+from tests.redis_server import PASSWORD, RedisServer
+from tests.test_cli import CLI, assert_clean
+from tests.test_web import _harness
 
 WINDOW = 60.0
 
@@ -356,3 +360,59 @@ def test_the_location_never_shows_the_password(redis_server: RedisServer) -> Non
     assert redis_location(url) == f"127.0.0.1:{redis_server.port}/3"
     assert redis_location("redis://localhost") == "localhost:6379/0"
     assert redis_location("unix:///run/redis.sock?db=2") == "/run/redis.sock"
+
+
+# --- imagebot check, and a bot that loses Redis while serving --------------------------------------------
+
+
+async def test_check_says_where_redis_is_without_its_password(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, redis_url: str, redis_server: RedisServer
+) -> None:
+    run = await CLI(capsys)("check", cwd=tmp_path, env={"IMAGEBOT_REDIS_URL": redis_url})
+    assert run.code == 0, run.stderr
+    assert f"redis: 127.0.0.1:{redis_server.port}/0 reachable\n" in run.stdout
+    assert_clean(run, PASSWORD)
+
+
+async def test_check_with_an_unreachable_redis_fails_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, unused_tcp_port: int
+) -> None:
+    url = f"redis://:Sup3r-secret-rd@127.0.0.1:{unused_tcp_port}/2"
+    run = await CLI(capsys)("check", cwd=tmp_path, env={"IMAGEBOT_REDIS_URL": url})
+    assert run.code == 2
+    assert run.stderr.strip().splitlines() == [
+        f"imagebot: IMAGEBOT_REDIS_URL: cannot connect to 127.0.0.1:{unused_tcp_port}/2 "
+        "(connection refused: is Redis running there?)."
+    ]
+    assert_clean(run, "Sup3r-secret-rd")
+
+
+async def test_check_with_a_wrong_redis_password_fails_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, redis_server: RedisServer
+) -> None:
+    url = redis_server.url(password="not-the-password-0")
+    run = await CLI(capsys)("check", cwd=tmp_path, env={"IMAGEBOT_REDIS_URL": url})
+    assert run.code == 2
+    assert run.stderr.strip().splitlines() == [
+        f"imagebot: IMAGEBOT_REDIS_URL: Redis at 127.0.0.1:{redis_server.port}/0 refused the password."
+    ]
+    assert_clean(run, "not-the-password-0")
+
+
+async def test_a_bot_that_loses_redis_answers_kindly_and_recovers(
+    tmp_path: Path, redis_url: str, redis_server: RedisServer
+) -> None:
+    async for bot in _harness(tmp_path, redis_url=redis_url):
+        assert isinstance(bot.core.admission, RedisAdmission)
+        assert (await bot.imagine("a fox"))["status"] == "done"
+
+        redis_server.stop()
+        try:
+            refused = await bot.post("/api/imagine", {"text": "a cat"}, status=503)
+        finally:
+            redis_server.start()
+        message = refused["error"]["message"]
+        assert message.startswith("I can't reach my job queue right now, so your request was not started.")
+        assert "Traceback" not in message and PASSWORD not in json.dumps(refused)
+
+        assert (await bot.imagine("a dog"))["status"] == "done"  # Redis is back (empty): the bot works again
