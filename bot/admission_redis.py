@@ -143,7 +143,9 @@ local function pace_wait(images)  -- seconds until ``images`` more may go (0: no
   return 0.0005
 end
 
-local function pump()  -- grant turns while capacity and pace allow; returns seconds until worth trying again (-1: none)
+-- grant turns while capacity and pace allow; returns seconds until worth trying again (-1: none). The owner of each
+-- granted ticket hears of it on its channel, except for ``asked`` (the caller's new ticket: its answer says so).
+local function pump(asked)
   local paused = tonumber(redis.call('GET', P .. 'paused') or '0')
   while count('running') < MAXC do
     local first = redis.call('ZRANGE', P .. 'turns', 0, 0)[1]
@@ -166,7 +168,7 @@ local function pump()  -- grant turns while capacity and pace allow; returns sec
     push_turn(user)
     redis.call('HSET', P .. 'tickets', ticket, 'r' .. string.sub(raw, 2))
     redis.call('INCR', P .. 'running')
-    redis.call('PUBLISH', P .. 'grant:' .. owner, ticket)
+    if ticket ~= asked then redis.call('PUBLISH', P .. 'grant:' .. owner, ticket) end
   end
   return -1
 end
@@ -207,7 +209,8 @@ _ENQUEUE = r"""
 local ticket, user, images = ARGV[10], ARGV[11], tonumber(ARGV[12])
 lease()
 if redis.call('HEXISTS', P .. 'tickets', ticket) == 1 then
-  return answer('ok', pump(), {position(user, ticket)})
+  local wake = pump(ticket)
+  return answer('ok', wake, {position(user, ticket), string.sub(redis.call('HGET', P .. 'tickets', ticket), 1, 1)})
 end
 if tonumber(redis.call('HGET', P .. 'inflight', user) or '0') >= PERUSER then return answer('user', -1) end
 if count('waiting') >= MAXQ then return answer('full', -1) end
@@ -218,8 +221,8 @@ local q = P .. 'q:' .. user
 if redis.call('RPUSH', q, ticket) == 1 then push_turn(user) end
 redis.call('INCR', P .. 'waiting')
 redis.call('HINCRBY', P .. 'inflight', user, 1)
-local wake = pump()
-return answer('ok', wake, {position(user, ticket)})
+local wake = pump(ticket)
+return answer('ok', wake, {position(user, ticket), string.sub(redis.call('HGET', P .. 'tickets', ticket), 1, 1)})
 """
 
 # ARGV[10]: the ticket to give back (granted or still waiting).
@@ -402,6 +405,7 @@ class RedisAdmission:
             max_concurrent, images_per_minute, per_user_jobs, max_queue, pacing_window, pacing_margin, lease, prefix
         )
         self._scripts = AdmissionScripts(client, rules, self.process)
+        self._paced = images_per_minute > 0
         self._channel = f"{prefix}grant:{self.process}"
         self._tick = max(0.25, min(lease / 4, max(position_interval, 0.5)))
         self._tickets: dict[str, _Ticket] = {}
@@ -471,7 +475,8 @@ class RedisAdmission:
             raise
         self._running += 1
         try:
-            await self._stamp(ticket)
+            if self._paced:
+                await self._stamp(ticket)
             yield
         finally:
             self._running -= 1
@@ -499,8 +504,11 @@ class RedisAdmission:
                 )
             raise BusyError(detail="queue full")
         self._in_flight[requester] = self._in_flight.get(requester, 0) + 1
-        if not ticket.granted and answer.extra and int(answer.extra[0]) > 0:
-            ticket.position = int(answer.extra[0])
+        place, state = int(answer.extra[0]), str(answer.extra[1])
+        if state == "r":
+            self._granted(ticket.id)  # its message on the channel may still be on its way
+        elif not ticket.granted and place > 0:
+            ticket.position = place
         return ticket
 
     async def _wait_for_turn(self, ticket: _Ticket, progress: ProgressSink | None) -> None:
@@ -665,6 +673,8 @@ class RedisAdmission:
         if answer.status != "ok":
             ticket.error = BusyError(detail=f"requeue refused: {answer.status}")
             ticket.changed.set()
+        elif str(answer.extra[1]) == "r":
+            self._granted(ticket.id)
 
     def _fail_waiting(self, tickets: Sequence[_Ticket], exc: BaseException) -> None:
         log.warning(

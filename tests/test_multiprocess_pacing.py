@@ -1,7 +1,8 @@
 """Three real ``imagebot run`` processes on one API key share PostgreSQL and Redis; the fake OpenAI enforces an
 images-per-minute limit the way the API does (a rolling window of arrivals, 429 above it).
 
-The issue's done-when is 300 jobs at 30 per minute (10 minutes: bench/bench_admission_redis.py --full runs it).
+The issue's done-when is 300 jobs at 30 per minute: ``IMAGEBOT_FULL_PACING=1`` (bench/bench_admission_redis.py --full)
+runs exactly that, in about 11 minutes, and asks for 98% of the allowance.
 Here the window is shortened with ``limits.pace_window_seconds``, so the same properties run as 180 jobs at 30 per
 6 s: six windows, about 45 s (after one warm-up job per process).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import re
 import secrets
 import time
@@ -25,15 +27,16 @@ from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 from tests.test_run import run_env, running_bot
 from tests.test_web import HEADERS
 
+FULL = os.environ.get("IMAGEBOT_FULL_PACING") == "1"  # the issue's own scale (bench/bench_admission_redis.py --full)
 ALLOWANCE = 30
-WINDOW = 6.0
+WINDOW = 60.0 if FULL else 6.0
 # The margin is the packaged 1 s, not scaled down with the window: it covers the time between a call counting in
 # Redis and reaching the upstream, which does not shrink with the window (on this loaded 2-core box it reached
 # 0.5 s). So the best a 6 s window can use is 6/7 of the allowance; the test asks for 98% of that, and the
 # bench's 60 s window (60/61 = 98.4% at best) for 98% of the allowance itself.
 MARGIN = 1.0
 USERS = 20
-JOBS_PER_USER = 9
+JOBS_PER_USER = 15 if FULL else 9
 PROCESSES = 3
 
 
@@ -64,7 +67,7 @@ def _bot_env(tmp_path: Path, index: int, secret: bytes, fake: FakeOpenAI, postgr
 
 async def _imagine(base_url: str, user: str, secret: bytes, prompt: str) -> dict[str, Any]:
     cookies = {SESSION_COOKIE: session_token(secret, user)}
-    timeout = aiohttp.ClientTimeout(total=180)
+    timeout = aiohttp.ClientTimeout(total=1200)
     async with (
         aiohttp.ClientSession(cookies=cookies, timeout=timeout) as client,
         client.post(f"{base_url}/api/imagine", json={"text": prompt}, headers=HEADERS) as response,
@@ -148,7 +151,7 @@ async def test_three_processes_share_the_pace_and_serve_users_in_turn(
     used = WINDOW / (sum(gaps) / len(gaps))
     best = WINDOW / (WINDOW + MARGIN)
     print(f"\n{len(times)} images in {took:.1f}s; allowance used {used:.1%} (best {best:.1%} with this margin)")
-    assert used >= 0.98 * best
+    assert used >= (0.98 if FULL else 0.98 * best)
 
     # after the first window (whoever asked first went first), users take turns: at every point, the users who
     # still have jobs have been served within 2 turns of each other, across the three processes
