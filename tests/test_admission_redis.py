@@ -355,6 +355,25 @@ async def test_a_redis_outage_is_a_friendly_error_and_passes(redis_url: str, red
             pass
 
 
+async def test_a_job_waiting_while_redis_restarts_empty_keeps_its_turn(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    async with _processes(redis_url, count=1, lease=2.0) as (admission,):
+        gate = asyncio.Event()
+        order: list[str] = []
+        holder = asyncio.create_task(_job(admission, "alice", order, "running", gate))
+        await _until(lambda: order == ["running"])
+        waiting = asyncio.create_task(_job(admission, "bob", order, "waiting"))
+        await _until(lambda: admission.queue_length == 1)
+        redis_server.restart()  # everything Redis knew is gone, including the turn "running" holds
+        await asyncio.wait_for(waiting, 10)  # the heartbeat finds bob's ticket missing and queues it again
+        gate.set()
+        await asyncio.wait_for(holder, 10)  # giving back a turn Redis no longer knows is harmless
+        assert order == ["running", "waiting"]
+        async with admission.slot("carol", 1):  # and the cap counts right afterwards
+            assert admission.running == 1
+
+
 def test_the_location_never_shows_the_password(redis_server: RedisServer) -> None:
     url = redis_server.url(db=3)
     assert redis_location(url) == f"127.0.0.1:{redis_server.port}/3"
