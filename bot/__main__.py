@@ -27,7 +27,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from redis.exceptions import AuthenticationError as RedisAuthenticationError
+from redis.exceptions import RedisError
+from redis.exceptions import ResponseError as RedisResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from bot import imaging, reports
+from bot.admission_redis import check_reachable as check_redis
+from bot.admission_redis import redis_location
 from bot.bootstrap import Core, describe_database, new_http_session, open_core
 from bot.budgets import month_window
 from bot.errors import ImageBotError, InvalidImageError, UnexpectedError
@@ -307,6 +314,22 @@ async def _check(core: Core, args: argparse.Namespace) -> int:
     return EXIT_OK if health.reachable and health.model_known is not False else EXIT_FAILED
 
 
+async def _check_redis(url: str) -> None:
+    """``redis: host:port/db reachable``, or a SettingsError (exit 2, one line) when it cannot be used."""
+    where = redis_location(url)
+    try:
+        await check_redis(url)
+    except (RedisAuthenticationError, RedisResponseError):  # a wrong or missing password, or a user not allowed
+        raise SettingsError(f"IMAGEBOT_REDIS_URL: Redis at {where} refused the password.") from None
+    except RedisTimeoutError:
+        raise SettingsError(f"IMAGEBOT_REDIS_URL: Redis at {where} did not answer in time.") from None
+    except (RedisError, OSError):
+        raise SettingsError(
+            f"IMAGEBOT_REDIS_URL: cannot connect to {where} (connection refused: is Redis running there?)."
+        ) from None
+    print(f"redis: {where} reachable")
+
+
 async def _usage(core: Core, args: argparse.Namespace) -> int:
     since = args.since or month_window(dt.datetime.now(dt.UTC))[0]
     rows = await core.jobs.store.usage(since.timestamp(), by=args.by)
@@ -373,6 +396,8 @@ async def _one_shot(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "check":
         _print_settings(settings)  # even when the core can't be built: the listing helps to see why
         print(f"database: {describe_database(settings)}")  # a database it can't open ends the check here
+        if settings.redis_url is not None:
+            await _check_redis(settings.redis_url.get_secret_value())
     # Reports only read: they work beside a running bot. Whatever runs or deletes jobs takes the data folder.
     exclusive = args.command not in READ_ONLY_COMMANDS
     async with new_http_session() as session, open_core(settings, session, exclusive=exclusive) as core:

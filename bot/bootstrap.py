@@ -16,9 +16,11 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
+from bot.admission_redis import RedisAdmission, redis_location
+from bot.admission_redis import connect as connect_redis
 from bot.catalog import Catalog
 from bot.jobs import JobService
-from bot.limits import Admission
+from bot.limits import Admission, AdmissionControl
 from bot.metrics import Metrics
 from bot.ports import ImageProvider, JobStore
 from bot.providers.offline import OfflineImages
@@ -38,7 +40,7 @@ class Images:
 
     settings: Settings
     catalog: Catalog
-    admission: Admission
+    admission: AdmissionControl
     provider: ImageProvider
     service: ImageService
     metrics: Metrics = field(default_factory=Metrics)
@@ -50,7 +52,7 @@ class Core:
 
     settings: Settings
     catalog: Catalog
-    admission: Admission
+    admission: AdmissionControl
     provider: ImageProvider
     service: ImageService
     jobs: JobService
@@ -73,15 +75,7 @@ def build_images(
     catalog."""
     register_secrets([*settings.secret_values(), *_url_credentials(settings)])
     catalog = settings.catalog()
-    limits = settings.limits
-    admission = Admission(
-        max_concurrent=limits.max_concurrent,
-        images_per_minute=limits.images_per_minute,
-        per_user_jobs=limits.per_user_jobs,
-        max_queue=limits.max_queue,
-        position_interval=limits.position_interval,
-        max_result_bytes=limits.max_result_bytes,
-    )
+    admission = build_admission(settings)
     metrics = Metrics()
     metrics.watch_queue(lambda: admission.queue_length, lambda: admission.running)
     if provider is None:
@@ -104,8 +98,38 @@ def build_images(
     return Images(settings, catalog, admission, provider, service, metrics)
 
 
+def build_admission(settings: Settings) -> AdmissionControl:
+    """Shared through Redis when IMAGEBOT_REDIS_URL is set (several processes on one key), else in-process."""
+    limits = settings.limits
+    if settings.redis_url is None:
+        return Admission(
+            max_concurrent=limits.max_concurrent,
+            images_per_minute=limits.images_per_minute,
+            per_user_jobs=limits.per_user_jobs,
+            max_queue=limits.max_queue,
+            pacing_window=limits.pace_window_seconds,
+            pacing_margin=limits.pace_margin_seconds,
+            position_interval=limits.position_interval,
+            max_result_bytes=limits.max_result_bytes,
+        )
+    url = settings.redis_url.get_secret_value()
+    log.info("admission shared through Redis at %s", redis_location(url))
+    return RedisAdmission(
+        connect_redis(url),
+        max_concurrent=limits.max_concurrent,
+        images_per_minute=limits.images_per_minute,
+        per_user_jobs=limits.per_user_jobs,
+        max_queue=limits.max_queue,
+        pacing_window=limits.pace_window_seconds,
+        pacing_margin=limits.pace_margin_seconds,
+        lease=limits.admission_lease_seconds,
+        position_interval=limits.position_interval,
+        max_result_bytes=limits.max_result_bytes,
+    )
+
+
 def _provider(
-    settings: Settings, session: aiohttp.ClientSession, admission: Admission, metrics: Metrics
+    settings: Settings, session: aiohttp.ClientSession, admission: AdmissionControl, metrics: Metrics
 ) -> ImageProvider:
     """The provider the settings ask for: OpenAI (or a compatible server) with a key, else the offline one."""
     if settings.provider_name == "openai":
@@ -267,5 +291,6 @@ async def open_core(
                     await jobs.stop()
         finally:
             await store.close()
+            await images.admission.aclose()
     finally:
         await asyncio.to_thread(lock.release)

@@ -15,12 +15,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from bot.errors import BusyError, ImageBotError, JobCancelledError, TooManyJobsError
 from bot.models import JobStatus, Progress
 from bot.ports import ProgressSink
-from bot.text import N_
+from bot.text import N_, NP_
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,50 @@ class PacingWindow:
             self._in_window -= self._grants.popleft()[1]
 
 
+class AdmissionControl(Protocol):
+    """What the rest of the bot uses of admission: in-process (``Admission``) or shared through Redis
+    (``bot.admission_redis.RedisAdmission``). Properties are read without I/O (an adapter may read them before
+    its acknowledgement)."""
+
+    result_bytes: ByteBudget
+
+    @property
+    def queue_length(self) -> int:
+        """Jobs waiting for a turn (for a shared admission: everywhere, as last seen)."""
+        ...
+
+    @property
+    def running(self) -> int:
+        """Jobs of this process holding a turn (shutdown waits for them)."""
+        ...
+
+    def jobs_of(self, requester: str) -> int: ...
+
+    def throttle(self, seconds: float) -> None:
+        """Pause every new provider call for ``seconds`` (after a 429 or an exhausted rate-limit header)."""
+        ...
+
+    def close(self) -> None:
+        """Refuse new jobs and fail the ones still waiting (shutdown); running ones finish."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the admission holds outside the process (after ``close`` and the running jobs)."""
+        ...
+
+    def slot(
+        self, requester: str, images: int, progress: ProgressSink | None = None, *, key: str | None = None
+    ) -> AbstractAsyncContextManager[None]:
+        """Wait for a turn (reporting the place in line), hold it for the body, then give it back. ``key`` (the
+        job id) lets ``cancel`` take the waiting job back."""
+        ...
+
+    def cancel(self, key: str) -> bool:
+        """Take back the waiting job ``key`` (its ``slot`` raises ``JobCancelledError``); False once it has its
+        turn, or when no job with that key waits in this process."""
+        ...
+
+
 class Admission:
     """Decides when a job may call the provider. Use ``async with admission.slot(...)`` around the call.
 
@@ -142,11 +188,13 @@ class Admission:
         max_queue: int,
         clock: Callable[[], float] = time.monotonic,
         pacing_window: float = 60.0,
+        pacing_margin: float = 1.0,
         position_interval: float = 0.0,
         max_result_bytes: int = 256 * 1024**2,
     ):
+        """``images_per_minute`` is the allowance per ``pacing_window`` seconds (60 unless a test shrinks it)."""
         self._max_concurrent = max_concurrent
-        self._pacing = PacingWindow(images_per_minute, pacing_window) if images_per_minute > 0 else None
+        self._pacing = PacingWindow(images_per_minute, pacing_window, pacing_margin) if images_per_minute > 0 else None
         self._per_user = per_user_jobs
         self._max_queue = max_queue
         self._clock = clock
@@ -214,6 +262,9 @@ class Admission:
         self._pump()
         return True
 
+    async def aclose(self) -> None:
+        """Nothing lives outside the process."""
+
     @contextlib.asynccontextmanager
     async def slot(
         self, requester: str, images: int, progress: ProgressSink | None = None, *, key: str | None = None
@@ -249,7 +300,11 @@ class Admission:
             raise BusyError(N_("The bot is shutting down and not taking new requests. Please try again shortly."))
         if self._in_flight.get(requester, 0) >= self._per_user:
             raise TooManyJobsError(
-                f"You already have {self._per_user} image requests in progress. Wait for one to finish, then try again."
+                NP_(
+                    "You already have {count} image request in progress. Wait for it to finish, then try again.",
+                    "You already have {count} image requests in progress. Wait for one to finish, then try again.",
+                    self._per_user,
+                )
             )
         if self.queue_length >= self._max_queue:
             raise BusyError(detail=f"queue full ({self._max_queue} waiting)")

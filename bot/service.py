@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from bot import imaging
 from bot.catalog import Catalog, ModelSpec
 from bot.errors import ImageBotError, InvalidRequestError, UnexpectedError
-from bot.limits import Admission
+from bot.limits import AdmissionControl
 from bot.metrics import Metrics
 from bot.models import (
     EditRequest,
@@ -69,7 +69,7 @@ class ImageService:
         *,
         provider: ImageProvider,
         catalog: Catalog,
-        admission: Admission,
+        admission: AdmissionControl,
         imaging_settings: ImagingSettings,
         variation_prompt: str,
         variation_prompts: Mapping[str, str] | None = None,

@@ -70,6 +70,9 @@ class LimitsSettings(BaseModel):
     max_queue: int = Field(500, ge=1)
     position_interval: float = Field(3.0, ge=0)
     max_result_bytes: int = Field(256 * 1024**2, ge=1024**2)
+    pace_window_seconds: float = Field(60.0, gt=0)
+    pace_margin_seconds: float = Field(1.0, ge=0)
+    admission_lease_seconds: float = Field(10.0, ge=1)
 
 
 class JobSettings(BaseModel):

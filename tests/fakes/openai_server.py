@@ -385,8 +385,18 @@ class FakeOpenAI(LoopbackServer):
         *,
         openai_api: bool = True,
         expect_violations: bool = False,
+        images_per_minute: int | None = None,
+        rate_window: float = 60.0,
     ) -> None:
-        """``openai_api``: stand for OpenAI itself (retired models are violations), not a compatible server."""
+        """``openai_api``: stand for OpenAI itself (retired models are violations), not a compatible server.
+
+        ``images_per_minute``: like an account's IPM limit, a request whose images would take the images accepted
+        in the last ``rate_window`` seconds (by arrival) over it gets OpenAI's 429, and counts for nothing.
+        """
+        self.images_per_minute = images_per_minute
+        self.rate_window = rate_window
+        self.accepted: list[tuple[float, int]] = []  # (received_at, images) of image requests within the limit
+        self.rate_limited_count = 0  # image requests answered 429 by the limit
         self.openai_api = openai_api
         self.expect_violations = expect_violations
         self.spec_violations: list[str] = []  # "POST /v1/images/edits: <why>" for each bad request received
@@ -508,6 +518,40 @@ class FakeOpenAI(LoopbackServer):
             return wrong_key(key.strip())
         return None
 
+    def _over_limit(self, rec: RecordedRequest) -> Reply | None:
+        """The images-per-minute limit, counted over a rolling window of arrivals (as the API counts them)."""
+        if self.images_per_minute is None:
+            return None
+        try:
+            images = max(1, int(rec.param("n") or 1))
+        except ValueError:
+            images = 1
+        start = rec.received_at - self.rate_window
+        recent = [(t, n) for t, n in self.accepted if start < t <= rec.received_at]
+        used = sum(n for _, n in recent)
+        if used + images <= self.images_per_minute:
+            self.accepted.append((rec.received_at, images))
+            return None
+        self.rate_limited_count += 1
+        freed, wait = 0, self.rate_window
+        for when, count in sorted(recent):
+            freed += count
+            if used - freed + images <= self.images_per_minute:
+                wait = when + self.rate_window - rec.received_at
+                break
+        limit, model = self.images_per_minute, rec.param("model") or "gpt-image-2"
+        headers = {
+            "retry-after": _num(max(1, round(wait))),
+            "x-ratelimit-limit-images": str(limit),
+            "x-ratelimit-remaining-images": str(max(0, limit - used)),
+            "x-ratelimit-reset-images": f"{wait:.3f}s",
+        }
+        message = (
+            f"Rate limit reached for {model} in organization org-AbCdEf123456 on images per minute (IPM): "
+            f"Limit {limit}, Used {used}, Requested {images}. Please try again in {wait:.0f}s."
+        )
+        return Reply(429, error_body(message, "requests", code="rate_limit_exceeded"), headers)
+
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
         if exc[0] is None and self.spec_violations and not self.expect_violations:
@@ -541,7 +585,7 @@ class FakeOpenAI(LoopbackServer):
             if not scripted.success:
                 return self._respond(rec, scripted)
         ok = scripted or Reply(200)  # a success=True script lends its status and headers to the normal answer
-        problem = self._auth_error(rec)
+        problem = self._auth_error(rec) or self._over_limit(rec)
         if problem is None:
             result = await self._images(rec, kind, violation)
             if isinstance(result, Reply):
