@@ -38,6 +38,7 @@ def slack_env(
         SLACK_API_URL=fake.api_url,
         IMAGEBOT_DATABASE_URL=postgres_url,
         IMAGEBOT_REDIS_URL=redis_url,
+        IMAGEBOT_LIMITS__PER_USER_JOBS="10",  # one user sends every request: with Redis the per-user cap is shared
         **mode,
     )
 
