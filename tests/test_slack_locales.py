@@ -53,3 +53,19 @@ async def test_a_slack_restart_tells_a_german_requester_in_german(tmp_path: Path
         ], job.id
         await slack.settle()
         slack.assert_no_errors()
+
+
+async def test_a_burst_from_a_new_user_asks_slack_for_the_language_once(tmp_path: Path) -> None:
+    """Ten commands at once from a user not seen yet: one users.info, not ten (a burst must not add a call per
+    command to Slack's rate limits and the loop's work), and every reply is in German."""
+    async with FakeSlack() as slack:
+        slack.users[USER_ID]["locale"] = "de-DE"
+        async with slack_bot(slack, tmp_path / "data", limits={"per_user_jobs": 20}) as bot:
+            for n in range(10):
+                await slack.send_slash_command("/imagine", f"ein Leuchtturm {n}")
+            await bot.uploads_done(10)
+            await bot.adapter.idle()
+        info = [c for c in slack.calls if c.method == "users.info"]
+        assert len(info) == 1, len(info)
+        await slack.settle()
+        slack.assert_no_errors()

@@ -7,6 +7,7 @@ acknowledgement, so an acknowledgement uses what is already cached (``known``) a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -25,6 +26,7 @@ class UserLocales:
         self._client = client
         self._ttl = ttl
         self._cache: dict[str, tuple[float, str | None]] = {}
+        self._asking: dict[str, asyncio.Task[str | None]] = {}  # one users.info per user at a time (a burst asks once)
 
     def known(self, user: str | None) -> str | None:
         """The cached locale, without I/O (None: not known yet, or not available)."""
@@ -38,6 +40,13 @@ class UserLocales:
         entry = self._cache.get(user)
         if entry is not None and time.monotonic() - entry[0] < self._ttl:
             return entry[1]
+        asking = self._asking.get(user)
+        if asking is None:
+            asking = self._asking[user] = asyncio.create_task(self._ask(user))
+            asking.add_done_callback(lambda _done: self._asking.pop(user, None))
+        return await asyncio.shield(asking)  # one waiter cancelled must not cancel the others' answer
+
+    async def _ask(self, user: str) -> str | None:
         locale: str | None = None
         try:
             answer = await self._client.users_info(user=user, include_locale=True)
