@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 TTL = 3600.0  # seconds a user's locale is trusted (people rarely change it; a stale one costs one wrong reply)
 MAX_USERS = 10_000
+# users.info calls in flight at once: a burst of new users is spread out instead of landing on Slack's rate limit
+# (Tier 4) and on the event loop while the burst's acknowledgements are going out
+MAX_ASKING = 4
 
 
 class UserLocales:
@@ -27,6 +30,7 @@ class UserLocales:
         self._ttl = ttl
         self._cache: dict[str, tuple[float, str | None]] = {}
         self._asking: dict[str, asyncio.Task[str | None]] = {}  # one users.info per user at a time (a burst asks once)
+        self._slots = asyncio.Semaphore(MAX_ASKING)
 
     def known(self, user: str | None) -> str | None:
         """The cached locale, without I/O (None: not known yet, or not available)."""
@@ -49,7 +53,8 @@ class UserLocales:
     async def _ask(self, user: str) -> str | None:
         locale: str | None = None
         try:
-            answer = await self._client.users_info(user=user, include_locale=True)
+            async with self._slots:
+                answer = await self._client.users_info(user=user, include_locale=True)
             found = (answer.get("user") or {}).get("locale")
             locale = found if isinstance(found, str) and len(found) <= 35 else None
         except Exception as exc:  # a missing users:read scope or a network error: answer in English
