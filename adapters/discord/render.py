@@ -197,13 +197,14 @@ def render_history(jobs: Sequence[Job], address_of: Callable[[Job], str | None])
     if not jobs:
         return Rendered(_("You have no image requests yet. Try `/imagine`."), [], None)
     lines = [_("**Your last image requests** (only you see this)")]
+    link_word = _("message")  # the link to a result's message
     buttons: list[discord.ui.Item[Any]] = []
     for number, job in enumerate(jobs[:HISTORY_SIZE], start=1):
         prompt = clip(" ".join(job.prompt.split()).replace("*", "＊"), _HISTORY_PROMPT) or f"({job.kind})"
         when = f"<t:{int(job.created_at)}:R>"
         link = address_of(job)
         status = "" if job.status in _SHOWN else f" · {status_word(job.status)}"
-        lines.append(f"`{number}.` **{prompt}** · {when}{status}" + (f" · [{_('message')}]({link})" if link else ""))
+        lines.append(f"`{number}.` **{prompt}** · {when}{status}" + (f" · [{link_word}]({link})" if link else ""))
         if job.status in _SHOWN and job.results and not job.results_pruned:
             buttons.append(
                 JobButton("open", job.id, label=_(N_("Open {number}", number=number)), row=(number - 1) // 5)

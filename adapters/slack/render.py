@@ -354,13 +354,14 @@ def history_message(jobs: list[Job], links: dict[str, str] | None = None) -> dic
         text = _("You have no image requests yet. Try `/imagine a lighthouse at dusk`.")
         return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
     text = _("Your last image requests (only you see this):")
+    link_word = _("message")  # the link to a result's message
     blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{text}*"}}]
     for number, job in enumerate(jobs[:HISTORY_SIZE], start=1):
         prompt = escape(" ".join(job.prompt.split())[:150]) or job.kind
         when = f"<!date^{int(job.created_at)}^{{date_short_pretty}} {{time}}|{int(job.created_at)}>"
         status = "" if job.status.value in ("done", "delivered") else f" · {status_word(job.status)}"
         link = (links or {}).get(job.id)
-        shown = f"*{number}.* {prompt} · {when}{status}" + (f" · <{link}|{_('message')}>" if link else "")
+        shown = f"*{number}.* {prompt} · {when}{status}" + (f" · <{link}|{link_word}>" if link else "")
         block: dict[str, Any] = {"type": "section", "text": {"type": "mrkdwn", "text": shown}}
         if job.status.value in ("done", "delivered") and job.results and not job.results_pruned:
             block["accessory"] = _button(_("Open"), OPEN, f"open:{job.id}")
