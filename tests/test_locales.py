@@ -392,6 +392,14 @@ async def test_the_playground_page_gets_its_words_in_the_browsers_language(web_b
     assert english["strings"]["{count} images"] == "{count} images"
 
 
+async def test_a_lost_playground_session_is_explained_in_the_browsers_language(web_bot: Harness) -> None:  # noqa: F811
+    web_bot.client.session.cookie_jar.clear()
+    response = await web_bot.client.get("/api/history", headers={"Accept-Language": "de-DE,de;q=0.9"})
+    assert response.status == 401
+    message = (await response.json())["error"]["message"]
+    assert message.startswith("Deine Playground-Sitzung fehlt oder ist abgelaufen. Bitte lade die Seite neu")
+
+
 async def test_the_fake_refuses_a_localised_name_outside_discords_rules(fake: FakeDiscord) -> None:  # noqa: F811
     command = {"type": 1, "name": "imagine", "description": "d", "name_localizations": {"de": "Bild Erzeugen"}}
     async with aiohttp.ClientSession() as session:

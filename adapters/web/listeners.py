@@ -30,7 +30,7 @@ from . import render
 from .files import read_form, text_field, upload
 from .page_text import page_strings
 from .replies import EventStreams, WebReply
-from .session import USER_KEY, remember
+from .session import STARTING, USER_KEY, remember
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Listeners:
     def _asset(self, name: str) -> web.Response:
         body = self.assets.get(name)
         if body is None:
-            return web.Response(status=503, text="The playground is starting; reload in a moment.\n")
+            return web.Response(status=503, text=_(STARTING) + "\n")
         return web.Response(
             body=body,
             content_type=ASSETS[name],
