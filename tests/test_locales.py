@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from adapters.common import i18n
 from adapters.common.flags import parse_imagine
-from adapters.common.words import region_label, size_label, status_word
+from adapters.common.words import kind_word, region_label, size_label, status_word
 from adapters.discord.registration import commands_differ
 from bot import imaging
 from bot.errors import (
@@ -220,6 +220,7 @@ def test_status_words_and_labels_follow_the_readers_language() -> None:
     with i18n.speaking("de"):
         assert status_word(JobStatus.FAILED) == "fehlgeschlagen"
         assert region_label("top-half") == "Obere Hälfte"
+        assert kind_word("vary") == "Variation" and kind_word("edit") == "Bildbearbeitung"
         assert size_label("auto") == "auto (das Modell wählt)" and size_label("1024x1024") == "1024x1024"
     with i18n.speaking("pt-BR"):
         assert status_word(JobStatus.INTERRUPTED) == "interrompido"

@@ -43,3 +43,17 @@ def region_label(name: str) -> str:
 def size_label(size: str) -> str:
     """A size choice as shown: ``1024x1024`` stays, ``auto`` says what it means in the reader's language."""
     return _(_AUTO) if size == "auto" else size
+
+
+_KIND_WORDS: dict[str, Text] = {
+    "generate": N_("image"),
+    "edit": N_("image edit"),
+    "vary": N_("variation"),
+    "zoom": N_("zoom out"),
+    "pan": N_("pan"),
+}
+
+
+def kind_word(kind: str) -> str:
+    """What a job made, as a word (``/history`` names a job without a prompt this way, e.g. a variation)."""
+    return _(_KIND_WORDS.get(kind, kind))

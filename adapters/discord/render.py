@@ -14,7 +14,7 @@ import discord
 
 from adapters.common.i18n import _
 from adapters.common.story import Story, story, upscale_story
-from adapters.common.words import status_word
+from adapters.common.words import kind_word, status_word
 from adapters.discord.components import RESULT_TEMPLATE, UPSCALE_LABELS, ConfirmButton, JobButton, ResultButton
 from bot import imaging
 from bot.budgets import format_dollars
@@ -200,7 +200,7 @@ def render_history(jobs: Sequence[Job], address_of: Callable[[Job], str | None])
     link_word = _("message")  # the link to a result's message
     buttons: list[discord.ui.Item[Any]] = []
     for number, job in enumerate(jobs[:HISTORY_SIZE], start=1):
-        prompt = clip(" ".join(job.prompt.split()).replace("*", "＊"), _HISTORY_PROMPT) or f"({job.kind})"
+        prompt = clip(" ".join(job.prompt.split()).replace("*", "＊"), _HISTORY_PROMPT) or f"({kind_word(job.kind)})"
         when = f"<t:{int(job.created_at)}:R>"
         link = address_of(job)
         status = "" if job.status in _SHOWN else f" · {status_word(job.status)}"

@@ -9,7 +9,7 @@ from typing import Any
 from adapters.common.i18n import _
 from adapters.common.lifecycle import queue_text
 from adapters.common.story import Story, story, upscale_story
-from adapters.common.words import region_label, status_word
+from adapters.common.words import kind_word, region_label, status_word
 from bot.budgets import format_dollars
 from bot.imaging import REGION_NAMES
 from bot.models import GeneratedImage, ImageResult, Job
@@ -357,7 +357,7 @@ def history_message(jobs: list[Job], links: dict[str, str] | None = None) -> dic
     link_word = _("message")  # the link to a result's message
     blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{text}*"}}]
     for number, job in enumerate(jobs[:HISTORY_SIZE], start=1):
-        prompt = escape(" ".join(job.prompt.split())[:150]) or job.kind
+        prompt = escape(" ".join(job.prompt.split())[:150]) or kind_word(job.kind)
         when = f"<!date^{int(job.created_at)}^{{date_short_pretty}} {{time}}|{int(job.created_at)}>"
         status = "" if job.status.value in ("done", "delivered") else f" · {status_word(job.status)}"
         link = (links or {}).get(job.id)
