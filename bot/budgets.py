@@ -12,6 +12,7 @@ from bot.errors import ImageBotError
 from bot.models import JobContext
 from bot.ports import JobStore
 from bot.settings import BudgetSettings
+from bot.text import N_, NP_, Text
 
 
 class BudgetExceededError(ImageBotError):
@@ -19,7 +20,7 @@ class BudgetExceededError(ImageBotError):
 
     kind = "quota_exceeded"
 
-    def __init__(self, message: str, *, resets_at: dt.datetime, detail: str = ""):
+    def __init__(self, message: Text | str, *, resets_at: dt.datetime, detail: str = ""):
         self.resets_at = resets_at
         super().__init__(message, detail=detail)
 
@@ -51,14 +52,18 @@ def month_window(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
     return start, following
 
 
-def _when(reset: dt.datetime, now: dt.datetime) -> str:
+def _when(reset: dt.datetime, now: dt.datetime) -> Text:
     left = reset - now
     hours, rest = divmod(int(left.total_seconds()), 3600)
     minutes = rest // 60
-    span = f"{hours} h {minutes} min" if hours else f"{max(1, minutes)} min"
+    span = (
+        N_("{hours} h {minutes} min", hours=hours, minutes=minutes)
+        if hours
+        else N_("{minutes} min", minutes=max(1, minutes))
+    )
     if reset - now <= dt.timedelta(days=1):
-        return f"at {reset:%H:%M} UTC (in {span})"
-    return f"on {reset:%Y-%m-%d} at {reset:%H:%M} UTC"
+        return N_("at {time} UTC (in {span})", time=f"{reset:%H:%M}", span=span)
+    return N_("on {date} at {time} UTC", date=f"{reset:%Y-%m-%d}", time=f"{reset:%H:%M}")
 
 
 async def check_budgets(
@@ -81,17 +86,30 @@ async def check_budgets(
         if cap and spent.images + images > cap:
             left = max(0, cap - spent.images)
             raise BudgetExceededError(
-                f"You've reached your limit of {cap} images per day ({left} left, this request needs {images}). "
-                f"It resets {_when(day_end, now)}.",
+                NP_(
+                    "You've reached your limit of {count} image per day ({left} left, this request needs {images}). "
+                    "It resets {when}.",
+                    "You've reached your limit of {count} images per day ({left} left, this request needs {images}). "
+                    "It resets {when}.",
+                    cap,
+                    left=left,
+                    images=images,
+                    when=_when(day_end, now),
+                ),
                 resets_at=day_end,
                 detail=f"{context.requester}: {spent.images} images today, asked {images}, cap {cap}",
             )
         dollars = limits.dollars_per_user_per_day
         if dollars and spent.dollars + cost > dollars:
             raise BudgetExceededError(
-                f"This would go over your daily image budget of {format_dollars(dollars)} "
-                f"(used {format_dollars(spent.dollars)}, this request ≈ {format_dollars(cost)}). "
-                f"It resets {_when(day_end, now)}.",
+                N_(
+                    "This would go over your daily image budget of {budget} (used {used}, this request ≈ {cost}). "
+                    "It resets {when}.",
+                    budget=format_dollars(dollars),
+                    used=format_dollars(spent.dollars),
+                    cost=format_dollars(cost),
+                    when=_when(day_end, now),
+                ),
                 resets_at=day_end,
                 detail=f"{context.requester}: ${spent.dollars:.4f} today + ${cost:.4f} > ${dollars}",
             )
@@ -100,8 +118,11 @@ async def check_budgets(
         dollars = limits.dollars_per_workspace_per_month
         if spent.dollars + cost > dollars:
             raise BudgetExceededError(
-                f"This server or workspace has used its monthly image budget ({format_dollars(dollars)}). "
-                f"It resets {_when(month_end, now)}.",
+                N_(
+                    "This server or workspace has used its monthly image budget ({budget}). It resets {when}.",
+                    budget=format_dollars(dollars),
+                    when=_when(month_end, now),
+                ),
                 resets_at=month_end,
                 detail=f"{context.platform}:{context.workspace}: ${spent.dollars:.4f} + ${cost:.4f} > ${dollars}",
             )
@@ -110,8 +131,11 @@ async def check_budgets(
         dollars = limits.dollars_per_month
         if spent.dollars + cost > dollars:
             raise BudgetExceededError(
-                f"The bot has used its monthly image budget ({format_dollars(dollars)}). "
-                f"It resets {_when(month_end, now)}.",
+                N_(
+                    "The bot has used its monthly image budget ({budget}). It resets {when}.",
+                    budget=format_dollars(dollars),
+                    when=_when(month_end, now),
+                ),
                 resets_at=month_end,
                 detail=f"all: ${spent.dollars:.4f} + ${cost:.4f} > ${dollars}",
             )

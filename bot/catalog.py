@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bot.errors import InvalidRequestError, ModelUnavailableError
 from bot.models import Usage
-from bot.text import N_
+from bot.text import N_, Text
 
 _SEARCH = 8  # multiples either way a free size may move from the exact one to obey its rule
 _SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
@@ -34,19 +34,19 @@ class SizeRule(BaseModel):
     max_pixels: int = 8_294_400
     max_ratio: float = 3.0
 
-    def problem(self, width: int, height: int) -> str | None:
-        """Why ``width x height`` breaks the rule, or None when it is fine."""
+    def problem(self, width: int, height: int) -> Text | None:
+        """Why ``width x height`` breaks the rule (a phrase for a sentence), or None when it is fine."""
         if width % self.multiple or height % self.multiple:
-            return f"both sides must be multiples of {self.multiple}"
+            return N_("both sides must be multiples of {multiple}", multiple=self.multiple)
         if max(width, height) > self.max_edge:
-            return f"the longest side can be at most {self.max_edge}"
+            return N_("the longest side can be at most {limit}", limit=self.max_edge)
         pixels = width * height
         if pixels < self.min_pixels:
-            return f"it must have at least {self.min_pixels:,} pixels"
+            return N_("it must have at least {pixels} pixels", pixels=f"{self.min_pixels:,}")
         if pixels > self.max_pixels:
-            return f"it can have at most {self.max_pixels:,} pixels"
+            return N_("it can have at most {pixels} pixels", pixels=f"{self.max_pixels:,}")
         if max(width, height) / min(width, height) > self.max_ratio:
-            return f"the aspect ratio can be at most {self.max_ratio:g}:1"
+            return N_("the aspect ratio can be at most {ratio}:1", ratio=f"{self.max_ratio:g}")
         return None
 
 
@@ -116,17 +116,28 @@ def resolve_inheritance(rows: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _retired_error(model: str, spec: ModelSpec, *, chosen_by_operator: bool) -> ModelUnavailableError:
-    when = spec.shutdown.isoformat() if spec.shutdown else "its shutdown date"
-    instead = f" Please use {spec.replacement} instead." if spec.replacement else " Please pick another model."
-    if chosen_by_operator:  # the user asked for nothing in particular: the bot's default is stale
-        instead = (
-            f" The bot's operator needs to switch the default model (IMAGEBOT_DEFAULT_MODEL)"
-            f"{' to ' + spec.replacement if spec.replacement else ''}."
+    values = {
+        "model": model,
+        "date": spec.shutdown.isoformat() if spec.shutdown else "-",
+        "replacement": spec.replacement,
+    }
+    if chosen_by_operator and spec.replacement:  # the user asked for nothing in particular: the bot's default is stale
+        text = N_(
+            "The image model '{model}' was retired on {date}. The bot's operator needs to switch the default model "
+            "(IMAGEBOT_DEFAULT_MODEL) to {replacement}.",
+            **values,
         )
-    return ModelUnavailableError(
-        f"The image model '{model}' was retired on {when}.{instead}",
-        detail=f"model {model!r} shut down on {spec.shutdown}; refused before any call",
-    )
+    elif chosen_by_operator:
+        text = N_(
+            "The image model '{model}' was retired on {date}. The bot's operator needs to switch the default model "
+            "(IMAGEBOT_DEFAULT_MODEL).",
+            **values,
+        )
+    elif spec.replacement:
+        text = N_("The image model '{model}' was retired on {date}. Please use {replacement} instead.", **values)
+    else:
+        text = N_("The image model '{model}' was retired on {date}. Please pick another model.", **values)
+    return ModelUnavailableError(text, detail=f"model {model!r} shut down on {spec.shutdown}; refused before any call")
 
 
 def parse_size(size: str) -> tuple[int, int] | None:
@@ -183,7 +194,11 @@ class Catalog:
         if spec is None:
             known = ", ".join(sorted(self._models))
             raise ModelUnavailableError(
-                f"I don't know the image model '{requested[:60]}'. Models I can use: {known}.",
+                N_(
+                    "I don't know the image model '{model}'. Models I can use: {known}.",
+                    model=requested[:60],
+                    known=known,
+                ),
                 detail=f"model {requested!r} is not in the capability table",
             )
         if self.retired(spec, today=today):
@@ -267,7 +282,7 @@ def nearest_size(spec: ModelSpec, width: float, height: float, *, max_edge: int 
     if max_edge is not None:
         fixed = [dims for dims in fixed if max(dims) <= max_edge] or fixed
     if not fixed:
-        raise InvalidRequestError("I don't know which sizes this model makes, so I can't extend the image.")
+        raise InvalidRequestError(N_("I don't know which sizes this model makes, so I can't extend the image."))
     return min(fixed, key=lambda dims: (abs(math.log(dims[0] / dims[1] / aspect)), -dims[0] * dims[1]))
 
 
@@ -290,7 +305,7 @@ def _free_size(rule: SizeRule, aspect: float, area: float, max_edge: int) -> tup
     capped = [dims for dims in allowed if max(dims) <= max_edge] or allowed
     if not capped:  # the cap and the rule's minimum area can't both hold: the rule wins
         if max_edge >= rule.max_edge:
-            raise InvalidRequestError("I can't find a size this model accepts for that image.")
+            raise InvalidRequestError(N_("I can't find a size this model accepts for that image."))
         return _free_size(rule, aspect, area, rule.max_edge)
 
     def distance(dims: tuple[int, int]) -> float:

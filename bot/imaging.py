@@ -30,7 +30,7 @@ EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp", "gif": "gif"}
 REGION_NAMES = ("top-half", "bottom-half", "left-half", "right-half", "center", "border")
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP", "gif": "GIF"}
-_ACCEPTED = "PNG, JPEG, WebP or GIF"
+_ACCEPTED = N_("PNG, JPEG, WebP or GIF")  # a phrase inside sentences: its "or" is translated too
 
 # Provider output and our own PNGs have no configured pixel limit; this still stops a hostile header.
 _TRUSTED_MAX_PIXELS = 64_000_000
@@ -606,8 +606,13 @@ def _shrink_png(img: Image.Image, limit: int) -> tuple[Image.Image, bytes]:
         if len(png) <= limit:
             return smaller, png
     raise InvalidImageError(
-        f"That image is too detailed to fit the image service's {_byte_size(limit)} upload limit, "
-        f"even at {_MIN_UPLOAD_EDGE} px. Try a simpler {_ACCEPTED} image.",
+        N_(
+            "That image is too detailed to fit the image service's {limit} upload limit, even at {edge} px. "
+            "Try a simpler {formats} image.",
+            limit=_byte_size(limit),
+            edge=_MIN_UPLOAD_EDGE,
+            formats=_ACCEPTED,
+        ),
         detail=f"PNG still > {limit} bytes at {img.width}x{img.height} scaled to {_MIN_UPLOAD_EDGE} px",
     )
 
@@ -691,10 +696,20 @@ def parse_region(region: str) -> tuple[float, float, float, float]:
         return _REGION_FRACTIONS[name]
     cells = _GRID.fullmatch(re.sub(r"\s+", "", region).upper())
     if cells is None:
-        what = "The region is empty" if not name else "I don't know that region"
+        if not name:
+            text = N_(
+                "The region is empty. Use one of {names}, or cells of a 4x4 grid: columns A-D from left to right, "
+                "rows 1-4 from top to bottom, like B2 or A1:B2.",
+                names=", ".join(REGION_NAMES),
+            )
+        else:
+            text = N_(
+                "I don't know that region. Use one of {names}, or cells of a 4x4 grid: columns A-D from left to "
+                "right, rows 1-4 from top to bottom, like B2 or A1:B2.",
+                names=", ".join(REGION_NAMES),
+            )
         raise InvalidImageError(
-            f"{what}. Use one of {', '.join(REGION_NAMES)}, or cells of a 4x4 grid: "
-            "columns A-D from left to right, rows 1-4 from top to bottom, like B2 or A1:B2.",
+            text,
             detail=f"unknown region of {len(region)} characters",
         )
     col1, row1, col2, row2 = cells.groups()
@@ -792,7 +807,7 @@ def fit_under(data: bytes, limit: int) -> tuple[bytes, OutputInfo]:
         if encoded is not None and len(encoded) <= limit:
             return encoded, _output_info(out_fmt, smaller.size)
     raise InvalidImageError(
-        f"I couldn't make the picture small enough to upload here (the limit is {_byte_size(limit)}).",
+        N_("I couldn't make the picture small enough to upload here (the limit is {limit}).", limit=_byte_size(limit)),
         detail=f"{len(data)}-byte {fmt} {img.width}x{img.height} does not fit in {limit} bytes",
     )
 
@@ -865,16 +880,26 @@ def _label(
 
 def _upload_error(exc: _BadImageError) -> InvalidImageError:
     if exc.reason == "format":
-        message = f"That file isn't an image I can read. Send a {_ACCEPTED}."
+        message = N_("That file isn't an image I can read. Send a {formats}.", formats=_ACCEPTED)
+    elif exc.reason == "pixels" and exc.size:
+        message = N_(
+            "That image is too large ({width}x{height}). Send one of at most {megapixels} megapixels as a {formats}.",
+            width=exc.size[0],
+            height=exc.size[1],
+            megapixels=_megapixels(exc.limit or _TRUSTED_MAX_PIXELS),
+            formats=_ACCEPTED,
+        )
     elif exc.reason == "pixels":
-        limit = exc.limit or _TRUSTED_MAX_PIXELS
-        dimensions = f" ({exc.size[0]}x{exc.size[1]})" if exc.size else ""
-        message = (
-            f"That image is too large{dimensions}. Send one of at most {_megapixels(limit)} megapixels "
-            f"as a {_ACCEPTED}."
+        message = N_(
+            "That image is too large. Send one of at most {megapixels} megapixels as a {formats}.",
+            megapixels=_megapixels(exc.limit or _TRUSTED_MAX_PIXELS),
+            formats=_ACCEPTED,
         )
     else:
-        message = f"That image is damaged or incomplete, so I can't read it. Try sending it again as a {_ACCEPTED}."
+        message = N_(
+            "That image is damaged or incomplete, so I can't read it. Try sending it again as a {formats}.",
+            formats=_ACCEPTED,
+        )
     return InvalidImageError(message, detail=exc.detail)
 
 

@@ -427,7 +427,9 @@ class JobService:
         image = await self.result_image(job_id, index)
         model, spec = self.images.catalog.resolve(job.model, today=self.images.today())
         if not spec.edits:
-            raise InvalidRequestError(f"The model {model} can't extend images (it has no edits). Pick another model.")
+            raise InvalidRequestError(
+                N_("The model {model} can't extend images (it has no edits). Pick another model.", model=model)
+            )
         if zoom is not None:
             extension = imaging.zoom_extension(image.width, image.height, zoom)
             origin = Origin(job.id, index, "zoom", f"{zoom:g}", about=_about(job))

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.text import Text
+
 
 @dataclass(frozen=True, slots=True)
 class Origin:
@@ -132,7 +134,7 @@ class ImageResult:
     prompt: str
     usage: Usage | None = None
     cost_usd: float | None = None
-    notice: str | None = None  # e.g. "made offline" — adapters show it with the result
+    notice: Text | None = None  # e.g. "made offline" — adapters show it with the result, in the reader's language
 
 
 class JobStatus(enum.StrEnum):

@@ -40,7 +40,7 @@ from bot.text import N_
 
 log = logging.getLogger(__name__)
 
-OFFLINE_NOTICE = "Made offline by imagebot's built-in generator (no OPENAI_API_KEY is set)."
+OFFLINE_NOTICE = N_("Made offline by imagebot's built-in generator (no OPENAI_API_KEY is set).")
 ALT_TEXT_LIMIT = 1000  # Slack's alt_txt and Discord's description both fit this
 _SLUG = re.compile(r"[^a-z0-9]+")
 

@@ -118,7 +118,8 @@ async def test_imagine_vary_and_upload_in_the_browser(bot: Running, tmp_path: Pa
             await page.locator("#file-input").set_input_files(
                 files=[{"name": "photo.png", "mimeType": "image/png", "buffer": png(320, 240, (30, 160, 90))}]
             )
-            await page.get_by_role("button", name="top-half").click()
+            await page.get_by_role("button", name="Top half").click()
+            await expect(page.locator("#region-value")).to_have_text("Top half")
             await page.locator("#input").fill("a dragon in the sky")
             await page.locator("#input").press("Enter")
             await page.wait_for_function(LOADED_IMAGES, arg=6)
@@ -133,6 +134,16 @@ async def test_imagine_vary_and_upload_in_the_browser(bot: Running, tmp_path: Pa
 
             await page.screenshot(path=tmp_path / "playground.png", full_page=False)
             assert (tmp_path / "playground.png").stat().st_size > 10_000
+
+            # a Japanese browser (Accept-Language: ja-JP) reads the page in Japanese
+            japanese = await browser.new_page(locale="ja-JP", viewport={"width": 1280, "height": 900})
+            japanese.on("pageerror", lambda error: problems.append(f"page error (ja): {error}"))
+            await japanese.goto(bot.base_url + "/")
+            await expect(japanese.get_by_role("button", name="送信")).to_be_visible()
+            await expect(japanese.locator("#status-text")).to_contain_text("オンライン")
+            await expect(japanese.locator("#topic")).to_contain_text("/imagine と説明を入力")
+            await expect(japanese.locator("html")).to_have_attribute("lang", "ja")
+            await japanese.screenshot(path=tmp_path / "playground-ja.png")
 
             # a reload shows this session's results again
             await page.reload()

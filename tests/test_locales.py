@@ -5,6 +5,7 @@ user locale is in test_slack_locales.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +21,25 @@ from hypothesis import strategies as st
 
 from adapters.common import i18n
 from adapters.common.flags import parse_imagine
+from adapters.common.words import kind_word, region_label, size_label, status_word
 from adapters.discord.registration import commands_differ
-from bot.errors import InvalidRequestError, RateLimitedError, SafetyRefusalError
+from bot import imaging
+from bot.errors import (
+    InvalidImageError,
+    InvalidRequestError,
+    ModelUnavailableError,
+    RateLimitedError,
+    SafetyRefusalError,
+)
+from bot.models import GenerateRequest, JobStatus
+from bot.settings import load_settings
 from bot.text import N_, NP_, placeholders
 from tests.fakes.discord_server import APP_ID, FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI, moderation_blocked
+from tests.fakes.provider import FakeImages
 from tests.test_discord import fake, openai_settings, running, settings_for  # noqa: F401
 from tests.test_discord_lifecycle import snapshot
+from tests.test_service import make_service, provider  # noqa: F401
 from tests.test_web import HEADERS, Harness, web_bot  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,6 +179,52 @@ def test_flag_errors_keep_their_values_in_translation() -> None:
     with pytest.raises(InvalidRequestError) as caught:
         parse_imagine("a cat --n 99")
     assert i18n._(caught.value.text, "de") == "--n erwartet eine Bildanzahl von 1 bis 10 (angegeben: 99)."
+
+
+async def test_a_retired_model_is_refused_in_german_through_the_core(provider: FakeImages) -> None:  # noqa: F811
+    service = make_service(provider, today=dt.date(2026, 12, 1))
+    with pytest.raises(ModelUnavailableError) as caught:
+        await service.generate(GenerateRequest(prompt="ein Fuchs", model="gpt-image-1-mini"))
+    german = i18n._(caught.value.text, "de")
+    assert german.startswith(
+        "Das Bildmodell „gpt-image-1-mini“ wurde am 2026-12-01 eingestellt. Bitte nimm stattdessen "
+    )
+    assert "gpt-image-2.6-flare" in german
+    assert str(caught.value).startswith("The image model 'gpt-image-1-mini' was retired on 2026-12-01. Please use ")
+    assert provider.calls == []
+
+
+def test_a_region_error_and_an_unreadable_upload_are_whole_german_sentences() -> None:
+    with pytest.raises(InvalidImageError) as region:
+        imaging.parse_region("somewhere nice")
+    assert i18n._(region.value.text, "de").startswith("Diesen Bereich kenne ich nicht. Nimm einen von top-half, ")
+    with pytest.raises(InvalidImageError) as upload:
+        imaging.open_image(b"not a picture at all", max_bytes=1000, max_pixels=1000)
+    assert i18n._(upload.value.text, "de") == (
+        "Diese Datei ist kein Bild, das ich lesen kann. Schick ein PNG, JPEG, WebP oder GIF."
+    )
+    assert i18n._(upload.value.text, "fr").endswith("Envoie un PNG, JPEG, WebP ou GIF.")
+
+
+def test_a_size_rule_problem_is_translated_inside_its_sentence() -> None:
+    catalog = load_settings().catalog()
+    model, spec = catalog.resolve("gpt-image-2")
+    with pytest.raises(InvalidRequestError) as caught:
+        catalog.check_size(model, spec, "1000x1000")
+    assert str(caught.value) == "1000x1000 doesn't work for gpt-image-2: both sides must be multiples of 16."
+    assert "beide Seiten müssen Vielfache von 16 sein" in i18n._(caught.value.text, "de")
+    assert "両辺を 16 の倍数にしてください" in i18n._(caught.value.text, "ja")
+
+
+def test_status_words_and_labels_follow_the_readers_language() -> None:
+    with i18n.speaking("de"):
+        assert status_word(JobStatus.FAILED) == "fehlgeschlagen"
+        assert region_label("top-half") == "Obere Hälfte"
+        assert kind_word("vary") == "Variation" and kind_word("edit") == "Bildbearbeitung"
+        assert size_label("auto") == "auto (das Modell wählt)" and size_label("1024x1024") == "1024x1024"
+    with i18n.speaking("pt-BR"):
+        assert status_word(JobStatus.INTERRUPTED) == "interrompido"
+    assert status_word(JobStatus.AWAITING_CONFIRMATION) == "awaiting confirmation"
 
 
 @pytest.mark.parametrize(
@@ -319,6 +378,27 @@ async def test_the_playground_answers_in_the_browsers_language(web_bot: Harness)
     assert error["message"] == f"作成したい画像を説明してください。プロンプトが空です。（参照 ID: {error['ref']}）"
     english = await web_bot.imagine("/imagine   --n 2", status=400)
     assert english["error"]["message"].startswith("Please describe the image you want")
+
+
+async def test_the_playground_page_gets_its_words_in_the_browsers_language(web_bot: Harness) -> None:  # noqa: F811
+    response = await web_bot.client.get("/api/config", headers={"Accept-Language": "ja-JP,ja;q=0.9"})
+    config = await response.json()
+    assert config["locale"] == "ja"
+    assert config["strings"]["Send"] == "送信"
+    assert config["strings"]["Upload a mask…"] == "マスクをアップロード…"
+    assert config["strings"]["{count} image"] == config["strings"]["{count} images"] == "{count} 枚の画像"
+    assert config["region_labels"]["top-half"] == "上半分"
+    english = await (await web_bot.client.get("/api/config", headers={"Accept-Language": "en-US"})).json()
+    assert english["strings"]["Send"] == "Send" and english["region_labels"]["center"] == "Center"
+    assert english["strings"]["{count} images"] == "{count} images"
+
+
+async def test_a_lost_playground_session_is_explained_in_the_browsers_language(web_bot: Harness) -> None:  # noqa: F811
+    web_bot.client.session.cookie_jar.clear()
+    response = await web_bot.client.get("/api/history", headers={"Accept-Language": "de-DE,de;q=0.9"})
+    assert response.status == 401
+    message = (await response.json())["error"]["message"]
+    assert message.startswith("Deine Playground-Sitzung fehlt oder ist abgelaufen. Bitte lade die Seite neu")
 
 
 async def test_the_fake_refuses_a_localised_name_outside_discords_rules(fake: FakeDiscord) -> None:  # noqa: F811

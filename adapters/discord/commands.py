@@ -7,12 +7,15 @@ than 25 values, or free text such as ``1536x1024`` and grid cells like ``A1:B2``
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Protocol
 
 import discord
 from discord import app_commands
 from discord.app_commands import locale_str
 
+from adapters.common import i18n
+from adapters.common.words import region_label, size_label
 from bot import imaging
 from bot.errors import ImageBotError
 from bot.settings import Settings
@@ -58,10 +61,12 @@ class CommandHandlers(Protocol):
     async def edit_message(self, interaction: discord.Interaction, message: discord.Message) -> None: ...
 
 
-def _matching(values: list[str], current: str) -> list[app_commands.Choice[str]]:
+def _matching(values: list[str], current: str, label: Callable[[str], str] = str) -> list[app_commands.Choice[str]]:
+    """Choices whose value or label (in the reader's language) holds what was typed so far."""
     current = current.strip().lower()
-    found = [v for v in dict.fromkeys(values) if current in v.lower()]
-    return [app_commands.Choice(name=v, value=v) for v in found[:_MAX_CHOICES]]
+    labelled = [(v, label(v)) for v in dict.fromkeys(values)]
+    found = [(v, shown) for v, shown in labelled if current in v.lower() or current in shown.lower()]
+    return [app_commands.Choice(name=shown, value=v) for v, shown in found[:_MAX_CHOICES]]
 
 
 def _live(catalog_names: list[str], settings: Settings) -> list[str]:
@@ -97,13 +102,15 @@ def install_commands(
         typed = current.strip().lower().replace(" ", "")
         if _SIZE.match(typed) and spec.size_rule is not None:
             offered.insert(0, typed)
-        return _matching(offered, current if not _SIZE.match(typed) else "")
+        with i18n.speaking(interaction.locale.value):  # labels in the typer's language
+            return _matching(offered, current if not _SIZE.match(typed) else "", size_label)
 
     async def regions(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         typed = current.strip().upper()
         if _CELLS.match(typed):
             return [app_commands.Choice(name=typed, value=typed)]
-        return _matching(list(imaging.REGION_NAMES), current)
+        with i18n.speaking(interaction.locale.value):
+            return _matching(list(imaging.REGION_NAMES), current, region_label)
 
     @tree.command(name="imagine", description=locale_str("Make images from a text prompt"))
     @app_commands.describe(

@@ -14,6 +14,7 @@ import discord
 
 from adapters.common.i18n import _
 from adapters.common.story import Story, story, upscale_story
+from adapters.common.words import kind_word, status_word
 from adapters.discord.components import RESULT_TEMPLATE, UPSCALE_LABELS, ConfirmButton, JobButton, ResultButton
 from bot import imaging
 from bot.budgets import format_dollars
@@ -100,7 +101,7 @@ def result_text(prompt: str, user_id: str, result: ImageResult | None = None, *,
     if result is not None and result.model:
         tail += f" ({result.model})"
     if result is not None and result.notice:
-        tail += f"\n-# {result.notice}"
+        tail += f"\n-# {_(result.notice)}"
     if note:
         tail += f"\n{note}"
     room = MESSAGE_LIMIT - len(tail) - 4
@@ -115,7 +116,7 @@ def story_text(told: Story, user_id: str, result: ImageResult | None = None) -> 
     if result is not None and result.model:
         tail += f" ({result.model})"
     if result is not None and result.notice:
-        tail += f"\n-# {result.notice}"
+        tail += f"\n-# {_(result.notice)}"
     head = f"**{discord.utils.escape_markdown(told.headline)}**"
     room = MESSAGE_LIMIT - len(head) - len(tail) - 5
     prompt = f" — *{clip(discord.utils.escape_markdown(told.prompt), room)}*" if told.prompt and room > 10 else ""
@@ -196,13 +197,14 @@ def render_history(jobs: Sequence[Job], address_of: Callable[[Job], str | None])
     if not jobs:
         return Rendered(_("You have no image requests yet. Try `/imagine`."), [], None)
     lines = [_("**Your last image requests** (only you see this)")]
+    link_word = _("message")  # the link to a result's message
     buttons: list[discord.ui.Item[Any]] = []
     for number, job in enumerate(jobs[:HISTORY_SIZE], start=1):
-        prompt = clip(" ".join(job.prompt.split()).replace("*", "＊"), _HISTORY_PROMPT) or f"({job.kind})"
+        prompt = clip(" ".join(job.prompt.split()).replace("*", "＊"), _HISTORY_PROMPT) or f"({kind_word(job.kind)})"
         when = f"<t:{int(job.created_at)}:R>"
         link = address_of(job)
-        status = "" if job.status in _SHOWN else f" · {job.status.value.replace('_', ' ')}"
-        lines.append(f"`{number}.` **{prompt}** · {when}{status}" + (f" · [message]({link})" if link else ""))
+        status = "" if job.status in _SHOWN else f" · {status_word(job.status)}"
+        lines.append(f"`{number}.` **{prompt}** · {when}{status}" + (f" · [{link_word}]({link})" if link else ""))
         if job.status in _SHOWN and job.results and not job.results_pruned:
             buttons.append(
                 JobButton("open", job.id, label=_(N_("Open {number}", number=number)), row=(number - 1) // 5)

@@ -9,6 +9,7 @@ from typing import Any
 from adapters.common.i18n import _
 from adapters.common.lifecycle import queue_text
 from adapters.common.story import Story, story, upscale_story
+from adapters.common.words import kind_word, region_label, status_word
 from bot.budgets import format_dollars
 from bot.imaging import REGION_NAMES
 from bot.models import GeneratedImage, ImageResult, Job
@@ -107,7 +108,7 @@ def upload_args(job: Job, result: ImageResult) -> dict[str, Any]:
     comment = story_comment(story(job)) if story(job).headline else _asked_for(job, result)
     details = _(N_("AI-generated · {model}", model=result.model)) if result.model else _("AI-generated")
     if result.notice:
-        details += f" · {result.notice}"
+        details += f" · {_(result.notice)}"
     args: dict[str, Any] = {"file_uploads": uploads, "initial_comment": f"{comment}\n_{escape(details)}_"}
     if job.context.channel:
         args["channel"] = job.context.channel
@@ -284,7 +285,7 @@ def remix_modal(job: Job, channel: str, thread: str | None) -> dict[str, Any]:
 def edit_modal(metadata: dict[str, Any]) -> dict[str, Any]:
     """The Edit image modal: prompt, region to change, optional mask file."""
     regions = [(WHOLE_IMAGE, _("Whole image (or its transparent parts)"))]
-    regions += [(name, name.replace("-", " ").capitalize()) for name in REGION_NAMES]
+    regions += [(name, region_label(name)) for name in REGION_NAMES]
     regions += [(cells, _(N_("Grid cells {cells}", cells=cells))) for cells in GRID_RANGES]
     options = [{"text": _plain(label), "value": value} for value, label in regions]
     return {
@@ -353,13 +354,14 @@ def history_message(jobs: list[Job], links: dict[str, str] | None = None) -> dic
         text = _("You have no image requests yet. Try `/imagine a lighthouse at dusk`.")
         return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
     text = _("Your last image requests (only you see this):")
+    link_word = _("message")  # the link to a result's message
     blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": f"*{text}*"}}]
     for number, job in enumerate(jobs[:HISTORY_SIZE], start=1):
-        prompt = escape(" ".join(job.prompt.split())[:150]) or job.kind
+        prompt = escape(" ".join(job.prompt.split())[:150]) or kind_word(job.kind)
         when = f"<!date^{int(job.created_at)}^{{date_short_pretty}} {{time}}|{int(job.created_at)}>"
-        status = "" if job.status.value in ("done", "delivered") else f" · {job.status.value.replace('_', ' ')}"
+        status = "" if job.status.value in ("done", "delivered") else f" · {status_word(job.status)}"
         link = (links or {}).get(job.id)
-        shown = f"*{number}.* {prompt} · {when}{status}" + (f" · <{link}|{_('message')}>" if link else "")
+        shown = f"*{number}.* {prompt} · {when}{status}" + (f" · <{link}|{link_word}>" if link else "")
         block: dict[str, Any] = {"type": "section", "text": {"type": "mrkdwn", "text": shown}}
         if job.status.value in ("done", "delivered") and job.results and not job.results_pruned:
             block["accessory"] = _button(_("Open"), OPEN, f"open:{job.id}")

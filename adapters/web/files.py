@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from aiohttp import BodyPartReader, web
 
 from bot.errors import InvalidImageError, InvalidRequestError
@@ -49,17 +51,24 @@ def text_field(form: dict[str, bytes], key: str) -> str:
     try:
         return form.get(key, b"").decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidRequestError(f"The {key} field must be text.") from None
+        raise InvalidRequestError(N_("The {key} field must be text.", key=key)) from None
 
 
-def upload(form: dict[str, bytes], key: str, what: str = "image") -> bytes:
+_MISSING = {
+    "image": N_("Attach the image first (PNG, JPEG, WebP or GIF)."),
+    "mask": N_("Attach the mask first (PNG, JPEG, WebP or GIF)."),
+}
+_EMPTY = {
+    "image": N_("That image file is empty (0 bytes). Attach the image again, as a PNG, JPEG, WebP or GIF."),
+    "mask": N_("That mask file is empty (0 bytes). Attach the mask again, as a PNG, JPEG, WebP or GIF."),
+}
+
+
+def upload(form: dict[str, bytes], key: str, what: Literal["image", "mask"] = "image") -> bytes:
     """The uploaded file ``key``: a missing one and an empty one get different messages."""
     data = form.get(key)
     if data is None:
-        raise InvalidImageError(f"Attach the {what} first (PNG, JPEG, WebP or GIF).")
+        raise InvalidImageError(_MISSING[what])
     if not data:
-        raise InvalidImageError(
-            f"That {what} file is empty (0 bytes). Attach the {what} again, as a PNG, JPEG, WebP or GIF.",
-            detail=f"empty {key} upload",
-        )
+        raise InvalidImageError(_EMPTY[what], detail=f"empty {key} upload")
     return data

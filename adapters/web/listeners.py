@@ -12,9 +12,12 @@ from typing import Any
 
 from aiohttp import web
 
+from adapters.common import i18n
 from adapters.common.access import AccessPolicy, Requester
 from adapters.common.flags import parse_imagine
+from adapters.common.i18n import _
 from adapters.common.lifecycle import Work, answer, fail
+from adapters.common.words import region_label
 from bot import imaging
 from bot.bootstrap import Core
 from bot.errors import InvalidRequestError, UnexpectedError
@@ -25,15 +28,16 @@ from bot.text import N_
 
 from . import render
 from .files import read_form, text_field, upload
+from .page_text import page_strings
 from .replies import EventStreams, WebReply
-from .session import USER_KEY, remember
+from .session import STARTING, USER_KEY, remember
 
 log = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 30  # past jobs shown again when a page is reloaded
 STATIC_DIR = Path(__file__).parent / "static"
 ASSETS = {"index.html": "text/html", "app.css": "text/css", "app.js": "text/javascript"}
-NOT_OUR_REQUEST = "That request was not in the form the playground sends."
+NOT_OUR_REQUEST = N_("That request was not in the form the playground sends.")
 Start = Callable[[JobContext, ProgressSink], Awaitable[JobOutcome]]
 _TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 _CSP = (
@@ -71,7 +75,7 @@ class Listeners:
     def _asset(self, name: str) -> web.Response:
         body = self.assets.get(name)
         if body is None:
-            return web.Response(status=503, text="The playground is starting; reload in a moment.\n")
+            return web.Response(status=503, text=_(STARTING) + "\n")
         return web.Response(
             body=body,
             content_type=ASSETS[name],
@@ -82,10 +86,11 @@ class Listeners:
     async def config(self, request: web.Request) -> web.StreamResponse:
         core = self.core
         default_model, spec = core.catalog.resolve(None)
+        no_quality = _(N_("none for {model}", model=default_model))
         flags = [  # the chat line's flags and the values the default model takes (the help lists them)
-            {"name": "--n", "values": f"1 to {spec.max_n} images"},
+            {"name": "--n", "values": _(N_("1 to {count} images", count=spec.max_n))},
             {"name": "--size", "values": ", ".join(spec.sizes)},
-            {"name": "--quality", "values": ", ".join(spec.qualities) or f"none for {default_model}"},
+            {"name": "--quality", "values": ", ".join(spec.qualities) or no_quality},
             {"name": "--model", "values": ", ".join(core.catalog.names)},
         ]
         return web.json_response(
@@ -96,6 +101,9 @@ class Listeners:
                 "flags": flags,
                 "models": list(core.catalog.names),
                 "regions": list(imaging.REGION_NAMES),
+                "region_labels": {name: region_label(name) for name in imaging.REGION_NAMES},
+                "locale": i18n.current().replace("_", "-"),
+                "strings": page_strings(),
                 "default_n": core.settings.default_n,
                 "max_upload_bytes": self.max_upload_bytes,
             }

@@ -6,6 +6,7 @@ import base64
 from collections.abc import Sequence
 from typing import Any
 
+from adapters.common.i18n import _
 from adapters.common.lifecycle import cut_off_text
 from adapters.common.story import story, upscale_story
 from bot import imaging
@@ -13,6 +14,7 @@ from bot.budgets import format_dollars
 from bot.errors import InvalidRequestError
 from bot.jobs import JobOutcome
 from bot.models import GeneratedImage, Job, JobStatus, StoredImage
+from bot.text import N_
 
 SHOWN_IN_HISTORY = frozenset({JobStatus.DONE, JobStatus.DELIVERED, JobStatus.FAILED, JobStatus.INTERRUPTED})
 
@@ -58,7 +60,7 @@ def outcome(result: JobOutcome) -> dict[str, Any]:
         }
     if result.result is None:
         raise InvalidRequestError(
-            "You asked for exactly this a moment ago and it isn't finished yet; it will show up there.",
+            N_("You asked for exactly this a moment ago and it isn't finished yet; it will show up there."),
             detail=f"duplicate of job {job.id} ({job.status}) without a result here",
         )
     info = job_info(job)
@@ -69,7 +71,7 @@ def outcome(result: JobOutcome) -> dict[str, Any]:
         "job": info,
         "duplicate": result.duplicate,
         "images": images(job.id, result.result.images),
-        "notice": result.result.notice,
+        "notice": _(result.result.notice) if result.result.notice else None,
     }
 
 

@@ -25,8 +25,10 @@ from pathlib import Path
 import yarl
 from aiohttp import web
 
+from adapters.common.i18n import _
 from adapters.common.lifecycle import as_user_error
 from bot.errors import InvalidRequestError
+from bot.text import N_
 
 from .files import too_large
 from .replies import error_response
@@ -39,8 +41,14 @@ USER_KEY = web.RequestKey("imagebot_user", str)
 NEW_SESSION_KEY = web.RequestKey("imagebot_new_session", str)  # the cookie value of a session just issued
 SECRET_FILE = "playground.key"  # noqa: S105 (a file name)
 SESSIONS_PER_ADDRESS_PER_MINUTE = 20
-NO_SESSION = "Your playground session is missing or has expired. Please reload the page to start a new one."
-TOO_MANY_SESSIONS = "Too many new playground sessions from your address. Please wait a minute, then reload the page.\n"
+# English here; answered in the reader's language with ``_``
+NO_SESSION = N_(
+    "Your playground session is missing or has expired. Please reload the page to start a new one."
+).template
+TOO_MANY_SESSIONS = N_(
+    "Too many new playground sessions from your address. Please wait a minute, then reload the page."
+).template
+STARTING = N_("The playground is starting; reload in a moment.").template
 _SESSION = re.compile(r"^([A-Za-z0-9_-]{24})\.([A-Za-z0-9_-]{43})$")
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -63,31 +71,31 @@ class Sessions:
         if not (path == "/" or path.startswith(("/api/", "/static/"))):
             return await handler(request)  # /healthz and whatever else shares the server
         if self._local_only and not _is_local_host(request.host):
-            return web.Response(status=421, text="This playground answers only on localhost.\n")
+            return web.Response(status=421, text=_("This playground answers only on localhost.") + "\n")
         if self._password is not None and not authorised(request, self._password):
             return web.Response(
                 status=401,
-                text="The playground needs its password (IMAGEBOT_WEB_PASSWORD).\n",
+                text=_("The playground needs its password (IMAGEBOT_WEB_PASSWORD).") + "\n",
                 headers={"WWW-Authenticate": 'Basic realm="imagebot playground", charset="UTF-8"'},
             )
         if self.secret is None:
-            return web.Response(status=503, text="The playground is starting; reload in a moment.\n")
+            return web.Response(status=503, text=_(STARTING) + "\n")
         user = session_user(self.secret, request.cookies.get(SESSION_COOKIE, ""))
         if user is None and path == "/":
             if not self._may_issue(request.remote or "unknown"):
-                return web.Response(status=429, text=TOO_MANY_SESSIONS, headers={"Retry-After": "60"})
+                return web.Response(status=429, text=_(TOO_MANY_SESSIONS) + "\n", headers={"Retry-After": "60"})
             user = secrets.token_urlsafe(18)
             request[NEW_SESSION_KEY] = session_token(self.secret, user)
         if user is None:
             if path.startswith("/static/"):
                 return await handler(request)  # the page's files need no session
-            body = {"error": {"kind": "session", "message": NO_SESSION, "ref": None, "retryable": False}}
+            body = {"error": {"kind": "session", "message": _(NO_SESSION), "ref": None, "retryable": False}}
             return web.json_response(body, status=401)
         request[USER_KEY] = user
         try:
             if request.method == "POST" and request.headers.get(CSRF_HEADER) != "1":
                 raise InvalidRequestError(
-                    "Please use the playground page to send requests.", detail="POST without the X-Imagebot header"
+                    N_("Please use the playground page to send requests."), detail="POST without the X-Imagebot header"
                 )
             response = await handler(request)
         except web.HTTPRequestEntityTooLarge:

@@ -27,6 +27,7 @@ from bot.catalog import parse_size
 from bot.errors import ImageBotError, InvalidImageError, InvalidRequestError, ProviderResponseError, UnexpectedError
 from bot.models import ProviderEdit, ProviderGenerate, ProviderHealth, ProviderImages, ProviderVary, Usage
 from bot.ports import OnPartial
+from bot.text import N_
 
 log = logging.getLogger(__name__)
 
@@ -639,7 +640,7 @@ def _editable_area(mask_bytes: bytes, size: tuple[int, int]) -> Image.Image:
     mask = _decode(mask_bytes, "mask")
     if mask.size != size:
         raise InvalidImageError(
-            "The mask must be the same size as the image.", detail=f"mask {mask.size} vs image {size}"
+            N_("The mask must be the same size as the image."), detail=f"mask {mask.size} vs image {size}"
         )
     if "A" in mask.getbands() or mask.has_transparency_data:
         return ImageChops.invert(mask.convert("RGBA").getchannel("A"))
@@ -738,7 +739,11 @@ def _size(size: str | None) -> tuple[int, int]:
     parsed = parse_size(size)
     if parsed is None or not all(MIN_SIDE <= side <= MAX_SIDE for side in parsed):
         raise InvalidRequestError(
-            f"Image sizes look like 1024x1024, each side between {MIN_SIDE} and {MAX_SIDE} pixels.",
+            N_(
+                "Image sizes look like 1024x1024, each side between {low} and {high} pixels.",
+                low=MIN_SIDE,
+                high=MAX_SIDE,
+            ),
             detail=f"offline provider got size {size!r}",
         )
     return parsed
@@ -848,7 +853,7 @@ class OfflineImages:
 
     async def _run(self, operation: str, jobs: list[functools.partial[bytes]]) -> ProviderImages:
         if not jobs:
-            raise InvalidRequestError("Ask for at least one image.", detail=f"offline {operation} with n < 1")
+            raise InvalidRequestError(N_("Ask for at least one image."), detail=f"offline {operation} with n < 1")
         started = time.perf_counter()
         if self._delay > 0:
             await asyncio.sleep(self._delay)

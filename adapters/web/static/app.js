@@ -13,6 +13,20 @@
     "top-half": "A1:D2", "bottom-half": "A3:D4", "left-half": "A1:B4", "right-half": "C1:D4", center: "B2:C3",
   };
   let config = { regions: ["top-half", "bottom-half", "left-half", "right-half", "center", "border"], offline: true };
+
+  // The page's words in the reader's language: config.strings (English -> translation) from the server, which
+  // reads Accept-Language; English until it arrives or where a string is missing. {fields} are filled here.
+  const translated = (english) => (config.strings && config.strings[english]) || english;
+  function t(english, vars = {}) {
+    return translated(english).replace(/\{(\w+)\}/g, (whole, name) => (name in vars ? String(vars[name]) : whole));
+  }
+  // A translated template whose fields are nodes (<code>, <strong>): its parts in the translation's order.
+  function tNodes(english, nodes) {
+    return translated(english).split(/(\{\w+\})/).filter(Boolean).map((part) => {
+      const field = /^\{(\w+)\}$/.exec(part);
+      return field && nodes[field[1]] ? nodes[field[1]] : part;
+    });
+  }
   let attached = null; // { file, url }
   let mask = null; // File
   let region = null; // "top-half" | "B2" | "A1:C2" | null
@@ -69,10 +83,10 @@
       const response = await fetch(url, options);
       const data = await response.json().catch(() => null);
       if (data && data.error) return { error: data.error.message, cancelled: data.error.kind === "cancelled" };
-      if (!response.ok || !data) return { error: `The bot answered with HTTP ${response.status}. Please try again.` };
+      if (!response.ok || !data) return { error: t("The bot answered with HTTP {status}. Please try again.", { status: response.status }) };
       return data;
     } catch (err) {
-      return { error: "I can't reach the bot right now (is it running?). Please try again in a moment." };
+      return { error: t("I can't reach the bot right now (is it running?). Please try again in a moment.") };
     }
   }
 
@@ -82,7 +96,7 @@
     const bot = who === "bot";
     const body = el("div", { class: "body" },
       el("div", { class: "meta" },
-        el("span", { class: bot ? "author bot-name" : "author", text: bot ? "imagebot" : "You" }),
+        el("span", { class: bot ? "author bot-name" : "author", text: bot ? "imagebot" : t("You") }),
         bot ? el("span", { class: "tag", text: "bot" }) : null,
         el("span", { class: "time", text: clock() })),
       ...content);
@@ -96,7 +110,7 @@
   function userMessage(text, imageUrl, chip) {
     const parts = [];
     if (text) parts.push(el("div", { class: "text", text }));
-    if (imageUrl) parts.push(el("img", { class: "thumb", src: imageUrl, alt: "Your image" }));
+    if (imageUrl) parts.push(el("img", { class: "thumb", src: imageUrl, alt: t("Your image") }));
     const body = message("user", ...parts);
     if (chip) body.querySelector(".meta").append(el("span", { class: "chip", text: chip }));
   }
@@ -114,8 +128,8 @@
     // Cancel while queued: the request itself then answers "Cancelled"; once running it is too late.
     function offerCancel(job) {
       if (cancel) return;
-      cancel = el("button", { class: "btn btn-grey small cancel", type: "button", text: "Cancel",
-                              "aria-label": "Cancel this request", onclick: async () => {
+      cancel = el("button", { class: "btn btn-grey small cancel", type: "button", text: t("Cancel"),
+                              "aria-label": t("Cancel this request"), onclick: async () => {
         cancel.disabled = true;
         const answer = await api(`/api/jobs/${job}/cancel`, {});
         if (answer.error && !finished) {
@@ -130,7 +144,7 @@
     // A partial image while the real one is made: shown blurred until the result replaces it.
     function showPreview(url) {
       if (!preview) {
-        preview = el("img", { class: "partial", alt: "Preview of the image being made",
+        preview = el("img", { class: "partial", alt: t("Preview of the image being made"),
                               onload: () => { preview.classList.add("shown"); scrollDown(false); } });
         body.append(preview);
       }
@@ -139,7 +153,7 @@
 
     function running(since) {
       clearInterval(timer);
-      const tick = () => { label.textContent = `Generating… ${Math.round((Date.now() - since) / 1000)} s`; };
+      const tick = () => { label.textContent = t("Generating… {seconds} s", { seconds: Math.round((Date.now() - since) / 1000) }); };
       tick();
       timer = setInterval(tick, 1000);
     }
@@ -150,7 +164,7 @@
         if (finished) return;
         if (event.status === "queued") {
           clearInterval(timer);
-          label.textContent = event.text || (event.position ? `Queued — #${event.position} in line` : "Queued…");
+          label.textContent = event.text || (event.position ? t("Queued — #{position} in line", { position: event.position }) : t("Queued…"));
           if (event.job) offerCancel(event.job);
         } else if (event.status === "running" && event.preview) showPreview(event.preview);
         else if (event.status === "running") { dropCancel(); running(Date.now()); }
@@ -184,55 +198,55 @@
   function renderResult(body, result) {
     const job = result.job;
     const count = result.images.length;
-    const kind = { generate: "", edit: "edit · ", vary: "variations · " }[job.kind] || "";
+    const kind = { generate: "", edit: t("edit · "), vary: t("variations · ") }[job.kind] || "";
     body.append(title(job));
-    body.append(el("div", { class: "note", text: `${kind}${job.model || ""} · ${count} image${count === 1 ? "" : "s"}`
-      + (result.duplicate ? " · same as your earlier request" : "") }));
+    body.append(el("div", { class: "note", text: `${kind}${job.model || ""} · ${t(count === 1 ? "{count} image" : "{count} images", { count })}`
+      + (result.duplicate ? t(" · same as your earlier request") : "") }));
     if (result.notice) body.append(el("div", { class: "note", text: result.notice }));
     const grid = el("div", { class: "images " + (count === 1 ? "n1" : count <= 4 ? "n" + count : "many") });
     for (const image of result.images) {
       grid.append(el("figure", { class: "tile" },
-        el("a", { href: image.url, target: "_blank", rel: "noopener", title: "Open full size" },
+        el("a", { href: image.url, target: "_blank", rel: "noopener", title: t("Open full size") },
           el("img", { src: image.url, alt: image.alt, width: image.width, height: image.height,
                       onload: () => scrollDown(false) })),
         count > 1 ? el("span", { class: "badge", text: String(image.index) }) : null,
-        el("a", { class: "dl", href: image.download, download: image.filename, title: `Download ${image.filename}`,
-                  "aria-label": `Download image ${image.index}` }, icon("download"))));
+        el("a", { class: "dl", href: image.download, download: image.filename, title: t("Download {filename}", { filename: image.filename }),
+                  "aria-label": t("Download image {index}", { index: image.index }) }, icon("download"))));
     }
     body.append(grid);
 
-    const upscale = el("div", { class: "actions", role: "group", "aria-label": "Upscale images" });
-    const vary = el("div", { class: "actions", role: "group", "aria-label": "Variations and more" });
+    const upscale = el("div", { class: "actions", role: "group", "aria-label": t("Upscale images") });
+    const vary = el("div", { class: "actions", role: "group", "aria-label": t("Variations and more") });
     for (const image of result.images) {
       upscale.append(el("button", { class: "btn btn-grey", type: "button", text: `U${image.index}`,
-                                    title: `Image ${image.index} on its own, with Zoom out and Pan`,
-                                    onclick: () => runJob(`Upscaling image ${image.index}`,
+                                    title: t("Image {index} on its own, with Zoom out and Pan", { index: image.index }),
+                                    onclick: () => runJob(t("Upscaling image {index}", { index: image.index }),
                                                           `/api/jobs/${job.id}/upscale/${image.index}`, {}) }));
-      vary.append(el("button", { class: "btn btn-grey", type: "button", title: `Variations of image ${image.index}`,
+      vary.append(el("button", { class: "btn btn-grey", type: "button", title: t("Variations of image {index}", { index: image.index }),
                                  text: `V${image.index}`,
-                                 onclick: () => runJob(`Making variations of image ${image.index}`,
+                                 onclick: () => runJob(t("Making variations of image {index}", { index: image.index }),
                                                        `/api/jobs/${job.id}/vary/${image.index}`, {}) }));
     }
     vary.append(el("button", { class: "btn btn-grey", type: "button", title: "🔄 The same request again",
-                               onclick: () => runJob("Rerolling", `/api/jobs/${job.id}/reroll`, {}) },
-                   icon("reroll"), el("span", { text: "Reroll" })));
+                               onclick: () => runJob(t("Rerolling"), `/api/jobs/${job.id}/reroll`, {}) },
+                   icon("reroll"), el("span", { text: t("Reroll") })));
     vary.append(el("button", { class: "btn btn-grey", type: "button", title: "✏️ Change the prompt and make it again",
-                               onclick: () => openRemix(body, job) }, icon("remix"), el("span", { text: "Remix" })));
+                               onclick: () => openRemix(body, job) }, icon("remix"), el("span", { text: t("Remix") })));
     body.append(upscale, vary);
   }
 
   // "Zoom out 2× of image 1 — a red fox" (the story from the server); a plain request shows just its prompt.
   function title(job) {
-    if (!job.headline) return el("div", { class: "text" }, el("strong", { text: job.prompt || "variation" }));
+    if (!job.headline) return el("div", { class: "text" }, el("strong", { text: job.prompt || t("variation") }));
     return el("div", { class: "text story" }, el("strong", { text: job.headline }),
               job.prompt ? el("span", { text: " — " }) : null, job.prompt ? el("em", { text: job.prompt }) : null);
   }
 
   const UPSCALE_TOOLS = [
-    ["Vary (Subtle)", "Making subtle variations", "vary", { strength: "subtle" }],
-    ["Vary (Strong)", "Making strong variations", "vary", { strength: "strong" }],
-    ["Zoom out 1.5x", "Zooming out 1.5×", "outpaint", { zoom: 1.5 }],
-    ["Zoom out 2x", "Zooming out 2×", "outpaint", { zoom: 2 }],
+    ["Vary (Subtle)", "Making subtle variations of image {index}", "vary", { strength: "subtle" }],
+    ["Vary (Strong)", "Making strong variations of image {index}", "vary", { strength: "strong" }],
+    ["Zoom out 1.5x", "Zooming out image {index} 1.5×", "outpaint", { zoom: 1.5 }],
+    ["Zoom out 2x", "Zooming out image {index} 2×", "outpaint", { zoom: 2 }],
   ];
   const PAN_TOOLS = [["⬅️", "left"], ["➡️", "right"], ["⬆️", "up"], ["⬇️", "down"]];
 
@@ -242,44 +256,44 @@
     const [image] = result.images;
     body.append(title(job));
     body.append(el("div", { class: "images n1" }, el("figure", { class: "tile" },
-      el("a", { href: image.url, target: "_blank", rel: "noopener", title: "Open full size" },
+      el("a", { href: image.url, target: "_blank", rel: "noopener", title: t("Open full size") },
         el("img", { src: image.url, alt: image.alt, width: image.width, height: image.height,
                     onload: () => scrollDown(false) })),
-      el("a", { class: "dl", href: image.download, download: image.filename, title: `Download ${image.filename}`,
-                "aria-label": `Download image ${image.index}` }, icon("download")))));
+      el("a", { class: "dl", href: image.download, download: image.filename, title: t("Download {filename}", { filename: image.filename }),
+                "aria-label": t("Download image {index}", { index: image.index }) }, icon("download")))));
     const base = `/api/jobs/${job.id}`;
-    const tools = el("div", { class: "actions", role: "group", "aria-label": "Vary and zoom out" });
+    const tools = el("div", { class: "actions", role: "group", "aria-label": t("Vary and zoom out") });
     for (const [label, doing, route, args] of UPSCALE_TOOLS) {
-      tools.append(el("button", { class: "btn btn-grey", type: "button", text: label,
-                                  onclick: () => runJob(`${doing} of image ${result.index}`,
+      tools.append(el("button", { class: "btn btn-grey", type: "button", text: t(label),
+                                  onclick: () => runJob(t(doing, { index: result.index }),
                                                         `${base}/${route}/${result.index}`, args) }));
     }
-    const pans = el("div", { class: "actions", role: "group", "aria-label": "Pan and remix" });
+    const pans = el("div", { class: "actions", role: "group", "aria-label": t("Pan and remix") });
     for (const [arrow, direction] of PAN_TOOLS) {
-      pans.append(el("button", { class: "btn btn-grey", type: "button", text: arrow, "aria-label": `Pan ${direction}`,
-                                 title: `Pan ${direction}`,
-                                 onclick: () => runJob(`Panning ${direction}`, `${base}/outpaint/${result.index}`,
+      pans.append(el("button", { class: "btn btn-grey", type: "button", text: arrow, "aria-label": t(`Pan ${direction}`),
+                                 title: t(`Pan ${direction}`),
+                                 onclick: () => runJob(t(`Panning ${direction}`), `${base}/outpaint/${result.index}`,
                                                        { pan: direction }) }));
     }
     pans.append(el("button", { class: "btn btn-grey", type: "button", title: "✏️ Change the prompt and make it again",
-                               onclick: () => openRemix(body, job) }, icon("remix"), el("span", { text: "Remix" })));
+                               onclick: () => openRemix(body, job) }, icon("remix"), el("span", { text: t("Remix") })));
     body.append(tools, pans);
   }
 
   function openRemix(body, job) {
     const existing = body.querySelector(".remix");
     if (existing) { existing.querySelector("input").focus(); return; }
-    const field = el("input", { type: "text", value: job.prompt, "aria-label": "New prompt" });
+    const field = el("input", { type: "text", value: job.prompt, "aria-label": t("New prompt") });
     const box = el("form", { class: "remix" }, field,
-      el("button", { class: "btn btn-brand", type: "submit", text: "Remix" }),
-      el("button", { class: "btn btn-grey", type: "button", text: "Cancel", onclick: () => box.remove() }));
+      el("button", { class: "btn btn-brand", type: "submit", text: t("Remix") }),
+      el("button", { class: "btn btn-grey", type: "button", text: t("Cancel"), onclick: () => box.remove() }));
     box.addEventListener("submit", (event) => {
       event.preventDefault();
       const prompt = field.value.trim();
       if (!prompt) return;
       box.remove();
       userMessage(prompt, null, "remix");
-      runJob("Remixing", `/api/jobs/${job.id}/remix`, { prompt });
+      runJob(t("Remixing"), `/api/jobs/${job.id}/remix`, { prompt });
     });
     body.append(box);
     field.focus();
@@ -288,15 +302,15 @@
 
   function renderConfirmation(body, result) {
     const cost = result.estimate_text || "more than usual";
-    body.append(el("div", { class: "text", text: `This request will cost ${cost}. Go ahead?` }));
+    body.append(el("div", { class: "text", text: t("This request will cost {cost}. Go ahead?", { cost }) }));
     const row = el("div", { class: "actions" });
     row.append(
-      el("button", { class: "btn btn-brand", type: "button", text: "Confirm", onclick: () => {
-        row.remove(); runJob("Starting", `/api/jobs/${result.job.id}/confirm`, {});
+      el("button", { class: "btn btn-brand", type: "button", text: t("Confirm"), onclick: () => {
+        row.remove(); runJob(t("Starting"), `/api/jobs/${result.job.id}/confirm`, {});
       } }),
-      el("button", { class: "btn btn-grey", type: "button", text: "Cancel", onclick: async () => {
+      el("button", { class: "btn btn-grey", type: "button", text: t("Cancel"), onclick: async () => {
         row.remove(); await api(`/api/jobs/${result.job.id}/cancel`, {});
-        body.append(el("div", { class: "note", text: "Cancelled." }));
+        body.append(el("div", { class: "note", text: t("Cancelled.") }));
       } }));
     body.append(row);
   }
@@ -306,17 +320,17 @@
   function attach(file) {
     if (!file || !file.type.startsWith("image/")) {
       message("bot", el("div", { class: "error", role: "alert",
-        text: "That file isn't an image I can read. Send a PNG, JPEG, WebP or GIF." }));
+        text: t("That file isn't an image I can read. Send a PNG, JPEG, WebP or GIF.") }));
       return;
     }
     if (attached) URL.revokeObjectURL(attached.url);
     attached = { file, url: URL.createObjectURL(file) };
     $("preview-img").src = attached.url;
-    $("attach-name").textContent = file.name || "pasted image";
+    $("attach-name").textContent = file.name || t("pasted image");
     setMask(null);
     setRegion(null);
     $("attachment").hidden = false;
-    input.placeholder = "Describe the change (e.g. a dragon in the sky), or send with no text for variations";
+    input.placeholder = t("Describe the change (e.g. a dragon in the sky), or send with no text for variations");
     input.focus();
   }
 
@@ -370,8 +384,30 @@
     refreshReadout();
   }
 
+  // A named region as its label in the reader's language ("Top half"); grid cells as they are.
+  const regionName = (name) => (name && config.region_labels && config.region_labels[name]) || name;
+
+  // The static page's words: [data-i18n] text, [data-i18n-<attribute>] attributes, and the two lines with markup.
+  function translatePage() {
+    if (config.locale) document.documentElement.lang = config.locale;
+    document.title = t("imagebot playground");
+    for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
+    for (const attribute of ["aria-label", "title", "alt"]) {
+      for (const node of document.querySelectorAll(`[data-i18n-${attribute}]`)) {
+        node.setAttribute(attribute, t(node.getAttribute(`data-i18n-${attribute}`)));
+      }
+    }
+    $("topic").replaceChildren(...tNodes(
+      "Type {command} and a description · drop, paste or attach an image to edit or vary it",
+      { command: el("code", { text: "/imagine" }) }));
+    $("attach-hint").replaceChildren(...tNodes(
+      "With a prompt: {edit} it (only inside the region or mask, if you pick one). Without a prompt: {variations}.",
+      { edit: el("strong", { text: t("edit") }), variations: el("strong", { text: t("variations") }) }));
+    refreshReadout();
+  }
+
   function refreshReadout() {
-    $("region-value").textContent = mask ? "inside the mask" : region || "whole image";
+    $("region-value").textContent = mask ? t("inside the mask") : regionName(region) || t("whole image");
   }
 
   function pickCell(cell) {
@@ -392,14 +428,14 @@
     const grid = $("grid");
     for (const r of "1234") for (const c of "ABCD") {
       const name = c + r;
-      grid.append(el("button", { type: "button", class: "cell", "data-cell": name, title: `Cell ${name} (click another cell for a range)`,
-                                 "aria-label": `Cell ${name}`, "aria-pressed": "false", text: name,
+      grid.append(el("button", { type: "button", class: "cell", "data-cell": name, title: t("Cell {name} (click another cell for a range)", { name }),
+                                 "aria-label": t("Cell {name}", { name }), "aria-pressed": "false", text: name,
                                  onclick: () => pickCell(name) }));
     }
     const regions = $("regions");
     regions.replaceChildren();
     for (const name of config.regions) {
-      regions.append(el("button", { type: "button", class: "btn btn-grey small", "data-region": name, text: name,
+      regions.append(el("button", { type: "button", class: "btn btn-grey small", "data-region": name, text: regionName(name),
                                     "aria-pressed": "false", onclick: () => setRegion(region === name ? null : name) }));
     }
   }
@@ -409,7 +445,7 @@
   function send() {
     const text = input.value.trim();
     if (!text && !attached) {
-      hint("Type what you'd like me to draw (for example: a lighthouse at dusk), or attach a picture first.");
+      hint(t("Type what you'd like me to draw (for example: a lighthouse at dusk), or attach a picture first."));
       input.focus();
       return;
     }
@@ -423,18 +459,18 @@
         data.append("prompt", text);
         if (mask) data.append("mask", mask, mask.name || "mask.png");
         else if (region) data.append("region", region);
-        userMessage(text, attached.url, mask ? "mask" : region || null);
-        runJob("Editing your image", "/api/edit", data);
+        userMessage(text, attached.url, mask ? t("mask") : regionName(region) || null);
+        runJob(t("Editing your image"), "/api/edit", data);
       } else {
-        userMessage("", attached.url, "variations");
-        runJob("Making variations", "/api/vary", data);
+        userMessage("", attached.url, t("variations"));
+        runJob(t("Making variations"), "/api/vary", data);
       }
       attached = null; // not revoked: the timeline keeps showing the picture
       detach();
       return;
     }
     userMessage(text);
-    runJob("Imagining", "/api/imagine", { text });
+    runJob(t("Imagining"), "/api/imagine", { text });
   }
 
   // A short note under the composer (announced to screen readers), e.g. for an empty message.
@@ -493,8 +529,8 @@
 
   function connect() {
     const source = new EventSource("/api/events");
-    source.onopen = () => setStatus("online", config.offline ? "online · offline generator" : `online · ${config.provider}`);
-    source.onerror = () => setStatus("offline", "reconnecting…");
+    source.onopen = () => setStatus("online", config.offline ? t("online · offline generator") : t("online · {provider}", { provider: config.provider }));
+    source.onerror = () => setStatus("offline", t("reconnecting…"));
     source.onmessage = (event) => {
       let data;
       try { data = JSON.parse(event.data); } catch { return; }
@@ -506,7 +542,7 @@
   // A past job without images: why (failed, with its reference id; or cut off by a restart, at no charge).
   function renderPast(body, result) {
     const job = result.job;
-    body.append(el("div", { class: "text" }, el("strong", { text: job.prompt || "variation" })));
+    body.append(el("div", { class: "text" }, el("strong", { text: job.prompt || t("variation") })));
     body.append(el("div", { class: result.status === "failed" ? "error" : "note interrupted",
                             role: result.status === "failed" ? "alert" : null, text: result.message }));
   }
@@ -531,7 +567,7 @@
 
   // The flags and the values each takes (from the model catalogue), one line per flag.
   function flagHelp(flags) {
-    const list = el("ul", { class: "flags", "aria-label": "Flags" });
+    const list = el("ul", { class: "flags", "aria-label": t("Flags") });
     for (const flag of flags) {
       list.append(el("li", {}, el("code", { class: "flag", text: flag.name }), " ",
                      el("span", { class: "values", text: flag.values })));
@@ -544,15 +580,16 @@
       const response = await fetch("/api/config", { credentials: "same-origin" });
       if (response.ok) config = await response.json();
     } catch { /* keep the defaults; the stream status shows the problem */ }
+    translatePage();
     buildPickers();
     input.placeholder = promptHint();
     const examples = el("div", { class: "text" },
-      "Hi! Tell me what to draw: ", el("code", { text: "/imagine a lighthouse at dusk --n 2" }),
-      ". Drop, paste or attach a picture to edit it or get variations.");
+      ...tNodes("Hi! Tell me what to draw: {example}. Drop, paste or attach a picture to edit it or get variations.",
+                { example: el("code", { text: "/imagine a lighthouse at dusk --n 2" }) }));
     const welcome = [examples, flagHelp(config.flags || [])];
     if (config.offline) {
       welcome.push(el("div", { class: "note",
-        text: "No OPENAI_API_KEY is set, so pictures come from the built-in offline generator." }));
+        text: t("No OPENAI_API_KEY is set, so pictures come from the built-in offline generator.") }));
     }
     message("bot", ...welcome);
     await loadHistory();
