@@ -79,6 +79,7 @@ class ImageBotError(Exception):
     kind: ClassVar[str] = "unexpected"
     retryable: ClassVar[bool] = False
     default_message: ClassVar[Text | str] = N_("Sorry, something went wrong on my side while making your image.")
+    quotes_ref: ClassVar[bool] = True  # False for an answer that is not a failure: no reference id to quote
 
     def __init__(self, user_message: Text | str | None = None, *, detail: str = "", ref: str | None = None):
         self.text = _as_text(user_message or self.default_message)
@@ -92,11 +93,11 @@ class ImageBotError(Exception):
 
     def friendly(self) -> str:
         """The message with its reference id, as adapters show it."""
-        return f"{self.user_message} (ref {self.ref})"
+        return f"{self.user_message} (ref {self.ref})" if self.quotes_ref else self.user_message
 
     def friendly_text(self) -> Text:
         """``friendly()`` as a template, for adapters to render in the reader's language."""
-        return N_("{message} (ref {ref})", message=self.text, ref=self.ref)
+        return N_("{message} (ref {ref})", message=self.text, ref=self.ref) if self.quotes_ref else self.text
 
     def log_line(self) -> str:
         """One redacted line for the log: kind, ref, and what really happened."""
@@ -177,12 +178,7 @@ class JobCancelledError(ImageBotError):
 
     kind = "cancelled"
     default_message = N_("Cancelled — nothing was made or charged.")
-
-    def friendly(self) -> str:
-        return self.user_message  # not a failure: no reference id to quote
-
-    def friendly_text(self) -> Text:
-        return self.text
+    quotes_ref = False
 
 
 class TooLateToCancelError(ImageBotError):
@@ -190,12 +186,7 @@ class TooLateToCancelError(ImageBotError):
 
     kind = "too_late_to_cancel"
     default_message = N_("Too late to cancel: the image is being made.")
-
-    def friendly(self) -> str:
-        return self.user_message  # an answer, not a failure: no reference id to quote
-
-    def friendly_text(self) -> Text:
-        return self.text
+    quotes_ref = False
 
 
 class BusyError(ImageBotError):

@@ -105,7 +105,8 @@ def upload_args(job: Job, result: ImageResult) -> dict[str, Any]:
         alt = image.alt_text or result.prompt or "AI-generated image"
         filename = file_name(job, index, image.filename)
         uploads.append({"file": image.data, "filename": filename, "title": title, "alt_txt": alt[:_ALT_MAX]})
-    comment = story_comment(story(job)) if story(job).headline else _asked_for(job, result)
+    told = story(job)
+    comment = story_comment(told) if told.headline else _asked_for(job, result)
     details = _(N_("AI-generated · {model}", model=result.model)) if result.model else _("AI-generated")
     if result.notice:
         details += f" · {_(result.notice)}"
