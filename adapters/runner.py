@@ -25,7 +25,7 @@ from adapters.discord import DiscordAdapter
 from adapters.slack import SlackAdapter
 from adapters.web.adapter import Playground
 from adapters.web.server import WebServer, create_app, is_loopback
-from bot.bootstrap import Core, new_http_session, open_core
+from bot.bootstrap import Core, new_http_session, open_core, settle_after_start
 from bot.errors import ConfigurationError, ImageBotError, UnexpectedError
 from bot.settings import Settings, SettingsError
 from bot.store import StoreError
@@ -146,6 +146,7 @@ async def _serve(settings: Settings, core: Core, wiring: Wiring, stopping: async
                 print(f"imagebot: {adapter.name}: {exc.user_message}", file=sys.stderr, flush=True)
                 return EXIT_CONFIG
             started.append(adapter)
+        settle_after_start()
         everywhere = f" (listening on all interfaces, port {server.port})" if server.on_all_interfaces else ""
         if wiring.playground is not None:
             print(f"imagebot: playground at {server.url}{everywhere}", flush=True)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from adapters.discord import DiscordAdapter  # noqa: E402
 from bench.common import fake_openai_code  # noqa: E402
-from bot.bootstrap import new_http_session, open_core  # noqa: E402
+from bot.bootstrap import new_http_session, open_core, settle_after_start  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from tests.fakes.openai_server import DEFAULT_KEY  # noqa: E402
 
@@ -122,6 +122,7 @@ async def defer_latencies(
             async with new_http_session() as session, open_core(settings, session) as core:
                 adapter = DiscordAdapter(core, settings, guild_ready_timeout=0.05)
                 await adapter.start()
+                settle_after_start()  # as `imagebot run` does once its adapters are up
                 try:
                     say(fake, "go")
                     stats: dict[str, float] = json.loads(await line(fake))

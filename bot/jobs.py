@@ -24,6 +24,7 @@ process's to deliver (``undelivered``/``cut_off`` list only the jobs this proces
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import hashlib
@@ -64,6 +65,9 @@ from bot.store import ResultFiles
 from bot.text import N_
 
 log = logging.getLogger(__name__)
+# Deletions nobody needs to wait for, one at a time, off the event loop (a hop there and back costs more than
+# the unlink itself: submitting wakes only this thread, not the loop).
+_JANITOR = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="janitor")
 
 Request = GenerateRequest | EditRequest | VaryRequest
 OUTPAINT_KINDS = ("zoom", "pan")  # edits of an outpainting canvas, recorded as their own kinds
@@ -131,6 +135,7 @@ class JobService:
         self._deliverers: dict[str, Deliverer] = {}
         self._reruns: set[asyncio.Task[None]] = set()
         self._run_seconds: dict[tuple[str, str | None], tuple[float, float | None]] = {}  # -> (when, median)
+        self._discarding: concurrent.futures.Future[None] | None = None  # the last spool handed to the janitor
 
     async def start(self, *, take_over_all: bool = True) -> list[Job]:
         """Call once at start-up, before serving: take over what a previous process left (see the module's
@@ -145,6 +150,8 @@ class JobService:
         for task in list(self._reruns):
             task.cancel()
         await asyncio.gather(*self._reruns, return_exceptions=True)
+        if self._discarding is not None:
+            await asyncio.wrap_future(self._discarding)  # one thread, in order: the others are gone too
         self._delivering.clear()
         try:
             await self.store.release(self.owner)
@@ -491,8 +498,10 @@ class JobService:
     async def begin_delivery(self, job_id: str) -> Job:
         """Record that a post of the job's result is about to be made (call before posting): after a crash,
         a job that is undelivered but has attempts may already be on the platform, so look before posting."""
-        job = await self._job(job_id)
-        return await self.store.update(job_id, delivery_attempts=job.delivery_attempts + 1)
+        try:
+            return await self.store.begin_delivery(job_id)
+        except KeyError:
+            raise JobNotFoundError(detail=f"no job {job_id[:20]!r}") from None
 
     async def cut_off(self, platform: str) -> list[Job]:
         """Jobs of ``platform`` a restart interrupted whose requester has not been told (adapters tell them)."""
@@ -657,8 +666,20 @@ class JobService:
             model=result.model,
             provider=result.provider,
         )
-        await asyncio.to_thread(self.files.discard_spool, job_id)
+        self._discard_spool_later(job_id)
         return job
+
+    def _discard_spool_later(self, job_id: str) -> None:
+        """Drop a stored job's spool in the janitor's thread; nothing waits for it (one a crash leaves behind is
+        never read again: the job is done; it goes with the job's folder when its results are pruned)."""
+
+        def discard() -> None:
+            try:
+                self.files.discard_spool(job_id)
+            except OSError as exc:
+                log.warning("job %s: its spool could not be removed (%s)", job_id, exc.strerror)
+
+        self._discarding = _JANITOR.submit(discard)
 
     def _save(self, job_id: str, result: ImageResult) -> tuple[StoredImage, ...]:
         """Write the images before anyone delivers them: a paid result survives a crash (worker thread)."""

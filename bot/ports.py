@@ -73,6 +73,10 @@ class JobStore(Protocol):
 
     async def update(self, job_id: str, **changes: Any) -> Job: ...
 
+    async def begin_delivery(self, job_id: str) -> Job:
+        """Count one more delivery attempt (before a post is made); the job as it is now."""
+        ...
+
     async def get(self, job_id: str) -> Job | None: ...
 
     async def unfinished(self) -> list[Job]:

@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bot import imaging
@@ -327,7 +327,11 @@ class ImageService:
             if spool is not None:
                 await spool.paid(cost)  # before anything else can fail: the answer is paid for
             async with self.admission.result_bytes.hold(sum(len(image) for image in raw.images)):
-                images = await asyncio.to_thread(self._finish, plan, raw)
+                quick = [imaging.quick_output_info(image) for image in raw.images]  # PNGs: ~0.1 ms each
+                if all(quick):
+                    images = self._finish(plan, raw, quick)
+                else:  # JPEG or WebP, decoded to be checked: in a worker thread
+                    images = await asyncio.to_thread(self._finish, plan, raw, quick)
         except ImageBotError as exc:
             log.warning("%s for %s failed: %s", kind, requester, exc.log_line())
             await _report(progress, Progress(JobStatus.FAILED, message=exc.friendly()))
@@ -404,12 +408,15 @@ class ImageService:
             mask_png = imaging.mask_from_alpha(first.data)
         return tuple(p.data for p in prepared), mask_png
 
-    def _finish(self, plan: _Plan, raw: ProviderImages) -> tuple[GeneratedImage, ...]:
+    def _finish(
+        self, plan: _Plan, raw: ProviderImages, checked: Sequence[imaging.OutputInfo | None]
+    ) -> tuple[GeneratedImage, ...]:
+        """The verified images, named and described (``checked``: those already verified, by position)."""
         stem = slugify(plan.prompt)
         count = len(raw.images)
         out: list[GeneratedImage] = []
         for index, data in enumerate(raw.images, start=1):
-            info = imaging.inspect_output(data)
+            info = checked[index - 1] or imaging.inspect_output(data)
             revised = raw.revised_prompts[index - 1] if index - 1 < len(raw.revised_prompts) else None
             described = revised or plan.prompt
             prefix = "AI-generated image" if count == 1 else f"AI-generated image {index} of {count}"

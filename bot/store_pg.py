@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -216,6 +217,14 @@ class PostgresJobStore:
         assignments = ", ".join(f"{name} = ${number}" for number, name in enumerate(values, start=1))
         query = f"UPDATE jobs SET {assignments} WHERE id = ${len(values) + 1} RETURNING *"  # noqa: S608 - names checked
         row = await self._retrying(lambda: self._pool.fetchrow(query, *values.values(), job_id))
+        if row is None:
+            raise KeyError(job_id)
+        return job_from_row(row)
+
+    async def begin_delivery(self, job_id: str) -> Job:
+        """One more delivery attempt recorded (before a post of the job's result is made); the job as it is now."""
+        query = "UPDATE jobs SET delivery_attempts = delivery_attempts + 1, updated_at = $2 WHERE id = $1 RETURNING *"
+        row = await self._retrying(lambda: self._pool.fetchrow(query, job_id, time.time()))
         if row is None:
             raise KeyError(job_id)
         return job_from_row(row)

@@ -23,6 +23,7 @@ from tests.fakes.slack_server import (
     FakeSlack,
     HttpExchange,
     PostedMessage,
+    ResponsePost,
     SlackCall,
 )
 
@@ -68,6 +69,40 @@ class SlackBot:
         return texts + [m.text for m in self.fake.messages if m.ephemeral_to is not None]
 
 
+def responses_to(fake: FakeSlack, payload: dict[str, Any]) -> list[ResponsePost]:
+    """The posts to the response_url of one request (a slash command's or a button's payload), oldest first."""
+    response_id = str(payload.get("response_url", "")).rsplit("/", 1)[-1]
+    return [post for post in fake.responses if post.response_id == response_id]
+
+
+async def response_saying(fake: FakeSlack, payload: dict[str, Any], text: str, timeout: float = 5.0) -> ResponsePost:
+    """The first ephemeral post to the request's response_url whose text contains ``text`` (waiting for it)."""
+
+    def found() -> ResponsePost | None:
+        posts = [p for p in responses_to(fake, payload) if isinstance(p.body, dict) and text in str(p.body.get("text"))]
+        return posts[0] if posts else None
+
+    return await fake.wait_for(found, timeout, f"a response saying {text!r}")
+
+
+def as_message(body: dict[str, Any]) -> PostedMessage:
+    """An ephemeral message posted to a response_url, as a message object (for ``button``)."""
+    return PostedMessage("", "0", "", str(body.get("text", "")), body.get("blocks"))
+
+
+async def response_button(fake: FakeSlack, prefix: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The body of the first response_url post with a button whose value starts with ``prefix`` (e.g. the
+    confirmation's "confirm:"; the "Working on it" note before it has no buttons), waiting for it."""
+
+    def found() -> dict[str, Any] | None:
+        for post in fake.responses:
+            if isinstance(post.body, dict) and _button_or_none(as_message(post.body), prefix) is not None:
+                return dict(post.body)
+        return None
+
+    return await fake.wait_for(found, timeout, f"a response with a {prefix} button")
+
+
 def _has_vary(message: PostedMessage) -> bool:
     for block in message.blocks or []:
         for element in block.get("elements", []):
@@ -78,11 +113,18 @@ def _has_vary(message: PostedMessage) -> bool:
 
 def button(message: PostedMessage, prefix: str) -> dict[str, Any]:
     """The button of a message whose value starts with ``prefix`` (e.g. "vary:" or "reroll:")."""
+    found = _button_or_none(message, prefix)
+    if found is None:
+        raise AssertionError(f"no {prefix} button in {message.blocks}")
+    return found
+
+
+def _button_or_none(message: PostedMessage, prefix: str) -> dict[str, Any] | None:
     for block in message.blocks or []:
-        for element in block.get("elements", []):
+        for element in block.get("elements", []) if isinstance(block, dict) else []:
             if element.get("type") == "button" and str(element.get("value", "")).startswith(prefix):
                 return dict(element)
-    raise AssertionError(f"no {prefix} button in {message.blocks}")
+    return None
 
 
 @contextlib.asynccontextmanager

@@ -572,9 +572,9 @@ async def test_unknown_jobs_get_an_ephemeral_answer(fake: FakeDiscord, bot: Disc
 
 async def test_no_blocking_calls_on_the_loop_during_imagine_and_vary(fake: FakeDiscord, bot: DiscordAdapter) -> None:
     """blockbuster raises on blocking calls (file I/O, sleep, sockets...) made on the loop by the adapter or core."""
-    from blockbuster import blockbuster_ctx
+    from tests.blocking import no_blocking_calls
 
-    with blockbuster_ctx(["adapters.discord", "bot"]):
+    with no_blocking_calls(["adapters.discord", "bot"]):
         result = await first_result(fake, count=2)
         press = await fake.dispatch_component(custom_ids(result)[-3], message=result.message)
         await result_of(fake, press.id)

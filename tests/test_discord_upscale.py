@@ -90,9 +90,9 @@ async def test_no_blocking_calls_on_the_loop_during_upscale_zoom_and_pan(
 ) -> None:
     """blockbuster raises on blocking calls (file I/O, sleep, sockets...) made on the loop by the adapter or core:
     the canvas is built, and the image read back, in worker threads."""
-    from blockbuster import blockbuster_ctx
+    from tests.blocking import no_blocking_calls
 
-    with blockbuster_ctx(["adapters.discord", "adapters.common", "bot"]):
+    with no_blocking_calls(["adapters.discord", "adapters.common", "bot"]):
         inter = await fake.dispatch_slash_command("imagine", {"prompt": "a harbour", "count": 2})
         grid = await result_of(fake, inter.id)
         job = custom_ids(grid)[0].split(":")[2]

@@ -744,3 +744,94 @@ def test_strip_metadata_never_raises_on_damaged_files(fmt: str, cut: int, flips:
 @given(data=st.binary(max_size=300))
 def test_strip_metadata_never_raises_on_arbitrary_bytes(data: bytes) -> None:
     assert imaging.strip_metadata(data) is not None
+
+
+# --- results checked by their chunk frames (no decode) ---------------------------------------------------------------
+
+
+def _chunks(data: bytes) -> list[tuple[int, bytes, int]]:
+    """(offset, type, end of data) of every chunk of a PNG."""
+    found, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        found.append((pos, data[pos + 4 : pos + 8], pos + 8 + length))
+        pos += 12 + length
+    return found
+
+
+def _many_idats(size: tuple[int, int] = (96, 96)) -> bytes:
+    """A PNG whose image data is split into several IDAT chunks (as encoders do for big images)."""
+    data = encode(noise(size), "PNG", compress_level=0)
+    ihdr, idat, iend = data[8:33], data[33:-12], data[-12:]
+    assert idat[4:8] == b"IDAT"
+    payload = idat[8:-4]
+    pieces = [payload[i : i + 4096] for i in range(0, len(payload), 4096)]
+    return data[:8] + ihdr + b"".join(png_chunk(b"IDAT", piece) for piece in pieces) + iend
+
+
+def test_a_result_png_is_checked_by_its_chunks_and_described() -> None:
+    data = _many_idats()
+    assert sum(kind == b"IDAT" for _, kind, _ in _chunks(data)) > 3
+    info = imaging.quick_output_info(data)
+    assert info == imaging.inspect_output(data)
+    assert info is not None and (info.format, info.width, info.height) == ("png", 96, 96)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["cut in the last IDAT", "bad CRC of the last IDAT", "bad CRC of IHDR", "bytes after IEND", "no IEND", "no IHDR"],
+)
+def test_a_damaged_result_png_is_blamed_on_the_provider(damage: str) -> None:
+    data = bytearray(_many_idats())
+    chunks = _chunks(bytes(data))
+    last_idat = [c for c in chunks if c[1] == b"IDAT"][-1]
+    if damage == "cut in the last IDAT":
+        data = data[: last_idat[2] - 10] + data[-12:]  # IEND still at the end: only the frames can tell
+    elif damage == "bad CRC of the last IDAT":
+        data[last_idat[2] + 1] ^= 0x55
+    elif damage == "bad CRC of IHDR":
+        data[29] ^= 0xFF
+    elif damage == "bytes after IEND":
+        data += b"\x00" * 16
+    elif damage == "no IEND":
+        data = data[:-12]
+    else:
+        data = data[:8] + data[33:]
+    with pytest.raises(ProviderResponseError) as caught:
+        imaging.quick_output_info(bytes(data))
+    assert "unusable image" in str(caught.value.detail)
+
+
+def test_the_crc_of_an_idat_before_the_last_is_left_unchecked() -> None:
+    """What the walk knowingly skips (zlib's CRC of megabytes of image data): a flipped byte inside an earlier
+    IDAT goes through; the image decodes (differently). TLS and the base64 check guard the transfer."""
+    data = bytearray(_many_idats())
+    first_idat = next(c for c in _chunks(bytes(data)) if c[1] == b"IDAT")
+    data[first_idat[2] + 2] ^= 0x01  # its CRC, not its data
+    assert imaging.quick_output_info(bytes(data)) is not None
+
+
+def test_the_quick_check_hands_jpegs_and_pngs_of_many_chunks_to_the_full_one() -> None:
+    assert imaging.quick_output_info(encode(gradient((32, 32)), "JPEG")) is None
+    data = _many_idats()
+    assert imaging.quick_output_info(data, max_chunks=3) is None
+    assert imaging.inspect_output(data).width == 96  # the worker thread's check walks it all
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_hostile_result_bytes_raise_only_the_providers_error(data: st.DataObject) -> None:
+    original = bytearray(_many_idats((24, 16)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(original) - 1))
+        if data.draw(st.booleans()):
+            original[position] = data.draw(st.integers(0, 255))
+        else:
+            del original[position:]
+            if not original:
+                break
+    try:
+        imaging.quick_output_info(bytes(original))
+        imaging.inspect_output(bytes(original))
+    except ProviderResponseError:
+        pass  # anything else fails the test

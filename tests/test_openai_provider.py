@@ -437,8 +437,8 @@ async def test_an_error_status_before_the_stream_is_retried_as_usual(
 
 
 async def test_reading_a_stream_does_not_block_the_loop(http: aiohttp.ClientSession, fake_openai: FakeOpenAI) -> None:
-    from blockbuster import blockbuster_ctx
+    from tests.blocking import no_blocking_calls
 
-    with blockbuster_ctx(["bot"]):
+    with no_blocking_calls(["bot"]):
         result = await make_provider(http, fake_openai).generate(STREAMED, on_partial=Previews())
     assert len(result.images) == 1

@@ -377,8 +377,8 @@ async def test_image_work_never_runs_on_the_event_loop(service: ImageService, mo
 
 async def test_no_blocking_io_on_the_event_loop_during_a_whole_edit(service: ImageService) -> None:
     """blockbuster raises BlockingError for blocking calls (file I/O, sleep, sockets...) made on the loop."""
-    from blockbuster import blockbuster_ctx
+    from tests.blocking import no_blocking_calls
 
-    with blockbuster_ctx(["bot"]):
+    with no_blocking_calls(["bot"]):
         result = await service.edit(EditRequest(images=(jpeg(640, 480),), prompt="a moon", region="top-half"))
     assert len(result.images) == 1

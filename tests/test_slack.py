@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -27,14 +25,21 @@ from tests.fakes.slack_server import (
     UPLOAD,
     USER_ID,
     FakeSlack,
-    PostedMessage,
     command_body,
     event_body,
     retry_headers,
     sign_request,
 )
 from tests.images import decode, png
-from tests.slack_harness import SlackBot, button, slack_bot
+from tests.slack_harness import (
+    SlackBot,
+    as_message,
+    button,
+    response_button,
+    response_saying,
+    responses_to,
+    slack_bot,
+)
 
 
 @pytest.fixture
@@ -80,12 +85,15 @@ def test_bad_flags_are_refused(text: str) -> None:
         parse_imagine(text)
 
 
-async def test_options_without_a_prompt_are_refused_in_the_ack(fake: FakeSlack, bot: SlackBot) -> None:
+async def test_options_without_a_prompt_are_refused_privately(fake: FakeSlack, bot: SlackBot) -> None:
     envelope = await fake.send_slash_command("/imagine", "--n 2")  # the shared grammar allows it; /imagine doesn't
     ack = await fake.wait_for_ack(envelope.envelope_id)
+    refusal = await response_saying(fake, envelope.payload, "Tell me what to draw")
+    await bot.adapter.idle()
 
-    assert ack.payload is not None and ack.payload["response_type"] == "ephemeral"
-    assert "Tell me what to draw" in ack.payload["text"]
+    assert (fake.ack_latency(envelope.envelope_id) or 99) < ACK_DEADLINE and not ack.payload
+    assert refusal.body["response_type"] == "ephemeral" and ack.at < refusal.at
+    assert [p.body["text"] for p in responses_to(fake, envelope.payload)] == [refusal.body["text"]]  # only that
     assert await bot.core.jobs.store.history(limit=5) == []
 
 
@@ -96,9 +104,10 @@ async def test_imagine_over_socket_mode_acks_then_uploads_the_images_with_button
     completion = await bot.uploads_done()
     ack = await fake.wait_for_ack(envelope.envelope_id)
 
-    assert (fake.ack_latency(envelope.envelope_id) or 99) < ACK_DEADLINE
-    assert ack.payload is not None and ack.payload["response_type"] == "ephemeral"
-    assert "Working on it" in ack.payload["text"]
+    note = await response_saying(fake, envelope.payload, "Working on it")
+
+    assert (fake.ack_latency(envelope.envelope_id) or 99) < ACK_DEADLINE and not ack.payload
+    assert note.body["response_type"] == "ephemeral" and ack.at < note.at < completion.at
     steps = [
         c.method
         for c in fake.calls
@@ -124,14 +133,15 @@ async def test_imagine_over_socket_mode_acks_then_uploads_the_images_with_button
 async def test_imagine_over_http_mode_answers_the_signed_request_then_uploads(
     fake: FakeSlack, http_bot: SlackBot
 ) -> None:
-    body = command_body(fake.command_payload("/imagine", "a blue whale --quality low"))
+    payload = fake.command_payload("/imagine", "a blue whale --quality low")
     started = time.monotonic()
-    status, text = await http_bot.post(body)
-    elapsed = time.monotonic() - started
+    status, text = await http_bot.post(command_body(payload))
+    answered = time.monotonic()
     await http_bot.uploads_done()
+    note = await response_saying(fake, payload, "Working on it")
 
-    assert status == 200 and elapsed < ACK_DEADLINE
-    assert json.loads(text)["response_type"] == "ephemeral" and "Working on it" in json.loads(text)["text"]
+    assert status == 200 and answered - started < ACK_DEADLINE and text == ""  # the ack: an empty 200
+    assert note.body["response_type"] == "ephemeral" and answered <= note.at
     [upload] = fake.uploads.values()
     assert upload.data is not None and decode(upload.data).format == "PNG"
     job = await http_bot.job(button(http_bot.controls()[0], "vary:")["value"].split(":")[1])
@@ -149,13 +159,16 @@ async def test_http_mode_refuses_a_bad_signature_with_401(
     assert not fake.uploads and await http_bot.core.jobs.store.history(limit=5) == []
 
 
-async def test_bad_flag_gets_a_friendly_ephemeral_answer_in_the_ack(fake: FakeSlack, bot: SlackBot) -> None:
+async def test_bad_flag_gets_a_friendly_ephemeral_answer_after_the_ack(fake: FakeSlack, bot: SlackBot) -> None:
     envelope = await fake.send_slash_command("/imagine", "a red fox --colour red")
     ack = await fake.wait_for_ack(envelope.envelope_id)
+    answer = await response_saying(fake, envelope.payload, "--colour")
+    await bot.adapter.idle()
 
-    assert ack.payload is not None and ack.payload["response_type"] == "ephemeral"
-    assert "--colour" in ack.payload["text"] and "(ref " in ack.payload["text"]
-    assert not fake.uploads
+    assert (fake.ack_latency(envelope.envelope_id) or 99) < ACK_DEADLINE and not ack.payload
+    assert answer.body["response_type"] == "ephemeral" and ack.at < answer.at
+    assert "(ref " in answer.body["text"] and len(responses_to(fake, envelope.payload)) == 1
+    assert not fake.uploads and await bot.core.jobs.store.history(limit=5) == []
 
 
 async def test_prompt_cannot_ping_the_channel(fake: FakeSlack, bot: SlackBot) -> None:
@@ -239,8 +252,7 @@ async def test_remix_with_an_empty_prompt_is_refused_in_the_modal(fake: FakeSlac
 async def test_expensive_request_asks_for_confirmation_then_runs_on_confirm(fake: FakeSlack, tmp_path: Path) -> None:
     async with slack_bot(fake, tmp_path / "data", jobs={"confirm_above_usd": 0.000001}) as bot:
         await fake.send_slash_command("/imagine", "a castle")
-        question = await fake.wait_for(lambda: [p for p in fake.responses if "blocks" in (p.body or {})])
-        confirm = button(_as_message(question[0].body), "confirm:")
+        confirm = button(as_message(await response_button(fake, "confirm:")), "confirm:")
         job_id = confirm["value"].split(":")[1]
         assert (await bot.job(job_id)).status is JobStatus.AWAITING_CONFIRMATION and not fake.uploads
 
@@ -254,8 +266,7 @@ async def test_expensive_request_asks_for_confirmation_then_runs_on_confirm(fake
 async def test_cancel_drops_the_held_job(fake: FakeSlack, tmp_path: Path) -> None:
     async with slack_bot(fake, tmp_path / "data", jobs={"confirm_above_usd": 0.000001}) as bot:
         await fake.send_slash_command("/imagine", "a castle")
-        question = await fake.wait_for(lambda: [p for p in fake.responses if "blocks" in (p.body or {})])
-        cancel = button(_as_message(question[0].body), "cancel:")
+        cancel = button(as_message(await response_button(fake, "cancel:")), "cancel:")
         await fake.send_interactive(fake.block_actions_payload(cancel["action_id"], cancel["value"]))
         await fake.wait_for(lambda: any("Cancelled" in t for t in bot.ephemeral_texts()))
 
@@ -438,11 +449,6 @@ async def test_shortcut_on_a_message_without_an_image_says_so(fake: FakeSlack, b
     assert "no image" in bot.ephemeral_texts()[0] and not fake.calls_to("views.open")
 
 
-def _as_message(body: dict[str, Any]) -> PostedMessage:
-    """An ephemeral message posted to a response_url, as a message object."""
-    return PostedMessage(CHANNEL_ID, "0", BOT_USER_ID, str(body.get("text", "")), body.get("blocks"))
-
-
 # --- the app manifest ----------------------------------------------------------------------------------------------
 
 
@@ -471,9 +477,9 @@ def test_manifest_declares_what_the_adapter_uses() -> None:
 
 
 async def test_no_blocking_calls_on_the_loop_while_serving_slack(fake: FakeSlack, bot: SlackBot) -> None:
-    from blockbuster import blockbuster_ctx
+    from tests.blocking import no_blocking_calls
 
-    with blockbuster_ctx(["adapters", "bot"]):
+    with no_blocking_calls(["adapters", "bot"]):
         await _imagine(bot, "a red fox --n 2")
         shared = fake.add_file(png(64, 64), "cat.png", "image/png")
         target = fake.add_message(CHANNEL_ID, "my cat", files=[shared])

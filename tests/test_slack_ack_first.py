@@ -18,7 +18,7 @@ import pytest
 from bot.models import JobStatus
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
 from tests.fakes.slack_server import FakeSlack
-from tests.slack_harness import button, slack_bot
+from tests.slack_harness import button, response_saying, slack_bot
 
 PROMPT_ACK = 0.5  # s: far below Slack's 3 s, and far below how long the store or the earlier jobs take
 
@@ -86,8 +86,8 @@ async def test_a_command_is_acked_at_once_behind_fifty_jobs_in_flight(fake: Fake
         await fake.wait_for_ack(last.envelope_id, timeout=PROMPT_ACK)
         assert (last.latency or 99) < PROMPT_ACK
         ack = last.ack
-        assert (
-            ack is not None and ack.payload is not None and "#1 in line" in str(ack.payload)
-        )  # it says it waits first
+        assert ack is not None and not ack.payload  # the ack carries nothing; what it would have said comes next
+        told = await response_saying(fake, last.payload, "#1 in line", timeout=10)  # it says it waits first
+        assert ack.at < told.at and told.body["response_type"] == "ephemeral"
         await bot.uploads_done(51, timeout=60)
         fake.assert_no_errors()

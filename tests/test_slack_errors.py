@@ -20,6 +20,7 @@ from tests.fakes.openai_server import (
     server_error,
 )
 from tests.fakes.slack_server import (
+    ACK_DEADLINE,
     APP_TOKEN,
     BOT_TOKEN,
     CHANNEL_ID,
@@ -29,7 +30,7 @@ from tests.fakes.slack_server import (
     FakeSlack,
 )
 from tests.images import png
-from tests.slack_harness import SlackBot, slack_bot
+from tests.slack_harness import SlackBot, responses_to, slack_bot
 
 SECRETS = (BOT_TOKEN, APP_TOKEN, SIGNING_SECRET, DEFAULT_KEY, "sk-", "org-", "req_", "xox")
 
@@ -105,15 +106,19 @@ async def test_wrong_openai_key_is_an_operator_problem_without_the_key(fake: Fak
     ("setting", "value"),
     [("allowed_channels", ["C0ELSEWHERE"]), ("allowed_users", ["U0SOMEONE"]), ("allowed_workspaces", ["T0OTHER"])],
 )
-async def test_disallowed_place_or_user_is_refused_in_the_ack(
+async def test_disallowed_place_or_user_is_refused_privately(
     fake: FakeSlack, tmp_path: Path, setting: str, value: list[str]
 ) -> None:
     async with slack_bot(fake, tmp_path / "data", slack={setting: value}) as bot:
         envelope = await fake.send_slash_command("/imagine", "a red fox")
         ack = await fake.wait_for_ack(envelope.envelope_id)
+        [refusal] = await fake.wait_for(lambda: responses_to(fake, envelope.payload), what="the refusal")
+        await bot.adapter.idle()
 
-        assert ack.payload is not None and ack.payload["response_type"] == "ephemeral"
-        assert "allowed" in ack.payload["text"] or "list" in ack.payload["text"]
+        assert (envelope.latency or 99) < ACK_DEADLINE and not ack.payload and ack.at < refusal.at
+        assert refusal.body["response_type"] == "ephemeral"
+        assert "allowed" in refusal.body["text"] or "list" in refusal.body["text"]
+        assert len(responses_to(fake, envelope.payload)) == 1  # the refusal only: no "Working on it" before it
         assert await bot.core.jobs.store.history(limit=5) == [] and not fake.uploads
 
 
@@ -188,6 +193,8 @@ async def test_a_queued_request_is_told_its_place_in_line(fake: FakeSlack, tmp_p
             await bot.uploads_done(2)
             ack = await fake.wait_for_ack(second.envelope_id)
 
-    assert ack.payload is not None and ack.payload["text"] == "Queued — #1 in line: a blue fox"
+    assert not ack.payload
+    [note] = [p for p in responses_to(fake, second.payload) if p.body["text"].startswith("Queued")]
+    assert note.body["text"] == "Queued — #1 in line: a blue fox" and ack.at < note.at
 
     assert [t for t in bot.ephemeral_texts() if "Queued — #1" in t and "in line" in t]

@@ -6,6 +6,7 @@ acknowledging (within its 10 ms poll), so the fast failures are the ones that lo
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI, Reply, invalid_value
 from tests.fakes.slack_server import ACK_DEADLINE, USER_ID, FakeSlack, PostedMessage, command_body
-from tests.slack_harness import SlackBot, button, slack_bot
+from tests.slack_harness import SlackBot, button, responses_to, slack_bot
 
 RAW = ("Traceback", "Error:", "invalid_value", "{", "sk-", "xox")
 
@@ -72,7 +73,9 @@ async def test_instant_failure_is_acknowledged_over_socket_mode(
         [answer] = await final_answers(bot)
         ack = await fake.wait_for_ack(envelope.envelope_id, timeout=ACK_DEADLINE)
 
-    assert (envelope.latency or 99) < ACK_DEADLINE and ack.payload is not None
+    assert (envelope.latency or 99) < ACK_DEADLINE and not ack.payload  # acked at once, with nothing in it
+    [post] = [p for p in responses_to(fake, envelope.payload) if p.body["text"] == answer]  # then the answer
+    assert ack.at < post.at and post.body["response_type"] == "ephemeral"
     assert_friendly(answer)
     assert not fake.uploads
 
@@ -84,10 +87,14 @@ async def test_instant_failure_is_acknowledged_over_http_mode(
     if upstream is not None:
         openai.script(upstream)
     async with slack_bot(fake, tmp_path / "data", mode="http", **_on(openai)) as bot:
-        exchange = await bot.send_http(command_body(fake.command_payload("/imagine", text)))
+        payload = fake.command_payload("/imagine", text)
+        started = time.monotonic()
+        exchange = await bot.send_http(command_body(payload))
         [answer] = await final_answers(bot)
 
-    assert exchange.status == 200 and exchange.latency < ACK_DEADLINE and exchange.payload is not None
+    assert exchange.status == 200 and exchange.latency < ACK_DEADLINE and exchange.text == ""  # an empty ack
+    [post] = [p for p in responses_to(fake, payload) if p.body["text"] == answer]  # the answer came after it
+    assert post.body["response_type"] == "ephemeral" and started + exchange.latency <= post.at
     assert_friendly(answer)
     assert not fake.uploads
 

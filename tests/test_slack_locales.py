@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI, moderation_blocked
 from tests.fakes.slack_server import ACK_DEADLINE, USER_ID, FakeSlack
-from tests.slack_harness import slack_bot
+from tests.slack_harness import responses_to, slack_bot
 from tests.test_slack_restart import _leave_running
 
 
@@ -24,10 +24,13 @@ async def test_a_slack_user_with_a_german_locale_gets_german(tmp_path: Path) -> 
             await slack.wait_for(lambda: any("Ref." in t for t in bot.ephemeral_texts()), what="the German failure")
             await slack.send_slash_command("/imagine", "ein Leuchtturm")
             await bot.uploads_done(1)
-            refused = await slack.send_slash_command("/imagine", "a cat --n 99")  # answered by the ack itself
+            refused = await slack.send_slash_command("/imagine", "a cat --n 99")  # refused after an empty ack
             ack = await slack.wait_for_ack(refused.envelope_id, timeout=ACK_DEADLINE)
+            await slack.wait_for(lambda: responses_to(slack, refused.payload), what="the refusal")
             await bot.adapter.idle()
-        assert ack.payload is not None and str(ack.payload["text"]).startswith("--n erwartet eine Bildanzahl")
+        [refusal] = responses_to(slack, refused.payload)
+        assert not ack.payload and ack.at < refusal.at
+        assert str(refusal.body["text"]).startswith("--n erwartet eine Bildanzahl"), refusal.body
         texts = bot.ephemeral_texts()
         assert any(t.startswith("Der Sicherheitsfilter des Bilddienstes") for t in texts), texts
         [controls] = bot.controls()

@@ -19,7 +19,7 @@ from adapters.slack import render
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI, invalid_value, server_error
 from tests.fakes.slack_server import ACK_DEADLINE, CHANNEL_ID, USER_ID, FakeSlack, PostedMessage, command_body
 from tests.images import png
-from tests.slack_harness import SlackBot, button, slack_bot
+from tests.slack_harness import SlackBot, button, response_button, slack_bot
 
 REFUSAL = "You're not on the list"
 NOTES = ("Working on it", "Making variations", "Rerolling", "Confirmed", "Queued")
@@ -38,18 +38,20 @@ class Seed:
     job_id: str = ""
 
 
-Act = Callable[[SlackBot, Seed, str], Awaitable[list[str]]]  # -> the ack payload texts (slash command only)
+Act = Callable[[SlackBot, Seed, str], Awaitable[list[str]]]  # -> texts answered outside ephemeral_texts (none now)
 
 
 async def _slash(bot: SlackBot, seed: Seed, kind: str) -> list[str]:
+    """/imagine is acknowledged with nothing in the ack: every answer comes after it, on the response_url."""
     text = "a cat --size 999x999" if kind == "bad option" else "a cat"
     if bot.http is not None:
         exchange = await bot.send_http(command_body(bot.fake.command_payload("/imagine", text)))
-        assert exchange.status == 200 and exchange.latency < ACK_DEADLINE
-        return [str((exchange.payload or {}).get("text", ""))]
+        assert exchange.status == 200 and exchange.latency < ACK_DEADLINE and exchange.text == ""
+        return []
     envelope = await bot.fake.send_slash_command("/imagine", text)
     ack = await bot.fake.wait_for_ack(envelope.envelope_id, timeout=ACK_DEADLINE)
-    return [str((ack.payload or {}).get("text", ""))]
+    assert not ack.payload
+    return []
 
 
 def _press(prefix: str) -> Act:
@@ -170,8 +172,7 @@ async def _seed(bot: SlackBot, entry: str) -> Seed:
     seed.file = fake.add_file(png(64, 64), "cat.png", "image/png")
     if entry in ("confirm button", "cancel button"):
         await fake.send_slash_command("/imagine", "a castle")
-        found = await fake.wait_for(lambda: [p.body for p in fake.responses if "blocks" in (p.body or {})])
-        seed.held = found[0]
+        seed.held = await response_button(fake, "confirm:")  # after the "Working on it" note
         return seed
     await fake.send_slash_command("/imagine", "a lighthouse")  # a result (and, for "budget", the day's image)
     await bot.uploads_done()

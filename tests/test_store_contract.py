@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -172,6 +173,39 @@ async def test_update_refuses_unknown_fields_and_unknown_jobs(store: JobStore) -
         await store.update(queued.id, id="other")
     with pytest.raises(KeyError):
         await store.update("nosuchjob1", status=JobStatus.FAILED)
+
+
+async def test_begin_delivery_counts_each_attempt_in_one_statement(store: JobStore) -> None:
+    (done,) = await put(store, job(ALICE, status=JobStatus.DONE))
+    first = await store.begin_delivery(done.id)
+    second = await store.begin_delivery(done.id)
+    assert (first.delivery_attempts, second.delivery_attempts) == (1, 2)
+    assert second.status is JobStatus.DONE and second.updated_at >= first.updated_at > done.updated_at
+    assert await store.get(done.id) == second
+    with pytest.raises(KeyError):
+        await store.begin_delivery("nosuchjob1")
+
+
+async def test_a_locked_sqlite_database_sends_quick_statements_to_the_stores_thread(tmp_path: Path) -> None:
+    """The quick path on the loop never waits for a lock: with another connection holding the write lock, an
+    update waits in the store's thread (the loop keeps running) and lands once the lock is released."""
+    sqlite_store = await SQLiteJobStore.open(tmp_path / "jobs.sqlite3")
+    try:
+        (queued,) = await put(sqlite_store, job(ALICE))
+        locker = sqlite3.connect(tmp_path / "jobs.sqlite3", isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        waiting = asyncio.create_task(sqlite_store.update(queued.id, status=JobStatus.RUNNING))
+        ticks = 0
+        while ticks < 20:  # the loop is free while the update waits
+            await asyncio.sleep(0.005)
+            ticks += 1
+        assert not waiting.done()
+        locker.execute("COMMIT")
+        locker.close()
+        updated = await asyncio.wait_for(waiting, 5)
+        assert updated.status is JobStatus.RUNNING
+    finally:
+        await sqlite_store.close()
 
 
 # --- leases: any process finishes any job ---------------------------------------------------------------------------

@@ -377,9 +377,9 @@ async def test_an_unexpected_failure_shows_only_the_generic_apology(tmp_path: Pa
 
 
 async def test_no_blocking_calls_on_the_loop_while_serving_a_job(web_bot: Harness) -> None:
-    from blockbuster import blockbuster_ctx
+    from tests.blocking import no_blocking_calls
 
-    with blockbuster_ctx(["adapters", "bot"]):
+    with no_blocking_calls(["adapters", "bot"]):
         result = await web_bot.post("/api/edit", upload(solid_png(), prompt="a moon", region="top-half"))
         await web_bot.image(result["images"][0]["url"])
 

@@ -133,10 +133,11 @@ async def upload_files(images: Sequence[GeneratedImage], size_limit: int) -> lis
     per_file = min(size_limit, max(1, (REQUEST_LIMIT - _REQUEST_MARGIN) // max(1, len(images))))
     files: list[discord.File] = []
     for image in images:
-        data, info = await asyncio.to_thread(imaging.fit_under, image.data, per_file)
-        filename = image.filename
-        if data is not image.data:
-            filename = str(PurePath(filename).with_suffix("." + info.extension))
+        data, filename = image.data, image.filename
+        if len(data) > per_file:  # a verified result that fits goes as it is: no thread, no re-encode
+            data, info = await asyncio.to_thread(imaging.fit_under, image.data, per_file)
+            if data is not image.data:
+                filename = str(PurePath(filename).with_suffix("." + info.extension))
         description = clip(image.alt_text, _ALT_TEXT_LIMIT) if image.alt_text else None
         files.append(discord.File(io.BytesIO(data), filename=filename, description=description))
     return files

@@ -31,7 +31,7 @@ from adapters.slack.files import SlackFiles
 from adapters.slack.http import SignedRequests
 from adapters.slack.listeners import Listeners
 from adapters.slack.redelivery import watch
-from adapters.slack.replies import WEB_API_TIMEOUT, Outbox, ReplyTo
+from adapters.slack.replies import WEB_API_TIMEOUT, AckGate, Outbox, ReplyTo
 from adapters.slack.state import SlackState
 from bot.bootstrap import Core
 from bot.metrics import Metrics
@@ -71,7 +71,7 @@ class SlackAdapter:
             authorize=self._authorizer(),
             signing_secret=secret,
             request_verification_enabled=self.mode == "http",
-            process_before_response=False,
+            process_before_response=True,  # listeners return right after ack(), their work in a task: no polling
         )
         self.app.metrics = core.metrics
         self.files = SlackFiles(
@@ -80,7 +80,7 @@ class SlackAdapter:
         self.outbox = Outbox(core.jobs, self.client, session)
         self.listeners = Listeners(core, AccessPolicy(settings.discord, settings.slack), self.outbox, self.files)
         self.listeners.register(self.app)
-        SlackAdmin(core.jobs.store, self.outbox, settings.slack.admins).register(self.app)
+        SlackAdmin(core.jobs.store, self.outbox, settings.slack.admins, self.listeners.busy).register(self.app)
         self._auth: AuthorizeResult | None = None
         self._state = AdapterState.STOPPED
         self._handler: AsyncSocketModeHandler | None = None
@@ -211,20 +211,26 @@ class SlackAdapter:
 class _AckTrackingApp(AsyncApp):
     """bolt's app, telling each request's listener when its acknowledgement is on its way (``context["acked"]``).
 
-    bolt returns from ``async_dispatch`` once the listener has called ``ack()``; the Socket Mode handler or
-    the HTTP route sends it right after. A reply waits for that, so that an instant answer never reaches the
-    user before the acknowledgement's own message ("Working on it" after the error would read backwards).
-    """
+    bolt returns from ``async_dispatch`` once the listener has returned, right after its ``ack()``
+    (``process_before_response``); the Socket Mode handler or the HTTP route sends the ack right after. A reply
+    waits for that, so that nothing reaches the user before the request is acknowledged. ``context["unacked"]``:
+    the gate a listener's work waits at until no request is left to acknowledge (see ``AckGate``)."""
 
     metrics: Metrics | None = None  # where the time to acknowledge is counted
+    unacked: AckGate | None = None  # requests being dispatched, not yet acknowledged
 
     async def async_dispatch(self, req: AsyncBoltRequest) -> BoltResponse:
         acked = asyncio.Event()
         req.context["acked"] = acked
+        if self.unacked is None:
+            self.unacked = AckGate()
+        req.context["unacked"] = gate = self.unacked
+        gate.enter()
         started = time.monotonic()
         try:
             return await super().async_dispatch(req)
         finally:
+            gate.leave()
             acked.set()
             if self.metrics is not None:
                 self.metrics.ack_seconds.labels("slack").observe(time.monotonic() - started)

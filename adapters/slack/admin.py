@@ -33,10 +33,12 @@ NOT_AN_ADMIN = N_("Only workspace admins and owners (or the bot's configured adm
 class SlackAdmin:
     """The admin command's listener: acknowledge, check the user, answer privately."""
 
-    def __init__(self, store: JobStore, outbox: Outbox, admins: Sequence[str]):
+    def __init__(self, store: JobStore, outbox: Outbox, admins: Sequence[str], busy: set[asyncio.Task[Any]]):
+        """``busy``: where the answers being made are tracked (the adapter's stop lets them finish)."""
         self.store = store
         self.outbox = outbox
         self.admins = frozenset(admins)
+        self.busy = busy
 
     def register(self, app: AsyncApp) -> None:
         app.command(COMMAND)(self.command)
@@ -45,6 +47,11 @@ class SlackAdmin:
         self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient, context: dict[str, Any]
     ) -> None:
         await ack()  # first, always: the answer follows through the response_url
+        task = asyncio.create_task(self._respond(body, client, context))  # bolt sends the ack when this returns
+        self.busy.add(task)
+        task.add_done_callback(self.busy.discard)
+
+    async def _respond(self, body: dict[str, Any], client: AsyncWebClient, context: dict[str, Any]) -> None:
         to = reply_to(body)
         try:
             text = await self._answer(str(body.get("text") or "").strip().lower(), to, client)

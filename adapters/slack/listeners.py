@@ -1,8 +1,12 @@
 """Slack payloads -> requests for the core, each answered exactly once through ``adapters.common.lifecycle``.
 
-Every listener acknowledges first — with the refusal or the form error as the acknowledgement's message where
-there is one — and then runs its work through ``answer()``, so no exception ever leaves a listener after its
-ack (slack-bolt's async runner would un-send the ack: Slack shows "dispatch_failed" / "operation_timeout").
+Every listener acknowledges first — /imagine and the buttons with nothing in the ack, their refusals, form
+errors and "Working on it" following privately; /history with its refusal; a form (modal) with its field
+errors, the one place Slack shows them — then starts its work in a task of its own, through ``answer()``, and
+returns: the app runs with ``process_before_response``, so bolt sends the acknowledgement the moment the
+listener returns (without it, bolt polls for it every 10 ms), and no exception ever leaves a listener after its
+ack (bolt would un-send the ack: Slack shows "dispatch_failed" / "operation_timeout"). Nothing before the ack
+waits on I/O, and the work waits until no other request is left to acknowledge (``AckGate``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from adapters.common import i18n
 from adapters.common.access import AccessPolicy
 from adapters.common.flags import USAGE, parse_imagine
 from adapters.common.i18n import _
-from adapters.common.lifecycle import answer, friendly
+from adapters.common.lifecycle import answer
 from adapters.common.story import tool_title
 from adapters.slack import render
 from adapters.slack.errors import translate
@@ -36,7 +40,7 @@ from adapters.slack.payloads import (
     reply_to,
     result_reply_to,
 )
-from adapters.slack.replies import ACK_WAIT, Outbox, ReplyTo, SlackReply
+from adapters.slack.replies import ACK_WAIT, AckGate, Outbox, ReplyTo, SlackReply
 from bot.bootstrap import Core
 from bot.errors import InvalidRequestError, JobCancelledError, TooLateToCancelError
 from bot.jobs import JobNotFoundError, JobOutcome
@@ -92,22 +96,25 @@ class Listeners:
         log.error("slack listener failed before answering (%s)", type(error).__name__, exc_info=error)
 
     async def _run(self, to: ReplyTo, work: Work, context: Mapping[str, Any]) -> None:
-        """Run ``work`` to exactly one answer (never raises), tracked so ``stop`` can let it finish."""
+        """Start ``work`` (after the ack, in a task of its own) and return: bolt sends the acknowledgement as soon as
+        the listener returns (``process_before_response``). The work is carried to exactly one answer (never
+        raises) and tracked in ``busy`` so that ``stop`` can let it finish."""
+        task = asyncio.create_task(self._work(to, work, context))
+        self.busy.add(task)
+        task.add_done_callback(self.busy.discard)
+
+    async def _work(self, to: ReplyTo, work: Work, context: Mapping[str, Any]) -> None:
         acked = context.get("acked")
         acked = acked if isinstance(acked, asyncio.Event) else None
         reply = self.outbox.reply(to, acked)
-        task = asyncio.current_task()
-        if task is not None:
-            self.busy.add(task)
-        try:
-            if acked is not None:  # the work waits until the ack is sent: a burst's acks don't queue behind jobs
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(acked.wait(), ACK_WAIT)
-            i18n.use(await self.locales.lookup(to.user))  # after the ack: answer in the user's language
-            await answer(reply, lambda progress: work(reply, progress), translate=translate)
-        finally:
-            if task is not None:
-                self.busy.discard(task)
+        unacked = context.get("unacked")
+        if isinstance(unacked, AckGate):  # work waits until no request is left to acknowledge, this one's too:
+            await unacked.quiet()  # a burst's acks don't queue behind the jobs of those acknowledged before them
+        if acked is not None and not acked.is_set():  # (a long busy spell: QUIET_WAIT passed first)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(acked.wait(), ACK_WAIT)
+        i18n.use(await self.locales.lookup(to.user))  # after the ack: answer in the user's language
+        await answer(reply, lambda progress: work(reply, progress), translate=translate)
 
     async def _admitted(self, reply: SlackReply, to: ReplyTo) -> bool:
         """The access policy; a refusal is said privately (it is the request's one answer)."""
@@ -133,22 +140,18 @@ class Listeners:
     # --- /imagine ---------------------------------------------------------------------------------------------
 
     async def imagine(self, ack: AsyncAck, body: dict[str, Any], context: dict[str, Any]) -> None:
+        await ack()  # nothing before it: a burst's acks go out as fast as a bare bolt app's (see the docstring)
         to = reply_to(body)
-        i18n.use(self.locales.known(to.user))  # no I/O before the ack: the language if already known
-        try:
-            read = self._read_imagine(to, body)
-        except Exception as exc:  # a refusal or a bad option: the acknowledgement is the answer
-            await ack(**render.notice(friendly(exc, translate)), response_type="ephemeral")
-            return
-        if not isinstance(read, tuple):
-            await ack(**render.notice(_(read)), response_type="ephemeral")
-            return
-        request, private = read
-        admission = self.core.admission  # read without I/O: the ack can already say where the job will wait
-        busy = admission.running >= self.core.settings.limits.max_concurrent
-        await ack(**render.working_message(request.prompt, admission.queue_length + 1 if busy else None))
 
-        async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome:
+        async def work(reply: SlackReply, progress: ProgressSink) -> JobOutcome | None:
+            read = self._read_imagine(to, body)  # a bad option raises: answer() tells the user, privately
+            if not isinstance(read, tuple):
+                await reply.say(_(read))
+                return None
+            request, private = read
+            admission = self.core.admission  # where the job will wait, if it waits
+            busy = admission.running >= self.core.settings.limits.max_concurrent
+            await reply.note(render.working_message(request.prompt, admission.queue_length + 1 if busy else None))
             job_context = to.context()
             if private:  # the result goes to the requester's DM with the bot, with a Share button for this channel
                 dm = await self.outbox.open_dm(to.user or "")
@@ -161,7 +164,7 @@ class Listeners:
         await self._run(to, work, context)
 
     def _read_imagine(self, to: ReplyTo, body: Mapping[str, Any]) -> tuple[GenerateRequest, bool] | Text:
-        """The request and whether it is private, or the refusal to acknowledge with (bad options raise
+        """The request and whether it is private, or the refusal to say (bad options raise
         ``InvalidRequestError``)."""
         refusal = self.policy.refusal(to.requester())
         if refusal is not None:

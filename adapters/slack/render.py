@@ -73,7 +73,7 @@ def _button(text: str, action_id: str, value: str, style: str | None = None) -> 
 
 
 def working_message(prompt: str, position: int | None = None) -> dict[str, Any]:
-    """The ephemeral message carried by the slash command's ack (``position``: expected place in line)."""
+    """The ephemeral note a slash command gets first (``position``: expected place in line)."""
     status = N_("Queued — #{position} in line", position=position) if position else N_("Working on it")
     text = _(N_("{status}: {prompt}", status=status, prompt=escape(prompt[:200])))
     block = {"type": "context", "elements": [{"type": "mrkdwn", "text": f":hourglass_flowing_sand: {text}"}]}

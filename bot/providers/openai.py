@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import concurrent.futures
 import contextlib
 import email.utils
 import json
@@ -83,6 +84,7 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _STREAM_CHUNK = 256 * 1024
 _INLINE_LINE = 4096  # stream lines up to this long are framed on the loop; longer ones in a worker thread
 _SPOOL_FLUSH = 1024 * 1024  # spool writes go to a worker thread in pieces of about this size
+_SPOOL_WRITERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="spool")
 _ERROR_BODY_LIMIT = 1024 * 1024  # an error body longer than this is cut (it is only parsed for its message)
 Buffer: TypeAlias = bytes | bytearray | mmap.mmap
 
@@ -911,7 +913,7 @@ class _SpoolWriter:
         self._pending: list[bytes] = []  # received, not yet written
         self._pending_size = 0
         self._file: BinaryIO | None = None
-        self._writing: asyncio.Future[None] | None = None  # the batch being written by a worker thread
+        self._writing: concurrent.futures.Future[None] | None = None  # the batch being written by a spool thread
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -944,13 +946,19 @@ class _SpoolWriter:
         if self._pending_size >= _SPOOL_FLUSH:
             await self.settle()
             batch, self._pending, self._pending_size = self._pending, [], 0
-            self._writing = asyncio.ensure_future(asyncio.to_thread(self._write, batch))
+            self._writing = _SPOOL_WRITERS.submit(self._write, batch)
 
     async def settle(self) -> None:
-        """Wait for the write in flight (call before ``commit`` and before closing)."""
+        """Wait for the write in flight (call before ``commit`` and before closing).
+
+        A write is handed to a spool thread without an asyncio future: the loop is woken only when it has to wait
+        for one (usually the last megabyte has long been written when the next one has arrived)."""
         writing, self._writing = self._writing, None
-        if writing is not None:
-            await writing
+        if writing is None:
+            return
+        if not writing.done():
+            await asyncio.wrap_future(writing)
+        writing.result()  # its error, if it failed
 
     def _write(self, batch: list[bytes]) -> None:
         """Write a batch of received chunks (worker thread)."""
