@@ -65,8 +65,8 @@ from bot.store import ResultFiles
 from bot.text import N_
 
 log = logging.getLogger(__name__)
-# Deletions nobody needs to wait for, one at a time, off the event loop (a hop there and back costs more than
-# the unlink itself: submitting wakes only this thread, not the loop).
+# Spools to set aside once their job's images are stored: nobody waits for that, so it is done one at a time off
+# the event loop without an asyncio future (submitting wakes only this thread; a hop and back would wake the loop).
 _JANITOR = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="janitor")
 
 Request = GenerateRequest | EditRequest | VaryRequest
@@ -653,7 +653,7 @@ class JobService:
         async def paid(cost: float | None) -> None:
             await self.store.update(job_id, paid_at=self._clock(), actual_cost=cost)
 
-        return WriteAhead(self.files.spool(job_id), paid, answered, job_id)
+        return WriteAhead(self.files.spool(job_id), paid, answered, job_id, reuse=self.files.reuse_spool)
 
     async def _store_result(self, job_id: str, result: ImageResult) -> Job:
         """Results to disk, then the job ``done`` (ready to deliver), then the spool is no longer needed."""

@@ -230,6 +230,8 @@ class WriteAhead:
     paid: Callable[[float | None], Awaitable[None]]
     answered: Callable[[], Awaitable[None]] = _nothing
     job_id: str | None = None  # the admission ticket's key: the job's requester may cancel it while it waits
+    # Puts a recycled spool file at the given path, to be written over (worker thread); False: none to reuse.
+    reuse: Callable[[Path], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)

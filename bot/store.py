@@ -508,6 +508,7 @@ class SQLiteJobStore:
 
 SPOOL_NAME = "response.spool"
 SPENT_SPOOL_NAME = "response.spool.spent"  # an emptied spool (see ``ResultFiles.discard_spool``)
+SPOOL_POOL = 16  # recycled spools kept for answers to be written over (~3 MB each)
 
 
 class ResultFiles:
@@ -515,6 +516,7 @@ class ResultFiles:
 
     def __init__(self, root: Path):
         self.root = root
+        self.pool = root / ".spools"  # recycled spools (not a job id: those are alphanumeric)
 
     def folder(self, job_id: str) -> Path:
         if not job_id.isalnum():
@@ -544,18 +546,46 @@ class ResultFiles:
     def discard_spool(self, job_id: str) -> None:
         """Drop the job's spool (its images are stored, or it never held a usable answer).
 
-        The file is emptied and renamed out of the way, not deleted; it goes with the job's folder when the results
-        are pruned. Every file ext4 creates skips the inodes deleted in the last 30 s one by one: deleting a spool
-        per image made each new result file and folder cost more, the more images were being made.
+        The file is recycled, as PostgreSQL recycles its WAL segments: moved into ``.spools`` for the next answer
+        to be written over (``reuse_spool``), its disk blocks and cached pages still its own — writing a new
+        3 MB file cost ~6 ms on a VM whose host takes freed memory back, overwriting one ~0.4 ms. With
+        ``SPOOL_POOL`` there already, it is emptied and set aside in the job's folder instead (gone when the
+        results are pruned): never deleted, since every file ext4 (without a journal) creates skips the inodes
+        deleted in the last minutes one by one.
         """
         folder = self.folder(job_id)
-        spool, spent = folder / SPOOL_NAME, folder / SPENT_SPOOL_NAME
+        spool = folder / SPOOL_NAME
         try:
-            os.replace(spool, spent)
-            os.truncate(spent, 0)
+            if self._pooled() < SPOOL_POOL:
+                os.replace(spool, self.pool / job_id)
+            else:
+                spent = folder / SPENT_SPOOL_NAME
+                os.replace(spool, spent)
+                os.truncate(spent, 0)
         except FileNotFoundError:
             pass
         (folder / (SPOOL_NAME + ".part")).unlink(missing_ok=True)  # a body cut off: rare
+
+    def _pooled(self) -> int:
+        try:
+            return len(os.listdir(self.pool))
+        except FileNotFoundError:
+            self.pool.mkdir(parents=True, exist_ok=True)
+            return 0
+
+    def reuse_spool(self, part: Path) -> bool:
+        """Move a recycled spool to ``part`` (where an answer is about to be written over it); False if none."""
+        try:
+            names = os.listdir(self.pool)
+        except FileNotFoundError:
+            return False
+        for name in names:
+            try:
+                os.replace(self.pool / name, part)  # atomic: of two processes after the same file, one gets it
+            except FileNotFoundError:
+                continue
+            return True
+        return False
 
 
 # --- files written past the page cache ------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Result files on disk: written once past the page cache (O_DIRECT) where the file system allows, byte for byte;
-spools emptied and set aside, not deleted."""
+spools recycled (or emptied and set aside), never deleted."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.store import SPENT_SPOOL_NAME, SPOOL_NAME, ResultFiles, write_direct
+from bot.store import SPENT_SPOOL_NAME, SPOOL_NAME, SPOOL_POOL, ResultFiles, write_direct
 
 
 @pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 1024 * 1024, 1024 * 1024 + 1, 3 * 1024 * 1024 - 7])
@@ -48,15 +48,30 @@ def test_a_direct_write_where_the_file_system_refuses_falls_back_to_a_normal_wri
     assert (tmp_path / "job2" / "b.png").read_bytes() == data
 
 
-def test_a_spent_spool_is_emptied_and_set_aside(tmp_path: Path) -> None:
+def test_a_spent_spool_is_recycled_then_emptied_and_set_aside_once_the_pool_is_full(tmp_path: Path) -> None:
     files = ResultFiles(tmp_path)
-    spool = files.spool("job3")
+    for number in range(SPOOL_POOL + 1):
+        spool = files.spool(f"job{number}")
+        spool.parent.mkdir(parents=True)
+        spool.write_bytes(b"{" + b"a" * 100_000 + b"}")
+        (spool.parent / (SPOOL_NAME + ".part")).write_bytes(b"cut")
+        files.discard_spool(f"job{number}")
+        assert not spool.exists() and not (spool.parent / (SPOOL_NAME + ".part")).exists()
+    assert len(list(files.pool.iterdir())) == SPOOL_POOL  # recycled, whole: to be written over
+    last = files.folder(f"job{SPOOL_POOL}")
+    assert (last / SPENT_SPOOL_NAME).stat().st_size == 0  # the pool was full: emptied, kept with its job
+    files.discard_spool(f"job{SPOOL_POOL}")  # again: nothing to do
+    files.delete(f"job{SPOOL_POOL}")
+    assert not last.exists()
+
+
+def test_a_recycled_spool_is_handed_out_once(tmp_path: Path) -> None:
+    files = ResultFiles(tmp_path)
+    assert files.reuse_spool(tmp_path / "a.part") is False  # nothing recycled yet
+    spool = files.spool("job1")
     spool.parent.mkdir(parents=True)
-    spool.write_bytes(b"{" + b"a" * 100_000 + b"}")
-    (spool.parent / (SPOOL_NAME + ".part")).write_bytes(b"cut")
-    files.discard_spool("job3")
-    assert not spool.exists() and not (spool.parent / (SPOOL_NAME + ".part")).exists()
-    assert (spool.parent / SPENT_SPOOL_NAME).stat().st_size == 0
-    files.discard_spool("job3")  # again: nothing to do
-    files.delete("job3")
-    assert not spool.parent.exists()
+    spool.write_bytes(b"x" * 5000)
+    files.discard_spool("job1")
+    assert files.reuse_spool(tmp_path / "b.part") is True
+    assert (tmp_path / "b.part").read_bytes() == b"x" * 5000
+    assert files.reuse_spool(tmp_path / "c.part") is False

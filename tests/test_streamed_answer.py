@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from bot.bootstrap import build_images
 from bot.errors import ProviderResponseError
-from bot.models import GenerateRequest, Usage
+from bot.models import GenerateRequest, Usage, WriteAhead
 from bot.providers.openai import _decode_success, _SpoolWriter
 from bot.settings import load_settings
 from tests.fakes.openai_server import DEFAULT_KEY, FakeOpenAI
@@ -76,11 +76,22 @@ def _usage(usage: dict[str, Any]) -> Usage:
     )
 
 
-def _spool_and_decode(raw: bytes, cuts: list[int]) -> Any:
-    """Write ``raw`` to a spool in pieces split at ``cuts`` (as the network would hand it over), then decode."""
+async def _paid(cost: float | None) -> None:
+    return None
+
+
+def _spool_and_decode(raw: bytes, cuts: list[int], recycled: bytes | None = None) -> Any:
+    """Write ``raw`` to a spool in pieces split at ``cuts`` (as the network would hand it over), then decode.
+    ``recycled``: the spool is a recycled file holding these bytes, written over (``WriteAhead.reuse``)."""
+
+    def reuse(part: Path) -> bool:
+        if recycled is None:
+            return False
+        part.write_bytes(recycled)
+        return True
 
     async def run(spool: Path) -> Any:
-        async with _SpoolWriter.to(spool) as writer:
+        async with _SpoolWriter.to(WriteAhead(spool, _paid, reuse=reuse)) as writer:
             previous = 0
             for cut in [*sorted(set(cuts)), len(raw)]:
                 if cut > previous:
@@ -138,12 +149,13 @@ def answers(draw: st.DrawFn, strays: bool = True) -> tuple[bytes, list[bytes | s
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(answers(), st.lists(st.integers(0, 4000), max_size=8))
+@given(answers(), st.lists(st.integers(0, 4000), max_size=8), st.none() | st.binary(max_size=6000))
 def test_any_layout_and_any_split_decode_to_the_same_images(
-    answer: tuple[bytes, list[bytes | str], list[str | None]], cuts: list[int]
+    answer: tuple[bytes, list[bytes | str], list[str | None]], cuts: list[int], recycled: bytes | None
 ) -> None:
+    """... also written over a recycled spool that held another answer, longer or shorter."""
     raw, expected, revised = answer
-    decoded = _spool_and_decode(raw, [c % (len(raw) + 1) for c in cuts])
+    decoded = _spool_and_decode(raw, [c % (len(raw) + 1) for c in cuts], recycled)
     assert list(decoded.images) == expected
     assert list(decoded.revised_prompts) == revised
     assert (decoded.usage is None) == (b'"usage"' not in raw)

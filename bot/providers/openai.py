@@ -731,7 +731,7 @@ class OpenAIImages:
                     if stream and resp.content_type == "text/event-stream":
                         log.info("POST %s -> %s streaming (request %s)", path, status, request_id)
                         return await self._read_stream(resp, path, model, on_partial, previews, spool)
-                    async with _SpoolWriter.to(spool.path if spool else None) as body:
+                    async with _SpoolWriter.to(spool) as body:
                         await self._receive(resp, body)
                         # While decoding: the mapped body plus the images (3/4 of its base64).
                         await body.settle()
@@ -800,7 +800,7 @@ class OpenAIImages:
         images: list[bytes] = []
         usage: Usage | None = None
         decoder = SSEDecoder()
-        async with _SpoolWriter.to(spool.path if spool else None) as body:
+        async with _SpoolWriter.to(spool) as body:
             async for line in self._lines(resp, body):
                 if len(line) <= _INLINE_LINE and line.strip():  # a short field line: framing only
                     decoder.feed(line.decode("utf-8", "replace"))
@@ -906,8 +906,9 @@ class _SpoolWriter:
     for the job database (SQLite WAL with synchronous=NORMAL).
     """
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, reuse: Callable[[Path], bool] | None = None):
         self.path = path
+        self._reuse = reuse  # puts a recycled spool at the part's path, to be written over
         self.size = 0
         self._memory = bytearray()  # the body when there is no spool (sized once when its length is announced)
         self._pending: list[bytes] = []  # received, not yet written
@@ -917,8 +918,8 @@ class _SpoolWriter:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def to(cls, path: Path | None) -> AsyncIterator[_SpoolWriter]:
-        writer = cls(path)
+    async def to(cls, spool: WriteAhead | None) -> AsyncIterator[_SpoolWriter]:
+        writer = cls(spool.path, spool.reuse) if spool is not None else cls(None)
         try:
             yield writer
         finally:
@@ -965,7 +966,8 @@ class _SpoolWriter:
         if self._file is None:
             part = spool_part(self.path or Path())
             part.parent.mkdir(parents=True, exist_ok=True)
-            self._file = part.open("wb")
+            reused = self._reuse is not None and self._reuse(part)
+            self._file = part.open("r+b" if reused else "wb")  # a recycled spool is written over, not emptied
         self._file.writelines(batch)
 
     def _flush(self) -> None:
@@ -978,6 +980,8 @@ class _SpoolWriter:
         if self.path is None:
             return
         self._flush()
+        if self._file is not None:
+            self._file.truncate()  # what a recycled spool held beyond this answer
         self._close()
         os.replace(spool_part(self.path), self.path)
 
