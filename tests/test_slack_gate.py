@@ -1,11 +1,11 @@
-"""The Slack adapter's AckGate: a listener's work waits for a quiet moment — no request left to acknowledge and
+"""AckGate (Slack acks, Discord defers): a request's work waits for a quiet moment — no request left to acknowledge and
 none for QUIET_AFTER — and never longer than QUIET_WAIT, so a burst's acks go out before the jobs' work."""
 
 from __future__ import annotations
 
 import asyncio
 
-from adapters.slack.replies import QUIET_AFTER, QUIET_WAIT, AckGate
+from adapters.common.ackgate import QUIET_AFTER, QUIET_WAIT, AckGate
 
 
 async def test_work_waits_until_the_last_request_is_acknowledged_and_a_moment_has_passed() -> None:

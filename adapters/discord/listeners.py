@@ -17,6 +17,7 @@ from discord import app_commands
 
 from adapters.common import i18n
 from adapters.common.access import AccessPolicy, Requester
+from adapters.common.ackgate import AckGate
 from adapters.common.i18n import _
 from adapters.common.lifecycle import answer
 from adapters.common.story import tool_title
@@ -83,6 +84,7 @@ class Listeners:
         self.policy = policy
         self.delivery = delivery
         self.attachments: Attachments | None = None  # set by the adapter at start (it owns the HTTP session)
+        self.undeferred = AckGate()  # interactions whose defer has not gone yet: the work waits for none
 
     @property
     def client(self) -> discord.Client:
@@ -145,7 +147,12 @@ class Listeners:
         reply = self.reply_for(interaction, heading, private=private)
 
         async def work(sink: ProgressSink) -> JobOutcome:
-            await reply.defer(thinking=thinking)
+            self.undeferred.enter()
+            try:
+                await reply.defer(thinking=thinking)
+            finally:
+                self.undeferred.leave()
+            await self.undeferred.quiet()  # a burst's defers go out before the jobs' work takes the loop
             submit = await prepare()
             context = self.context_for(reply, interaction.user.id, interaction.guild_id, interaction.channel_id)
             return await submit(context, sink)

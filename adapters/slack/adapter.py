@@ -26,12 +26,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.base import AdapterState, PlatformUnreachableError
 from adapters.common.access import AccessPolicy
+from adapters.common.ackgate import AckGate
 from adapters.slack.admin import SlackAdmin
 from adapters.slack.files import SlackFiles
 from adapters.slack.http import SignedRequests
 from adapters.slack.listeners import Listeners
 from adapters.slack.redelivery import watch
-from adapters.slack.replies import WEB_API_TIMEOUT, AckGate, Outbox, ReplyTo
+from adapters.slack.replies import WEB_API_TIMEOUT, Outbox, ReplyTo
 from adapters.slack.state import SlackState
 from bot.bootstrap import Core
 from bot.metrics import Metrics

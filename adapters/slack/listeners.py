@@ -23,6 +23,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 
 from adapters.common import i18n
 from adapters.common.access import AccessPolicy
+from adapters.common.ackgate import AckGate
 from adapters.common.flags import USAGE, parse_imagine
 from adapters.common.i18n import _
 from adapters.common.lifecycle import answer
@@ -40,7 +41,7 @@ from adapters.slack.payloads import (
     reply_to,
     result_reply_to,
 )
-from adapters.slack.replies import ACK_WAIT, AckGate, Outbox, ReplyTo, SlackReply
+from adapters.slack.replies import ACK_WAIT, Outbox, ReplyTo, SlackReply
 from bot.bootstrap import Core
 from bot.errors import InvalidRequestError, JobCancelledError, TooLateToCancelError
 from bot.jobs import JobNotFoundError, JobOutcome

@@ -28,59 +28,6 @@ WEB_API_TIMEOUT = 30  # seconds per Web API call, upload or response_url post
 ACK_WAIT = 3.5  # seconds a reply waits for its request's acknowledgement to be sent (bolt polls every 10 ms)
 
 
-class AckGate:
-    """The requests being dispatched and when the last one came. A listener's work after its ack waits for a
-    quiet moment (``quiet``): none being dispatched and none for ``QUIET_AFTER`` (a burst's requests arrive
-    a fraction of a millisecond apart), at most ``QUIET_WAIT``. In a burst every acknowledgement goes out before
-    the jobs' own work (store, posts, the Images API) takes the event loop: an acknowledgement is due within 3 s,
-    a job's first message is not.
-
-    All the work waiting in one busy spell shares one future and one timer: waiting costs next to nothing on the
-    loop whose time the acknowledgements need."""
-
-    def __init__(self) -> None:
-        self.pending = 0
-        self._last = 0.0  # loop time of the last request's start or end
-        self._quiet: asyncio.Future[None] | None = None  # resolved when the spell ends (or has been waited out)
-        self._until = 0.0  # loop time by which the waiting work starts anyway
-        self._timer: asyncio.TimerHandle | None = None
-
-    def enter(self) -> None:
-        self.pending += 1
-        self._last = asyncio.get_running_loop().time()
-
-    def leave(self) -> None:
-        self.pending = max(0, self.pending - 1)
-        self._last = asyncio.get_running_loop().time()
-
-    async def quiet(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._quiet is None:
-            if self._is_quiet(loop.time()):
-                return
-            self._quiet = loop.create_future()
-            self._until = loop.time() + QUIET_WAIT
-            self._timer = loop.call_at(self._last + QUIET_AFTER, self._check)
-        await asyncio.shield(self._quiet)  # one waiter cancelled (a stop) leaves the others waiting
-
-    def _is_quiet(self, now: float) -> bool:
-        return self.pending == 0 and now - self._last >= QUIET_AFTER
-
-    def _check(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if not (self._is_quiet(now) or now >= self._until):
-            self._timer = loop.call_at(min(self._until, max(now, self._last) + QUIET_AFTER), self._check)
-            return
-        quiet, self._quiet, self._timer = self._quiet, None, None
-        if quiet is not None and not quiet.done():
-            quiet.set_result(None)
-
-
-QUIET_AFTER = 0.02  # s without a new request that ends a busy spell
-QUIET_WAIT = 0.5  # s: under a steady stream of requests, work waits this long for a quiet moment at most
-
-
 @dataclass(frozen=True, slots=True)
 class ReplyTo:
     """Who acted and where answers go (a response_url when Slack gave one)."""
